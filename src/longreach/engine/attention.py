@@ -1,0 +1,189 @@
+"""The engine: attention under a position plan, without ever forming an n x n score matrix.
+
+For each part of the plan the queries and the keys it can see are re-rotated to the part's
+positions; then query tiles are walked and, per part, only the keys inside the part's region are
+attended: the span every query of the tile sees goes to the kernel unmasked, the ragged edges
+(at most a tile wide) with a small mask or the kernel's causal flag. Every piece returns its
+log-sum-exp and the pieces merge exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from longreach.engine.kernels import attention_with_lse, merge_by_lse
+from longreach.engine.rotary import RotaryLayout
+from longreach.methods.base import Part
+
+#: Queries per tile. Edge masks are at most TILE x TILE; larger tiles mean fewer kernel calls.
+TILE = 512
+
+
+@dataclass
+class _PartView:
+    """One part, prepared for one call: re-rotated q (packed by KV group), spans as key indices."""
+
+    queries: torch.Tensor  # (B, Hkv, G, Nq, D)
+    keys: torch.Tensor  # (B, Hkv, span, D), re-rotated keys from index `key_start`
+    values: torch.Tensor
+    key_start: int
+    lo: list[int]  # per query, first key index of the region
+    hi: list[int]  # per query, one past the last key index
+    jumps: torch.Tensor  # query indices where lo or hi steps by more than one key
+
+
+def attend(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    parts: tuple[Part, ...],
+    layout: RotaryLayout,
+    *,
+    query_positions: torch.Tensor,
+    key_positions: torch.Tensor,
+    scale: float,
+    key_valid: torch.Tensor | None = None,
+    sliding_window: int | None = None,
+    tile: int = TILE,
+) -> torch.Tensor:
+    """Attention of ``query`` over ``key``/``value`` under a position plan.
+
+    ``query`` (B, Hq, Nq, D) and ``key`` (B, Hkv, Nk, D) are rotated at their true positions,
+    which all rows share: ``query_positions`` (Nq,) and ``key_positions`` (Nk,), int64, the latter
+    ascending. ``key_valid`` (Nk,) marks keys that may be attended at all (padding holes).
+    Returns (B, Hq, Nq, D) in the query's dtype; a query that sees no key gets zeros.
+
+    Example:
+        >>> q, k = torch.randn(1, 4, 6, 8), torch.randn(1, 2, 6, 8)
+        >>> pos = torch.arange(6)
+        >>> layout = RotaryLayout(inv_freq=torch.tensor([1.0, 0.1, 0.01, 0.001]))
+        >>> from longreach.methods.vanilla import Vanilla
+        >>> attend(q, k, k, Vanilla().parts(), layout, query_positions=pos,
+        ...        key_positions=pos, scale=8 ** -0.5).shape
+        torch.Size([1, 4, 6, 8])
+    """
+    batch, q_heads, n_query, head_dim = query.shape
+    kv_heads = key.shape[1]
+    group = q_heads // kv_heads
+    views = [
+        _prepare(part, query, key, value, layout, query_positions, key_positions, sliding_window)
+        for part in parts
+    ]
+    out = torch.zeros(batch, kv_heads, group, n_query, head_dim, dtype=torch.float32, device=query.device)
+    lse = torch.full((batch, kv_heads, group, n_query), float("-inf"), dtype=torch.float32, device=query.device)
+    for start, stop in _tiles(views, n_query, tile):
+        tile_out = out[..., start:stop, :]
+        tile_lse = lse[..., start:stop]
+        for view in views:
+            for key_lo, key_hi, kind in _pieces(view, start, stop, key_valid is not None):
+                piece_out, piece_lse = _attend_piece(
+                    view, start, stop, key_lo, key_hi, kind, key_valid, scale, group
+                )
+                tile_out, tile_lse = merge_by_lse(tile_out, tile_lse, piece_out, piece_lse)
+        out[..., start:stop, :] = tile_out
+        lse[..., start:stop] = tile_lse
+    return out.reshape(batch, q_heads, n_query, head_dim).to(query.dtype)
+
+
+def _prepare(part, query, key, value, layout, query_positions, key_positions, sliding_window) -> _PartView:
+    lo_pos, hi_pos = part.key_span(query_positions)
+    hi_pos = torch.minimum(hi_pos, query_positions + 1)
+    lo_pos = lo_pos.clamp_min(0)
+    if sliding_window is not None:
+        lo_pos = torch.maximum(lo_pos, query_positions - sliding_window + 1)
+    lo_idx = torch.searchsorted(key_positions, lo_pos)
+    hi_idx = torch.maximum(torch.searchsorted(key_positions, hi_pos), lo_idx)
+    steps = torch.cat((torch.diff(lo_idx), torch.diff(hi_idx)))
+    if bool((steps < 0).any()):
+        raise ValueError(f"plan part {part.name!r}: key spans must be non-decreasing in the query position")
+    jumps = torch.nonzero((torch.diff(lo_idx) > 1) | (torch.diff(hi_idx) > 1)).flatten() + 1
+    lo, hi = lo_idx.tolist(), hi_idx.tolist()
+    key_start = min(lo) if lo else 0
+    key_stop = max(max(hi) if hi else 0, key_start)
+
+    queries = query
+    if part.query_position is not None:
+        delta = part.query_position(query_positions) - query_positions
+        queries = layout.rotate(query, delta)
+    keys = key[:, :, key_start:key_stop]
+    if part.key_position is not None and key_stop > key_start:
+        span_positions = key_positions[key_start:key_stop]
+        keys = layout.rotate(keys, part.key_position(span_positions) - span_positions)
+    batch, q_heads, n_query, head_dim = query.shape
+    kv_heads = key.shape[1]
+    queries = queries.reshape(batch, kv_heads, q_heads // kv_heads, n_query, head_dim)
+    return _PartView(queries, keys, value[:, :, key_start:key_stop], key_start, lo, hi, jumps)
+
+
+def _tiles(views: list[_PartView], n_query: int, tile: int) -> list[tuple[int, int]]:
+    """Query tiles of at most ``tile`` rows, also cut wherever a region's bounds jump by more
+    than one key between neighbouring queries (chunk boundaries), so that every ragged edge
+    inside a tile is at most a tile wide."""
+    cuts = set(range(0, n_query, tile))
+    for view in views:
+        cuts.update(view.jumps.tolist())
+    edges = sorted(cuts) + [n_query]
+    return [(a, b) for a, b in zip(edges, edges[1:]) if b > a]
+
+
+def _pieces(view: _PartView, start: int, stop: int, has_holes: bool) -> list[tuple[int, int, str]]:
+    """Key ranges for one tile of one part: ("full", unmasked), ("causal", top-left causal),
+    ("masked", explicit mask)."""
+    lo_min, lo_max = view.lo[start], view.lo[stop - 1]
+    hi_min, hi_max = view.hi[start], view.hi[stop - 1]
+    if hi_max <= lo_min:
+        return []
+    if has_holes or lo_max >= hi_min:
+        return [(lo_min, hi_max, "masked")]
+    pieces = []
+    if lo_max > lo_min:
+        pieces.append((lo_min, lo_max, "masked"))
+    full_stop = hi_min
+    # A diagonal edge that advances exactly one key per query is the kernel's causal pattern.
+    if hi_max - hi_min == stop - 1 - start and hi_max > hi_min and hi_min - 1 >= lo_max:
+        full_stop = hi_min - 1
+        upper = (hi_min - 1, hi_max, "causal")
+    elif hi_max > hi_min:
+        upper = (hi_min, hi_max, "masked")
+    else:
+        upper = None
+    if full_stop > lo_max:
+        pieces.append((lo_max, full_stop, "full"))
+    if upper is not None:
+        pieces.append(upper)
+    return pieces
+
+
+def _attend_piece(view, start, stop, key_lo, key_hi, kind, key_valid, scale, group):
+    queries = view.queries[..., start:stop, :]  # (B, Hkv, G, T, D)
+    batch, kv_heads, _, rows, head_dim = queries.shape
+    keys = view.keys[:, :, key_lo - view.key_start : key_hi - view.key_start]
+    values = view.values[:, :, key_lo - view.key_start : key_hi - view.key_start]
+    if kind == "causal":
+        # The causal flag needs query rows in order, so expand the (tile-wide) keys per head.
+        q = queries.reshape(batch, kv_heads * group, rows, head_dim)
+        k = keys.repeat_interleave(group, dim=1)
+        v = values.repeat_interleave(group, dim=1)
+        out, lse = attention_with_lse(q, k, v, scale=scale, causal=True)
+        return out.view(batch, kv_heads, group, rows, head_dim), lse.view(batch, kv_heads, group, rows)
+
+    # Pack the query heads of a KV group as extra rows: no copy of keys per head.
+    q = queries.reshape(batch, kv_heads, group * rows, head_dim)
+    mask = None
+    if kind == "masked":
+        index = torch.arange(key_lo, key_hi, device=q.device)
+        lo = torch.tensor(view.lo[start:stop], device=q.device)[:, None]
+        hi = torch.tensor(view.hi[start:stop], device=q.device)[:, None]
+        allowed = (index >= lo) & (index < hi)
+        if key_valid is not None:
+            allowed &= key_valid[key_lo:key_hi]
+        mask = allowed.repeat(group, 1)
+    out, lse = attention_with_lse(q, keys, values, scale=scale, mask=mask)
+    out = out.view(batch, kv_heads, group, rows, head_dim)
+    lse = lse.view(batch, kv_heads, group, rows)
+    if mask is not None:
+        empty = ~allowed.any(dim=-1)
+        lse = lse.masked_fill(empty, float("-inf"))
+    return out, lse

@@ -1,0 +1,74 @@
+"""What LongReach knows about a model: trained length, RoPE, and which methods apply."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import PreTrainedModel
+
+from longreach.integration import UnsupportedModelError, describe_rotary, trained_length
+from longreach.methods import SelfExtend, Vanilla
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Facts about a model for choosing a method (see :func:`model_info`)."""
+
+    model_type: str
+    trained_length: int
+    rope_type: str | None
+    rope_base: float | None
+    rotary_layout: str | None
+    rotary_dims: int | None
+    head_dim: int | None
+    supported: bool
+    reason: str | None
+    methods: dict[str, str] = field(default_factory=dict)
+    suggested: dict[str, str] = field(default_factory=dict)
+
+
+def model_info(model: PreTrainedModel, target_length: int | None = None) -> ModelInfo:
+    """Describe ``model``; with ``target_length``, suggest settings for inputs that long.
+
+    Example:
+        >>> info = longreach.model_info(model, target_length=32768)  # doctest: +SKIP
+        >>> info.suggested["self-extend"]  # doctest: +SKIP
+        'self-extend:group_size=7,window=1024'
+    """
+    config = model.config
+    length = trained_length(config)
+    head_dim = getattr(config, "head_dim", None) or (
+        config.hidden_size // config.num_attention_heads if hasattr(config, "num_attention_heads") else None
+    )
+    rope_parameters = getattr(config, "rope_parameters", None) or {}
+    base = rope_parameters.get("rope_theta", getattr(config, "rope_theta", None))
+    try:
+        _, layout, rope_type = describe_rotary(model)
+    except UnsupportedModelError as error:
+        return ModelInfo(
+            model_type=config.model_type, trained_length=length, rope_type=None, rope_base=base,
+            rotary_layout=None, rotary_dims=None, head_dim=head_dim, supported=False, reason=str(error),
+            methods={"vanilla": "n/a", "self-extend": "n/a"},
+        )
+    methods = {"vanilla": "yes", "self-extend": "yes"}
+    if rope_type == "dynamic":
+        methods["self-extend"] = "yes, without cache (dynamic NTK cannot re-rotate cached keys)"
+    suggested = {}
+    if target_length is not None:
+        suggested["vanilla"] = Vanilla().spec() + (
+            "" if target_length <= length else f" (beyond the trained {length} tokens: expect failure)"
+        )
+        suggested["self-extend"] = SelfExtend.for_target(target_length, length).spec()
+    return ModelInfo(
+        model_type=config.model_type,
+        trained_length=length,
+        rope_type=rope_type,
+        rope_base=base,
+        rotary_layout="interleaved" if layout.interleaved else "half-split",
+        rotary_dims=layout.rotary_dims,
+        head_dim=head_dim,
+        supported=True,
+        reason=None,
+        methods=methods,
+        suggested=suggested,
+    )

@@ -1,0 +1,331 @@
+"""transformers integration: ``extend``/``restore`` through the AttentionInterface.
+
+Nothing of the model's code is copied or patched. ``extend`` registers one attention function
+and one mask function under the name ``"longreach"``, stores the method on the model's attention
+modules and switches the model's attention implementation; ``restore`` switches it back.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+
+import torch
+from transformers import AttentionInterface, PreTrainedModel
+from transformers.masking_utils import AttentionMaskInterface, prepare_padding_mask
+
+from longreach.engine.attention import attend
+from longreach.engine.rotary import RotaryLayout
+from longreach.methods.base import InputTooLongError, Method, Part
+
+IMPLEMENTATION = "longreach"
+_STATE = "_longreach"
+
+
+class UnsupportedModelError(ValueError):
+    """The model cannot be extended (no RoPE, attention outside the AttentionInterface, ...)."""
+
+
+@dataclass
+class _Extension:
+    """What the attention function needs, shared by every attention module of one model."""
+
+    method: Method
+    parts: tuple[Part, ...]
+    rotary: torch.nn.Module
+    layout: RotaryLayout
+    trained_length: int
+    rope_type: str
+    original_implementation: str
+    modules: list[torch.nn.Module] = field(default_factory=list)
+
+
+def extend(model: PreTrainedModel, method: Method) -> PreTrainedModel:
+    """Make ``model`` attend with ``method``, in place; returns the model.
+
+    Calling it again replaces the method (it never stacks); :func:`restore` undoes it exactly.
+
+    Example:
+        >>> model, tokenizer = longreach.load_model("smollm2-135m")  # doctest: +SKIP
+        >>> longreach.extend(model, longreach.SelfExtend(group_size=4, window=1024))  # doctest: +SKIP
+    """
+    if not isinstance(method, Method):
+        raise TypeError(
+            f"extend() needs a method config such as longreach.SelfExtend(group_size=4, window=1024), "
+            f"got {type(method).__name__}"
+        )
+    previous = _extension(model)
+    rotary, layout, rope_type = describe_rotary(model)
+    original = previous.original_implementation if previous else model.config._attn_implementation
+    extension = _Extension(
+        method=method,
+        parts=method.parts(),
+        rotary=rotary,
+        layout=layout,
+        trained_length=trained_length(model.config),
+        rope_type=rope_type,
+        original_implementation=original or "sdpa",
+    )
+    _register()
+    for module in _attention_modules(model):
+        setattr(module, _STATE, extension)
+        extension.modules.append(module)
+    model.set_attn_implementation(IMPLEMENTATION)
+    return model
+
+
+def restore(model: PreTrainedModel) -> PreTrainedModel:
+    """Undo :func:`extend`: the model attends exactly as before. A no-op on a plain model.
+
+    Example:
+        >>> longreach.restore(model)  # doctest: +SKIP
+    """
+    extension = _extension(model)
+    if extension is None:
+        return model
+    for module in extension.modules:
+        if hasattr(module, _STATE):
+            delattr(module, _STATE)
+    model.set_attn_implementation(extension.original_implementation)
+    return model
+
+
+def current_method(model: PreTrainedModel) -> Method | None:
+    """The method a model is extended with, or None."""
+    extension = _extension(model)
+    return extension.method if extension else None
+
+
+def trained_length(config) -> int:
+    """The context length the model was trained to (``max_position_embeddings``)."""
+    length = getattr(config, "max_position_embeddings", None)
+    if not isinstance(length, int) or length <= 0:
+        raise UnsupportedModelError(
+            f"{type(config).__name__} has no max_position_embeddings: cannot tell the trained length"
+        )
+    return length
+
+
+def describe_rotary(model: PreTrainedModel) -> tuple[torch.nn.Module, RotaryLayout, str]:
+    """Find the model's rotary embedding and read its layout off the model's own RoPE code.
+
+    The layout (half-split or interleaved, rotary dims) is not looked up per architecture: a
+    probe vector is rotated by the model's ``apply_rotary_pos_emb`` and compared with both
+    layouts.
+    """
+    if not isinstance(model, PreTrainedModel):
+        raise TypeError(f"expected a transformers PreTrainedModel, got {type(model).__name__}")
+    family = getattr(model.config, "model_type", type(model).__name__)
+    rotaries = [m for m in model.modules() if isinstance(getattr(m, "inv_freq", None), torch.Tensor)]
+    if not rotaries:
+        raise UnsupportedModelError(
+            f"{family} does not use rotary position embeddings (RoPE); LongReach methods re-rotate "
+            "RoPE positions and cannot apply to absolute, learned or ALiBi positions "
+            "(GPT-2, BLOOM, MPT, Falcon-ALiBi). Use a RoPE model such as Llama, Mistral, Qwen or Phi-3."
+        )
+    frequencies = {tuple(m.inv_freq.flatten().tolist()) for m in rotaries}
+    if len(frequencies) > 1:
+        raise UnsupportedModelError(
+            f"{family} uses {len(frequencies)} different rotary embeddings (e.g. separate local and "
+            "global RoPE); LongReach supports one RoPE per model."
+        )
+    rotary = rotaries[0]
+    rope_parameters = getattr(model.config, "rope_parameters", None) or {}
+    rope_type = str(rope_parameters.get("rope_type", getattr(rotary, "rope_type", "default")))
+    if rope_type in ("mrope", "multimodal"):
+        raise UnsupportedModelError(f"{family} uses multimodal RoPE ({rope_type}), which LongReach does not handle")
+    if not getattr(type(model), "_supports_attention_backend", False):
+        raise UnsupportedModelError(
+            f"{family} does not route attention through transformers' AttentionInterface, so LongReach "
+            "cannot apply without patching its code; use a model whose class sets _supports_attention_backend"
+        )
+    layout = _probe_layout(model, rotary, family)
+    return rotary, layout, rope_type
+
+
+def _probe_layout(model, rotary, family) -> RotaryLayout:
+    inv_freq = rotary.inv_freq.detach().to(torch.float32)
+    apply = None
+    for module in _attention_modules(model):
+        apply = getattr(sys.modules.get(type(module).__module__), "apply_rotary_pos_emb", None)
+        if apply is not None:
+            break
+    if apply is None:
+        raise UnsupportedModelError(f"{family}: no apply_rotary_pos_emb found next to its attention modules")
+    dims = 2 * inv_freq.numel()
+    generator = torch.Generator().manual_seed(0)
+    probe = torch.randn(1, 1, 1, dims, generator=generator).to(inv_freq.device)
+    position = 7
+    with torch.no_grad():
+        cos, sin = rotary(probe, torch.tensor([[position]], device=inv_freq.device))
+        expected, _ = apply(probe, probe, cos.to(torch.float32), sin.to(torch.float32))
+    expected = expected.to(torch.float32) / float(getattr(rotary, "attention_scaling", 1.0) or 1.0)
+    delta = torch.tensor([float(position)], device=inv_freq.device)
+    for interleaved in (False, True):
+        layout = RotaryLayout(inv_freq=inv_freq, interleaved=interleaved)
+        if torch.allclose(layout.rotate(probe, delta), expected, atol=1e-4, rtol=1e-4):
+            return layout
+    raise UnsupportedModelError(f"{family}: its RoPE is neither half-split nor interleaved; not supported")
+
+
+def _attention_modules(model) -> list[torch.nn.Module]:
+    return [m for m in model.modules() if hasattr(m, "layer_idx") and hasattr(m, "config")]
+
+
+def _extension(model) -> _Extension | None:
+    for module in _attention_modules(model):
+        extension = getattr(module, _STATE, None)
+        if extension is not None:
+            return extension
+    return None
+
+
+def _register() -> None:
+    AttentionInterface.register(IMPLEMENTATION, longreach_attention)
+    AttentionMaskInterface.register(IMPLEMENTATION, key_padding_mask)
+
+
+def key_padding_mask(
+    batch_size: int,
+    q_length: int,
+    kv_length: int,
+    q_offset: int = 0,
+    kv_offset: int = 0,
+    attention_mask: torch.Tensor | None = None,
+    **kwargs,
+) -> torch.Tensor | None:
+    """Mask function for ``"longreach"``: a (B, kv_length) bool of attendable keys, or None.
+
+    The engine builds regions itself; all it needs from the mask is padding. A 4D mask would
+    cost O(n^2) memory at long lengths.
+    """
+    if int(kv_offset) + int(kv_length) != int(q_offset) + int(q_length):
+        raise ValueError(
+            "LongReach needs a cache that grows with the sequence (DynamicCache, the default); "
+            "a static or pre-allocated cache is not supported: drop cache_implementation='static'"
+        )
+    padding = prepare_padding_mask(attention_mask, kv_length + kv_offset, 0)
+    if padding is None:
+        return None
+    padding = padding[:, kv_offset : kv_offset + kv_length].to(torch.bool)
+    if bool(padding.all()):
+        return None
+    return padding
+
+
+def longreach_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """The registered attention function: query (B, Hq, Nq, D) and key/value (B, Hkv, Nk, D),
+    rotated at their true positions, the cache already updated. Returns (B, Nq, Hq, D)."""
+    extension: _Extension | None = getattr(module, _STATE, None)
+    if extension is None:
+        raise RuntimeError(
+            "attention implementation 'longreach' is set but this model was not extended: "
+            "call longreach.extend(model, method) rather than setting it by hand"
+        )
+    _refuse_unsupported(module, extension, dropout, kwargs)
+    batch, _, n_query, head_dim = query.shape
+    n_key = key.shape[2]
+    if attention_mask is not None and attention_mask.dim() != 2:
+        raise ValueError(
+            "LongReach received a 4D attention mask; pass a 2D padding mask (batch, length) instead"
+        )
+    if extension.rope_type == "dynamic" and n_key > n_query:
+        raise ValueError(
+            "dynamic NTK RoPE recomputes its frequencies on every call while the cached keys keep the "
+            "old ones, so cached decoding would be silently wrong: run with use_cache=False or use a "
+            "static rope type"
+        )
+    offsets, has_holes = _row_offsets(kwargs.get("position_ids"), attention_mask, batch, n_query, n_key)
+    _check_length(extension, n_key - min(offsets))
+    scale = scaling if scaling is not None else head_dim**-0.5
+    output = torch.empty_like(query)
+    for rows, offset in _row_groups(offsets, has_holes):
+        index = torch.tensor(rows, device=query.device)
+        positions = torch.arange(n_key, device=query.device) - offset
+        valid = attention_mask[rows[0]] if has_holes[rows[0]] else None
+        output[index] = attend(
+            query[index],
+            key[index],
+            value[index],
+            extension.parts,
+            extension.layout,
+            query_positions=positions[n_key - n_query :],
+            key_positions=positions,
+            scale=scale,
+            key_valid=valid,
+            sliding_window=kwargs.get("sliding_window"),
+        )
+    return output.transpose(1, 2).contiguous(), None
+
+
+def _refuse_unsupported(module, extension, dropout, kwargs) -> None:
+    if kwargs.get("softcap") is not None:
+        raise UnsupportedModelError("attention logit soft-capping (Gemma 2) is not supported by LongReach")
+    for name in ("s_aux", "sinks"):
+        if kwargs.get(name) is not None:
+            raise UnsupportedModelError(f"learned attention sinks ({name}) are not supported by LongReach")
+    if module.training and dropout > 0:
+        raise ValueError("LongReach is for inference: call model.eval() (attention dropout is not supported)")
+    if not getattr(module, "is_causal", True):
+        raise UnsupportedModelError("LongReach methods apply to causal (decoder) attention only")
+
+
+def _row_offsets(position_ids, mask, batch, n_query, n_key) -> tuple[list[int], list[bool]]:
+    """Per row, cache index minus RoPE position (left padding shifts it); and whether the row's
+    padding mask has holes among real positions (anything but left padding)."""
+    query_index = torch.arange(n_key - n_query, n_key)
+    if position_ids is None:
+        position_ids = query_index[None]
+    position_ids = position_ids.to("cpu").expand(batch, n_query)
+    if mask is None:
+        query_valid = torch.ones(batch, n_query, dtype=torch.bool)
+    else:
+        mask = mask.to("cpu")
+        query_valid = mask[:, n_key - n_query :]
+    offsets_per_query = query_index[None] - position_ids
+    last_valid = torch.where(query_valid, torch.arange(n_query)[None], -1).max(dim=1).values.clamp_min(0)
+    offsets = offsets_per_query.gather(1, last_valid[:, None]).squeeze(1)
+    if bool(((offsets_per_query != offsets[:, None]) & query_valid).any()):
+        raise ValueError(
+            "LongReach needs consecutive position_ids within each row (left padding is fine); "
+            "packed sequences or custom positions are not supported"
+        )
+    has_holes = [False] * batch
+    if mask is not None:
+        key_index = torch.arange(n_key)[None]
+        holes = (~mask) & (key_index >= offsets[:, None])
+        has_holes = holes.any(dim=1).tolist()
+    return offsets.tolist(), has_holes
+
+
+def _row_groups(offsets: list[int], has_holes: list[bool]) -> list[tuple[list[int], int]]:
+    """Rows sharing an offset and free of holes run together; a row with holes runs alone."""
+    groups: dict[int, list[int]] = {}
+    single = []
+    for row, (offset, holes) in enumerate(zip(offsets, has_holes)):
+        if holes:
+            single.append(([row], offset))
+        else:
+            groups.setdefault(offset, []).append(row)
+    return [(rows, offset) for offset, rows in groups.items()] + single
+
+
+def _check_length(extension: _Extension, length: int) -> None:
+    limit = extension.method.max_length(extension.trained_length)
+    if limit is None or length <= limit:
+        return
+    suggestion = extension.method.suggest(length, extension.trained_length)
+    hint = f"; {suggestion!r} would cover it" if suggestion is not None else ""
+    raise InputTooLongError(
+        f"input of {length} tokens is longer than {extension.method!r} covers on a model trained to "
+        f"{extension.trained_length} tokens ({limit} tokens){hint}"
+    )

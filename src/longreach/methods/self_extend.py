@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from longreach.methods.base import Method, Part, check_int
+
+#: Fraction of the trained length that ``for_target`` lets grouped positions use. Positions near
+#: the end of the trained range are the least trained (LongLM's README, section 4), so the
+#: grouped span is kept to the first three quarters.
+USABLE_FRACTION = 0.75
+
+
+@dataclass(frozen=True)
+class SelfExtend(Method):
+    """SelfExtend (LongLM): exact attention for neighbours, grouped positions for the rest.
+
+    Pairs with distance ``i - j < window`` use their true positions. Farther pairs use key
+    position ``j // group_size`` and query position
+    ``i // group_size + window - window // group_size``, so distances stay inside the trained
+    range while order is kept.
+
+    Example:
+        >>> method = SelfExtend(group_size=4, window=1024)
+        >>> method.max_length(8192)
+        29696
+    """
+
+    group_size: int
+    window: int
+    cli_name = "self-extend"
+
+    def __post_init__(self) -> None:
+        check_int("SelfExtend", "group_size", self.group_size, 1)
+        check_int("SelfExtend", "window", self.window, 1)
+
+    def parts(self) -> tuple[Part, ...]:
+        g, w = self.group_size, self.window
+        shift = w - w // g
+        neighbour = Part("neighbour", key_span=lambda i: (i - w + 1, i + 1))
+        grouped = Part(
+            "grouped",
+            key_span=lambda i: (i.new_zeros(i.shape), i - w + 1),
+            query_position=lambda i: i // g + shift,
+            key_position=lambda j: j // g,
+        )
+        return (neighbour, grouped)
+
+    def max_length(self, trained_length: int) -> int | None:
+        # Largest rotary distance used: window - 1 for neighbours; for grouped pairs
+        # (n - 1) // g + w - w // g. Both must stay below the trained length.
+        g, w = self.group_size, self.window
+        if g == 1:
+            return None
+        if w > trained_length:
+            return trained_length
+        return g * (trained_length - w + w // g)
+
+    def suggest(self, length: int, trained_length: int) -> SelfExtend:
+        return SelfExtend.for_target(length, trained_length)
+
+    @classmethod
+    def for_target(cls, target_length: int, trained_length: int) -> SelfExtend:
+        """Settings for inputs up to ``target_length`` on a model trained to ``trained_length``.
+
+        The rule: window = trained_length // 8 (1,024 for a model trained to 8k; LongLM finds
+        512-1536 good for 4k Llama-2), then the smallest group size whose grouped positions stay
+        inside the first three quarters of the trained length (LongLM: the last trained positions
+        are the least trained). Inputs that fit in that usable span need no grouping (group 1).
+
+        Example:
+            >>> SelfExtend.for_target(16384, 8192)
+            SelfExtend(group_size=3, window=1024)
+        """
+        check_int("SelfExtend.for_target", "target_length", target_length, 1)
+        check_int("SelfExtend.for_target", "trained_length", trained_length, 16)
+        window = max(1, trained_length // 8)
+        usable = int(trained_length * USABLE_FRACTION)
+        if target_length <= usable:
+            return cls(group_size=1, window=window)
+        group = max(2, math.ceil((target_length - window) / (usable - window)))
+        while cls(group, window).max_length(usable) < target_length:  # type: ignore[operator]
+            group += 1
+        return cls(group_size=group, window=window)
