@@ -1,0 +1,48 @@
+"""Tiny random-weight models of several RoPE families, built from configs (no downloads)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+
+COMMON = dict(
+    vocab_size=128,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+)
+
+# family -> (config class, model class, extra config). Partial rotary and interleaved layouts
+# are covered by phi (partial), cohere (interleaved) and glm (both).
+FAMILIES = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM", {}),
+    "mistral": ("MistralConfig", "MistralForCausalLM", {"sliding_window": None}),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {}),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"head_dim": 16}),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", {"sliding_window": None}),
+    "phi": ("PhiConfig", "PhiForCausalLM", {"partial_rotary_factor": 0.5}),
+    "cohere": ("CohereConfig", "CohereForCausalLM", {}),
+    "glm": ("GlmConfig", "GlmForCausalLM", {"head_dim": 16, "partial_rotary_factor": 0.5}),
+}
+
+
+def tiny_model(family: str = "llama", seed: int = 0, **overrides) -> transformers.PreTrainedModel:
+    config_name, model_name, extra = FAMILIES[family]
+    settings = {**COMMON, **extra, **overrides}
+    config = getattr(transformers, config_name)(**settings)
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(seed)
+    model = getattr(transformers, model_name)(config).eval()
+    return model
+
+
+@pytest.fixture
+def llama():
+    return tiny_model("llama")

@@ -1,0 +1,213 @@
+"""extend()/restore() on tiny random models of several RoPE families."""
+
+import pytest
+import torch
+import transformers
+from conftest import FAMILIES, tiny_model
+from transformers import AttentionInterface, DynamicCache
+
+import longreach
+from longreach.engine.reference import reference_attention
+from longreach.integration import describe_rotary
+
+EQUIVALENCE_FAMILIES = sorted(FAMILIES)
+
+
+def logits(model, ids, **kwargs):
+    with torch.no_grad():
+        return model(ids, **kwargs).logits
+
+
+@pytest.mark.parametrize("family", EQUIVALENCE_FAMILIES)
+@pytest.mark.parametrize("method", [longreach.SelfExtend(group_size=4, window=64), longreach.SelfExtend(1, 5)])
+def test_self_extend_reduces_to_vanilla_sdpa(family, method):
+    model = tiny_model(family)
+    ids = torch.randint(3, 128, (2, 48))
+    vanilla = logits(model, ids)
+    longreach.extend(model, method)
+    assert (logits(model, ids) - vanilla).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3", "glm"])
+def test_restore_is_exact_and_extend_does_not_stack(family):
+    model = tiny_model(family)
+    ids = torch.randint(3, 128, (1, 40))
+    original = logits(model, ids)
+    longreach.extend(model, longreach.SelfExtend(group_size=2, window=4))
+    longreach.extend(model, longreach.SelfExtend(group_size=4, window=8))
+    twice = logits(model, ids)
+    fresh = tiny_model(family)
+    longreach.extend(fresh, longreach.SelfExtend(group_size=4, window=8))
+    assert torch.equal(twice, logits(fresh, ids))
+    assert longreach.current_method(model) == longreach.SelfExtend(group_size=4, window=8)
+    longreach.restore(model)
+    assert torch.equal(logits(model, ids), original)
+    assert model.config._attn_implementation == "sdpa"
+    assert longreach.current_method(model) is None
+    longreach.restore(model)  # restoring a plain model is a no-op
+
+
+def dense_reference_attention(module, query, key, value, attention_mask, scaling=None, **kwargs):
+    """Attention fn computing the plan densely from unrotated q/k (for unpadded inputs)."""
+    extension = module._longreach
+    layout = extension.layout
+    n_key, n_query = key.shape[2], query.shape[2]
+    positions = torch.arange(n_key)
+    raw_q = layout.rotate(query, -positions[n_key - n_query :].float())
+    raw_k = layout.rotate(key, -positions.float())
+    out = reference_attention(
+        raw_q, raw_k, value, extension.parts, layout.inv_freq, interleaved=layout.interleaved,
+        query_positions=positions[n_key - n_query :], key_positions=positions, scale=scaling,
+    )
+    return out.to(query.dtype).transpose(1, 2).contiguous(), None
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "phi", "cohere"])
+def test_model_agrees_with_dense_reference(family):
+    model = tiny_model(family)
+    method = longreach.SelfExtend(group_size=3, window=7)
+    ids = torch.randint(3, 128, (2, 60))
+    longreach.extend(model, method)
+    extended = logits(model, ids)
+    AttentionInterface.register("longreach_test_reference", dense_reference_attention)
+    model.config._attn_implementation = "longreach_test_reference"
+    reference = logits(model, ids)
+    error = (extended - reference).abs().max()
+    assert error <= 1e-4
+    # The method changes the model far more than the engine differs from the reference.
+    assert (extended - logits(tiny_model(family), ids)).abs().max() > 20 * error
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3", "glm"])
+def test_chunked_prefill_and_decode_match_one_shot(family):
+    model = tiny_model(family)
+    longreach.extend(model, longreach.SelfExtend(group_size=3, window=6))
+    ids = torch.randint(3, 128, (2, 50))
+    full = logits(model, ids)
+    cache = DynamicCache(config=model.config)
+    pieces = []
+    for start, stop in [(0, 17), (17, 18), (18, 40)] + [(i, i + 1) for i in range(40, 50)]:
+        with torch.no_grad():
+            out = model(ids[:, start:stop], past_key_values=cache, use_cache=True)
+        pieces.append(out.logits)
+    assert cache.get_seq_length() == 50
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+def left_pad(rows, pad_id=0):
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for b, row in enumerate(rows):
+        ids[b, width - len(row) :] = torch.tensor(row)
+        mask[b, width - len(row) :] = 1
+    return ids, mask
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "phi3"])
+def test_left_padded_batch_generates_like_rows_alone(family):
+    model = tiny_model(family)
+    longreach.extend(model, longreach.SelfExtend(group_size=2, window=5))
+    gen = torch.Generator().manual_seed(0)
+    rows = [torch.randint(3, 128, (n,), generator=gen).tolist() for n in (30, 22, 9)]
+    ids, mask = left_pad(rows)
+    settings = dict(max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        batched = model.generate(ids, attention_mask=mask, **settings)
+        batched_logits = model(ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp_min(0)).logits
+    for b, row in enumerate(rows):
+        alone_ids = torch.tensor([row])
+        with torch.no_grad():
+            alone = model.generate(alone_ids, **settings)
+        assert batched[b, ids.shape[1] :].tolist() == alone[0, len(row) :].tolist()
+        alone_logits = logits(model, alone_ids)[0]
+        torch.testing.assert_close(batched_logits[b, ids.shape[1] - len(row) :], alone_logits, atol=1e-5, rtol=1e-5)
+
+
+def test_holes_in_padding_mask_are_honoured():
+    """A padding mask with holes inside the row masks those keys (right padding included)."""
+    model = tiny_model("llama")
+    longreach.extend(model, longreach.SelfExtend(group_size=2, window=4))
+    ids = torch.randint(3, 128, (1, 20))
+    mask = torch.ones(1, 20, dtype=torch.long)
+    mask[0, 15:] = 0  # right padding
+    got = logits(model, ids, attention_mask=mask)[0, :15]
+    torch.testing.assert_close(got, logits(model, ids[:, :15])[0], atol=1e-5, rtol=1e-5)
+
+
+def test_generate_uses_the_cache_and_matches_uncached_greedy():
+    model = tiny_model("llama")
+    longreach.extend(model, longreach.SelfExtend(group_size=4, window=8))
+    ids = torch.randint(3, 128, (1, 40))
+    with torch.no_grad():
+        cached = model.generate(ids, max_new_tokens=10, do_sample=False, pad_token_id=0)
+    sequence = ids
+    for _ in range(10):
+        next_token = logits(model, sequence)[:, -1].argmax(-1, keepdim=True)
+        sequence = torch.cat((sequence, next_token), dim=1)
+    assert cached.tolist() == sequence.tolist()
+
+
+# ---- refusals --------------------------------------------------------------------------------
+
+
+def test_models_without_rope_are_refused():
+    config = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=50, n_positions=32)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    with pytest.raises(longreach.UnsupportedModelError, match="RoPE"):
+        longreach.extend(model, longreach.SelfExtend(4, 8))
+    assert model.config._attn_implementation != "longreach"
+
+
+def test_models_outside_the_attention_interface_are_refused():
+    config = transformers.StableLmConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=2, max_position_embeddings=32,
+    )
+    model = transformers.StableLmForCausalLM(config).eval()
+    with pytest.raises(longreach.UnsupportedModelError, match="AttentionInterface"):
+        longreach.extend(model, longreach.SelfExtend(4, 8))
+
+
+def test_non_method_is_a_type_error():
+    with pytest.raises(TypeError, match="SelfExtend"):
+        longreach.extend(tiny_model(), "self-extend")
+
+
+def test_input_too_long_names_settings_that_would_cover_it():
+    model = tiny_model("llama", max_position_embeddings=32)
+    longreach.extend(model, longreach.SelfExtend(group_size=2, window=16))  # covers 2 * (32 - 16 + 8) = 48
+    logits(model, torch.randint(3, 128, (1, 48)))
+    with pytest.raises(longreach.InputTooLongError, match=r"49 tokens.*48 tokens.*SelfExtend\(group_size="):
+        logits(model, torch.randint(3, 128, (1, 49)))
+
+
+def test_dynamic_rope_with_cache_is_refused_but_works_without():
+    model = tiny_model("llama", rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0})
+    longreach.extend(model, longreach.SelfExtend(group_size=2, window=8))
+    ids = torch.randint(3, 128, (1, 20))
+    logits(model, ids, use_cache=False)
+    with pytest.raises(ValueError, match="dynamic NTK"):
+        with torch.no_grad():
+            model.generate(ids, max_new_tokens=2, do_sample=False, pad_token_id=0)
+
+
+def test_static_cache_is_refused():
+    model = tiny_model("llama")
+    longreach.extend(model, longreach.SelfExtend(group_size=2, window=8))
+    with pytest.raises(ValueError, match="static"):
+        with torch.no_grad():
+            model.generate(torch.randint(3, 128, (1, 10)), max_new_tokens=2, do_sample=False,
+                           pad_token_id=0, cache_implementation="static")
+
+
+def test_model_info_reports_rope_and_suggestions():
+    info = longreach.model_info(tiny_model("glm"), target_length=256)
+    assert info.supported and info.rotary_layout == "interleaved" and info.rotary_dims == 8
+    assert info.trained_length == 64
+    assert info.suggested["self-extend"].startswith("self-extend:group_size=")
+    _, layout, rope_type = describe_rotary(tiny_model("llama"))
+    assert rope_type == "default" and not layout.interleaved
+    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=50))
+    info = longreach.model_info(gpt2)
+    assert not info.supported and "RoPE" in info.reason
