@@ -46,3 +46,16 @@ def tiny_model(family: str = "llama", seed: int = 0, **overrides) -> transformer
 @pytest.fixture
 def llama():
     return tiny_model("llama")
+
+
+@pytest.fixture(scope="session")
+def smollm():
+    """The embedded SmolLM2-135M and its tokenizer (installed by `make test`)."""
+    import longreach
+
+    return longreach.load_model("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def smollm_tokenizer(smollm):
+    return smollm[1]

@@ -311,7 +311,7 @@ def _row_groups(offsets: list[int], has_holes: list[bool]) -> list[tuple[list[in
     """Rows sharing an offset and free of holes run together; a row with holes runs alone."""
     groups: dict[int, list[int]] = {}
     single = []
-    for row, (offset, holes) in enumerate(zip(offsets, has_holes)):
+    for row, (offset, holes) in enumerate(zip(offsets, has_holes, strict=True)):
         if holes:
             single.append(([row], offset))
         else:

@@ -125,7 +125,7 @@ def _tiles(views: list[_PartView], n_query: int, tile: int) -> list[tuple[int, i
     for view in views:
         cuts.update(view.jumps.tolist())
     edges = sorted(cuts) + [n_query]
-    return [(a, b) for a, b in zip(edges, edges[1:]) if b > a]
+    return [(a, b) for a, b in zip(edges, edges[1:], strict=False) if b > a]
 
 
 def _pieces(view: _PartView, start: int, stop: int, has_holes: bool) -> list[tuple[int, int, str]]:

@@ -1,0 +1,278 @@
+"""The ``longreach`` command line: passkey, generate, info."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+console = Console(stderr=True)
+out = Console()
+
+
+class UsageError(ValueError):
+    """Bad command-line input: reported in one line, exit code 2."""
+
+
+def _lengths(text: str) -> list[int]:
+    from longreach.methods import parse_length
+
+    try:
+        return [parse_length(part) for part in text.split(",") if part.strip()]
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+
+def _depths(text: str) -> list[float]:
+    try:
+        depths = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UsageError(f"bad depths {text!r}; use fractions such as 0.1,0.5,0.9") from None
+    if not depths or any(not 0.0 <= d <= 1.0 for d in depths):
+        raise UsageError(f"bad depths {text!r}; each depth must be within [0, 1]")
+    return depths
+
+
+def _check_specs(specs: list[str]) -> None:
+    """Parse specs before the (slow) model load, so a typo fails at once."""
+    from longreach.methods import MethodSpecError, parse_method
+
+    for spec in specs:
+        try:
+            parse_method(spec, target_length=1 << 20, trained_length=1 << 20)
+        except MethodSpecError as error:
+            raise UsageError(str(error)) from None
+
+
+def _method(spec: str, target_length: int, trained: int):
+    from longreach.methods import MethodSpecError, parse_method
+
+    try:
+        return parse_method(spec, target_length=target_length, trained_length=trained)
+    except MethodSpecError as error:
+        raise UsageError(str(error)) from None
+
+
+def _load(name: str, dtype: str | None, device: str | None):
+    import longreach
+
+    with console.status(f"loading {name}"):
+        try:
+            return longreach.load_model(name, dtype=dtype, device=device)
+        except longreach.ModelNotAvailableError as error:
+            raise UsageError(str(error)) from None
+
+
+def _apply(model, method):
+    import longreach
+
+    if isinstance(method, longreach.Vanilla):
+        return longreach.restore(model)  # the model's own attention: the honest baseline
+    return longreach.extend(model, method)
+
+
+def cmd_passkey(args: argparse.Namespace) -> int:
+    import longreach
+    from longreach.eval.passkey import DEFAULT_DEPTHS, FILLER, accuracy_table, run_passkey
+    from longreach.eval.plots import plot_accuracy_by_length
+    from longreach.integration import trained_length
+
+    lengths = _lengths(args.lengths)
+    depths = _depths(args.depths) if args.depths else list(DEFAULT_DEPTHS)
+    specs = args.method or ["vanilla"]
+    _check_specs(specs)
+    if args.samples < 1:
+        raise UsageError(f"--samples must be >= 1, got {args.samples}")
+    filler = Path(args.filler).read_text() if args.filler else FILLER
+    model, tokenizer = _load(args.model, args.dtype, args.device)
+    trained = trained_length(model.config)
+    methods = [_method(spec, max(lengths), trained) for spec in specs]
+    output = Path(args.out)
+    output.mkdir(parents=True, exist_ok=True)
+    jsonl = output / "passkey.jsonl"
+    total = len(methods) * len(lengths) * len(depths) * args.samples
+    results = []
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TimeRemainingColumn())
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("passkey", total=total)
+        for method in methods:
+            _apply(model, method)
+            progress.update(task, description=f"passkey {method.spec()}")
+
+            def advance(result, task=task):
+                mark = "[green]ok[/]" if result.correct else f"[red]got {result.answer!r}[/]"
+                progress.console.print(
+                    f"  {result.method} {result.length} tokens, depth {result.depth:.2f}: key {result.key} {mark}"
+                )
+                progress.advance(task)
+
+            try:
+                results += run_passkey(
+                    model, tokenizer, method=method.spec(), lengths=lengths, depths=depths,
+                    samples=args.samples, seed=args.seed, filler=filler, model_name=args.model,
+                    out=jsonl, on_result=advance,
+                )
+            except longreach.InputTooLongError as error:
+                raise UsageError(str(error)) from None
+        longreach.restore(model)
+    table = accuracy_table(results)
+    _print_table(table, lengths, title=f"Passkey retrieval, {args.model} (trained to {trained} tokens)")
+    summary = {
+        "model": args.model,
+        "trained_length": trained,
+        "seed": args.seed,
+        "depths": depths,
+        "samples": args.samples,
+        "accuracy": {
+            m: {str(n): {"correct": c, "total": t} for n, (c, t) in cells.items()} for m, cells in table.items()
+        },
+        "versions": _versions(),
+    }
+    (output / "passkey.json").write_text(json.dumps(summary, indent=2) + "\n")
+    png = plot_accuracy_by_length(table, output / "passkey.png", title=f"Passkey retrieval, {args.model}",
+                                  trained_length=trained)
+    console.print(f"wrote {jsonl}, {output / 'passkey.json'} and {png}")
+    return 0
+
+
+def _print_table(table, lengths, *, title: str) -> None:
+    grid = Table(title=title)
+    grid.add_column("method")
+    for n in lengths:
+        grid.add_column(f"{n // 1024}k" if n % 1024 == 0 else str(n), justify="right")
+    for method, cells in table.items():
+        row = []
+        for n in lengths:
+            if n in cells:
+                c, t = cells[n]
+                row.append(f"{100 * c / t:.0f}% ({c}/{t})")
+            else:
+                row.append("-")
+        grid.add_row(method, *row)
+    out.print(grid)
+
+
+def _versions() -> dict[str, str]:
+    import torch
+    import transformers
+
+    import longreach
+
+    return {"longreach": longreach.__version__, "torch": torch.__version__, "transformers": transformers.__version__}
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import torch
+    from transformers import TextStreamer
+
+    from longreach.integration import trained_length
+
+    _check_specs([args.method])
+    prompt_path = Path(args.prompt_file)
+    if not prompt_path.is_file():
+        raise UsageError(f"prompt file {prompt_path} does not exist")
+    if args.max_new_tokens < 1:
+        raise UsageError("--max-new-tokens must be >= 1")
+    model, tokenizer = _load(args.model, args.dtype, args.device)
+    text = prompt_path.read_text()
+    if args.chat:
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                            return_tensors="pt", return_dict=True)["input_ids"]
+    else:
+        ids = tokenizer(text, return_tensors="pt").input_ids
+    total = ids.shape[1] + args.max_new_tokens
+    trained = trained_length(model.config)
+    method = _method(args.method, total, trained)
+    limit = method.max_length(trained)
+    if limit is not None and total > limit:
+        hint = method.suggest(total, trained)
+        raise UsageError(
+            f"{ids.shape[1]} prompt tokens + {args.max_new_tokens} new tokens exceed the {limit} tokens "
+            f"{method.spec()} covers" + (f"; try --method {hint.spec()}" if hint else "")
+        )
+    _apply(model, method)
+    console.print(f"[dim]{ids.shape[1]} prompt tokens, method {method.spec()}[/]")
+    streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    with torch.no_grad():
+        model.generate(ids.to(model.device), attention_mask=torch.ones_like(ids).to(model.device),
+                       max_new_tokens=args.max_new_tokens, do_sample=False, streamer=streamer,
+                       pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    import longreach
+
+    target = _lengths(args.target_length)[0] if args.target_length else None
+    model, _ = _load(args.model, args.dtype, args.device)
+    info = longreach.model_info(model, target_length=target)
+    grid = Table(title=f"{args.model}", show_header=False)
+    grid.add_column("", style="bold")
+    grid.add_column("")
+    grid.add_row("model type", info.model_type)
+    grid.add_row("trained length", f"{info.trained_length} tokens")
+    grid.add_row("supported", "yes" if info.supported else f"no: {info.reason}")
+    if info.supported:
+        grid.add_row("RoPE", f"{info.rope_type}, base {info.rope_base:g}")
+        grid.add_row("rotary layout", f"{info.rotary_layout}, {info.rotary_dims} of {info.head_dim} head dims")
+    for name, verdict in info.methods.items():
+        grid.add_row(f"method {name}", verdict)
+    for name, spec in info.suggested.items():
+        grid.add_row(f"{name} for {target} tokens", spec)
+    out.print(grid)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="longreach", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def model_options(sub):
+        sub.add_argument("--model", default="smollm2-135m", help="embedded name, .gguf file, folder or HF id")
+        sub.add_argument("--dtype", default=None, help="float32 (CPU default), bfloat16, float16")
+        sub.add_argument("--device", default=None, help="cpu (default), cuda, cuda:1, ...")
+
+    passkey = commands.add_parser("passkey", help="passkey retrieval, methods x lengths")
+    model_options(passkey)
+    passkey.add_argument("--method", action="append", help="NAME[:key=value,...|:auto], repeatable")
+    passkey.add_argument("--lengths", default="4k,8k,16k", help="comma-separated, e.g. 4k,8k,16k")
+    passkey.add_argument("--depths", default=None, help="needle depths in [0, 1], e.g. 0.1,0.5,0.9")
+    passkey.add_argument("--samples", type=int, default=1, help="samples per length and depth")
+    passkey.add_argument("--seed", type=int, default=0)
+    passkey.add_argument("--filler", default=None, help="file with filler text (default: the classic sentences)")
+    passkey.add_argument("--out", default="results/passkey", help="output folder (resumes from its JSON lines)")
+    passkey.set_defaults(run=cmd_passkey)
+
+    generate = commands.add_parser("generate", help="generate from a prompt file, streaming tokens")
+    model_options(generate)
+    generate.add_argument("--method", default="vanilla")
+    generate.add_argument("--prompt-file", required=True)
+    generate.add_argument("--max-new-tokens", type=int, default=128)
+    generate.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    generate.set_defaults(run=cmd_generate)
+
+    info = commands.add_parser("info", help="trained length, RoPE layout and suggested settings")
+    model_options(info)
+    info.add_argument("--target-length", default=None, help="e.g. 32k: suggest settings for it")
+    info.set_defaults(run=cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except UsageError as error:
+        console.print(f"[red]error:[/] {error}", highlight=False)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

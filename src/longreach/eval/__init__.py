@@ -1,0 +1,1 @@
+"""Evaluation tasks. Each writes one JSON line per finished sample, so runs resume."""

@@ -1,0 +1,177 @@
+"""Passkey retrieval: a random number hidden at a chosen depth of filler text.
+
+The prompt is built to the exact requested token length with the model's own tokenizer; the
+score is an exact match of the first number the model answers with. Every finished sample is
+appended to a JSON lines file as soon as it is known, and a rerun skips what is already there.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from longreach.eval.records import append_record, read_records
+
+INTRO = (
+    "There is an important piece of information hidden inside a lot of irrelevant text. "
+    "Find it and memorize it. I will quiz you about the important information there.\n\n"
+)
+FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
+NEEDLE = "The pass key is {key}. Remember it. {key} is the pass key. "
+QUESTION = "\n\nWhat is the pass key? The pass key is"
+DEFAULT_DEPTHS = (0.1, 0.5, 0.9)
+
+
+@dataclass(frozen=True)
+class PasskeyResult:
+    """One scored sample; ``method`` is the method's CLI spec."""
+
+    model: str
+    method: str
+    length: int
+    depth: float
+    sample: int
+    seed: int
+    key: str
+    answer: str
+    correct: bool
+    seconds: float
+
+    @property
+    def cell(self) -> tuple[str, int, float, int]:
+        return (self.method, self.length, self.depth, self.sample)
+
+
+def passkey_prompt(tokenizer, length: int, depth: float, key: str, filler: str = FILLER) -> list[int]:
+    """Token ids of exactly ``length`` tokens with the needle starting at ``depth`` of the filler.
+
+    Example:
+        >>> ids = passkey_prompt(tokenizer, 4096, 0.5, "48213")  # doctest: +SKIP
+        >>> len(ids)  # doctest: +SKIP
+        4096
+    """
+    if not 0.0 <= depth <= 1.0:
+        raise ValueError(f"depth must be within [0, 1], got {depth}")
+    if not filler.strip():
+        raise ValueError("filler text must not be empty")
+    intro = tokenizer(INTRO, add_special_tokens=True).input_ids
+    needle = tokenizer(NEEDLE.format(key=key), add_special_tokens=False).input_ids
+    question = tokenizer(QUESTION, add_special_tokens=False).input_ids
+    budget = length - len(intro) - len(needle) - len(question)
+    if budget < 0:
+        minimum = length - budget
+        raise ValueError(f"a passkey prompt needs at least {minimum} tokens, {length} were asked for")
+    unit = tokenizer(filler, add_special_tokens=False).input_ids
+    stream = unit * (budget // max(1, len(unit)) + 2)
+    # Move the cut back to a sentence end (at most one filler unit), so the needle starts a
+    # sentence; the rest of the budget goes after it.
+    before = round(depth * budget)
+    floor = max(0, before - len(unit))
+    while before > floor and not tokenizer.decode([stream[before - 1]]).strip().endswith("."):
+        before -= 1
+    return intro + stream[:before] + needle + stream[before:budget] + question
+
+
+def score_answer(answer: str, key: str) -> bool:
+    """True when the first number in ``answer`` is exactly ``key``."""
+    found = re.search(r"\d+", answer)
+    return found is not None and found.group(0) == key
+
+
+def passkey_key(seed: int, length: int, depth: float, sample: int) -> str:
+    """The deterministic 5-digit key of one sample."""
+    return str(random.Random(f"{seed}:{length}:{depth}:{sample}").randint(10000, 99999))
+
+
+def read_results(path: Path) -> list[PasskeyResult]:
+    """Results already written to a JSON lines file (a torn last line is ignored)."""
+    results = []
+    for record in read_records(path):
+        try:
+            results.append(PasskeyResult(**record))
+        except TypeError:
+            continue
+    return results
+
+
+def run_passkey(
+    model,
+    tokenizer,
+    *,
+    method: str,
+    lengths: Sequence[int],
+    depths: Sequence[float] = DEFAULT_DEPTHS,
+    samples: int = 1,
+    seed: int = 0,
+    filler: str = FILLER,
+    model_name: str = "",
+    out: Path | None = None,
+    on_result: Callable[[PasskeyResult], None] | None = None,
+    max_new_tokens: int = 8,
+) -> list[PasskeyResult]:
+    """Score the model (as it is, extended or not) on passkey retrieval.
+
+    ``method`` labels the results (use ``Method.spec()``). With ``out`` (a ``.jsonl`` file),
+    finished samples are appended as they complete and samples already in it are skipped.
+
+    Example:
+        >>> longreach.extend(model, longreach.SelfExtend(4, 1024))  # doctest: +SKIP
+        >>> run_passkey(model, tokenizer, method="self-extend:group_size=4,window=1024",
+        ...             lengths=[16384], samples=2)  # doctest: +SKIP
+    """
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
+    done = {r.cell: r for r in read_results(out)} if out is not None else {}
+    results = []
+    for length, depth, sample in _grid(lengths, depths, samples):
+        previous = done.get((method, length, depth, sample))
+        if previous is not None and previous.seed == seed:
+            results.append(previous)
+            if on_result:
+                on_result(previous)
+            continue
+        key = passkey_key(seed, length, depth, sample)
+        ids = torch.tensor([passkey_prompt(tokenizer, length, depth, key, filler)], device=model.device)
+        started = time.perf_counter()
+        with torch.no_grad():
+            generated = model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+            )
+        answer = tokenizer.decode(generated[0, ids.shape[1] :], skip_special_tokens=True)
+        result = PasskeyResult(
+            model=model_name, method=method, length=length, depth=depth, sample=sample, seed=seed,
+            key=key, answer=answer.strip(), correct=score_answer(answer, key),
+            seconds=round(time.perf_counter() - started, 3),
+        )
+        if out is not None:
+            append_record(out, asdict(result))
+        results.append(result)
+        if on_result:
+            on_result(result)
+    return results
+
+
+def _grid(lengths: Iterable[int], depths: Iterable[float], samples: int):
+    for length in lengths:
+        for depth in depths:
+            for sample in range(samples):
+                yield length, float(depth), sample
+
+
+def accuracy_table(results: Iterable[PasskeyResult]) -> dict[str, dict[int, tuple[int, int]]]:
+    """{method: {length: (correct, total)}}."""
+    table: dict[str, dict[int, tuple[int, int]]] = {}
+    for r in results:
+        correct, total = table.setdefault(r.method, {}).get(r.length, (0, 0))
+        table[r.method][r.length] = (correct + int(r.correct), total + 1)
+    return table

@@ -1,0 +1,43 @@
+"""PNG plots of evaluation results (matplotlib, headless)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot_accuracy_by_length(
+    table: dict[str, dict[int, tuple[int, int]]],
+    path: Path,
+    *,
+    title: str,
+    trained_length: int | None = None,
+) -> Path:
+    """Accuracy (%) against input length, one line per method; a dashed line at the trained length."""
+    figure, axes = plt.subplots(figsize=(7, 4.2), dpi=110)
+    for method, cells in table.items():
+        lengths = sorted(cells)
+        accuracy = [100.0 * cells[n][0] / cells[n][1] for n in lengths]
+        axes.plot(lengths, accuracy, marker="o", linewidth=2, label=method)
+    if trained_length:
+        axes.axvline(trained_length, color="grey", linestyle="--", linewidth=1)
+        axes.annotate("trained length", (trained_length, 50), rotation=90, va="center", ha="right",
+                      fontsize=8, color="grey")
+    axes.set_xscale("log", base=2)
+    all_lengths = sorted({n for cells in table.values() for n in cells})
+    axes.set_xticks(all_lengths, [f"{n // 1024}k" if n % 1024 == 0 else str(n) for n in all_lengths])
+    axes.set_ylim(-5, 105)
+    axes.set_xlabel("input length (tokens)")
+    axes.set_ylabel("accuracy (%)")
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8, loc="lower left")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
+    return path
