@@ -58,9 +58,22 @@ def _method(spec: str, target_length: int, trained: int):
         raise UsageError(str(error)) from None
 
 
+def _check_covers(method, length: int, trained: int) -> None:
+    from longreach.integration import check_length
+    from longreach.methods import InputTooLongError
+
+    try:
+        check_length(method, length, trained)
+    except InputTooLongError as error:
+        raise UsageError(str(error)) from None
+
+
 def _load(name: str, dtype: str | None, device: str | None):
+    from transformers.utils import logging as hf_logging
+
     import longreach
 
+    hf_logging.disable_progress_bar()  # our own status line replaces per-tensor bars
     with console.status(f"loading {name}"):
         try:
             return longreach.load_model(name, dtype=dtype, device=device)
@@ -92,6 +105,8 @@ def cmd_passkey(args: argparse.Namespace) -> int:
     model, tokenizer = _load(args.model, args.dtype, args.device)
     trained = trained_length(model.config)
     methods = [_method(spec, max(lengths), trained) for spec in specs]
+    for method in methods:
+        _check_covers(method, max(lengths), trained)
     output = Path(args.out)
     output.mkdir(parents=True, exist_ok=True)
     jsonl = output / "passkey.jsonl"
@@ -112,14 +127,11 @@ def cmd_passkey(args: argparse.Namespace) -> int:
                 )
                 progress.advance(task)
 
-            try:
-                results += run_passkey(
-                    model, tokenizer, method=method.spec(), lengths=lengths, depths=depths,
-                    samples=args.samples, seed=args.seed, filler=filler, model_name=args.model,
-                    out=jsonl, on_result=advance,
-                )
-            except longreach.InputTooLongError as error:
-                raise UsageError(str(error)) from None
+            results += run_passkey(
+                model, tokenizer, method=method.spec(), lengths=lengths, depths=depths,
+                samples=args.samples, seed=args.seed, filler=filler, model_name=args.model,
+                out=jsonl, on_result=advance,
+            )
         longreach.restore(model)
     table = accuracy_table(results)
     _print_table(table, lengths, title=f"Passkey retrieval, {args.model} (trained to {trained} tokens)")
@@ -189,13 +201,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     total = ids.shape[1] + args.max_new_tokens
     trained = trained_length(model.config)
     method = _method(args.method, total, trained)
-    limit = method.max_length(trained)
-    if limit is not None and total > limit:
-        hint = method.suggest(total, trained)
-        raise UsageError(
-            f"{ids.shape[1]} prompt tokens + {args.max_new_tokens} new tokens exceed the {limit} tokens "
-            f"{method.spec()} covers" + (f"; try --method {hint.spec()}" if hint else "")
-        )
+    _check_covers(method, total, trained)
     _apply(model, method)
     console.print(f"[dim]{ids.shape[1]} prompt tokens, method {method.spec()}[/]")
     streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
@@ -270,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except UsageError as error:
-        console.print(f"[red]error:[/] {error}", highlight=False)
+        console.print(f"[red]error:[/] {error}", highlight=False, soft_wrap=True)
         return 2
 
 

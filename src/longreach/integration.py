@@ -245,7 +245,7 @@ def longreach_attention(
             "static rope type"
         )
     offsets, has_holes = _row_offsets(kwargs.get("position_ids"), attention_mask, batch, n_query, n_key)
-    _check_length(extension, n_key - min(offsets))
+    check_length(extension.method, n_key - min(offsets), extension.trained_length)
     scale = scaling if scaling is not None else head_dim**-0.5
     output = torch.empty_like(query)
     for rows, offset in _row_groups(offsets, has_holes):
@@ -319,13 +319,15 @@ def _row_groups(offsets: list[int], has_holes: list[bool]) -> list[tuple[list[in
     return [(rows, offset) for offset, rows in groups.items()] + single
 
 
-def _check_length(extension: _Extension, length: int) -> None:
-    limit = extension.method.max_length(extension.trained_length)
+def check_length(method: Method, length: int, trained: int) -> None:
+    """Raise :class:`InputTooLongError` when ``method`` cannot cover ``length`` tokens on a model
+    trained to ``trained`` tokens, naming settings that would."""
+    limit = method.max_length(trained)
     if limit is None or length <= limit:
         return
-    suggestion = extension.method.suggest(length, extension.trained_length)
-    hint = f"; {suggestion!r} would cover it" if suggestion is not None else ""
+    suggestion = method.suggest(length, trained)
+    hint = f"; {suggestion!r} ({suggestion.spec()}) would cover it" if suggestion is not None else ""
     raise InputTooLongError(
-        f"input of {length} tokens is longer than {extension.method!r} covers on a model trained to "
-        f"{extension.trained_length} tokens ({limit} tokens){hint}"
+        f"input of {length} tokens is longer than {method!r} covers on a model trained to "
+        f"{trained} tokens ({limit} tokens){hint}"
     )

@@ -17,7 +17,7 @@ from longreach.engine.kernels import attention_with_lse, merge_by_lse
 from longreach.engine.rotary import RotaryLayout
 from longreach.methods.base import Part
 
-#: Queries per tile. Edge masks are at most TILE x TILE; larger tiles mean fewer kernel calls.
+#: Queries per tile: larger tiles mean fewer kernel calls.
 TILE = 512
 
 
@@ -74,16 +74,12 @@ def attend(
     out = torch.zeros(batch, kv_heads, group, n_query, head_dim, dtype=torch.float32, device=query.device)
     lse = torch.full((batch, kv_heads, group, n_query), float("-inf"), dtype=torch.float32, device=query.device)
     for start, stop in _tiles(views, n_query, tile):
-        tile_out = out[..., start:stop, :]
-        tile_lse = lse[..., start:stop]
         for view in views:
-            for key_lo, key_hi, kind in _pieces(view, start, stop, key_valid is not None):
-                piece_out, piece_lse = _attend_piece(
-                    view, start, stop, key_lo, key_hi, kind, key_valid, scale, group
-                )
-                tile_out, tile_lse = merge_by_lse(tile_out, tile_lse, piece_out, piece_lse)
-        out[..., start:stop, :] = tile_out
-        lse[..., start:stop] = tile_lse
+            for piece in _pieces(view, start, stop, key_valid is not None):
+                rows = slice(piece.query_start, piece.query_stop)
+                piece_out, piece_lse = _attend_piece(view, piece, key_valid, scale, group)
+                merged = merge_by_lse(out[..., rows, :], lse[..., rows], piece_out, piece_lse)
+                out[..., rows, :], lse[..., rows] = merged
     return out.reshape(batch, q_heads, n_query, head_dim).to(query.dtype)
 
 
@@ -128,45 +124,71 @@ def _tiles(views: list[_PartView], n_query: int, tile: int) -> list[tuple[int, i
     return [(a, b) for a, b in zip(edges, edges[1:], strict=False) if b > a]
 
 
-def _pieces(view: _PartView, start: int, stop: int, has_holes: bool) -> list[tuple[int, int, str]]:
-    """Key ranges for one tile of one part: ("full", unmasked), ("causal", top-left causal),
-    ("masked", explicit mask)."""
+@dataclass(frozen=True)
+class _Piece:
+    """Query rows [query_start, query_stop) against keys [key_lo, key_hi), attended as
+    "full" (unmasked), "causal" (the kernel's top-left causal flag), "anticausal" (the same on
+    reversed rows and keys) or "masked"."""
+
+    query_start: int
+    query_stop: int
+    key_lo: int
+    key_hi: int
+    kind: str
+
+
+def _pieces(view: _PartView, start: int, stop: int, has_holes: bool) -> list[_Piece]:
+    """Cover the part's region for query rows [start, stop): the keys every row sees as one
+    unmasked piece, the ragged edges (at most a tile wide) as causal, anticausal or masked."""
     lo_min, lo_max = view.lo[start], view.lo[stop - 1]
     hi_min, hi_max = view.hi[start], view.hi[stop - 1]
+    rows = stop - start
     if hi_max <= lo_min:
         return []
-    if has_holes or lo_max >= hi_min:
-        return [(lo_min, hi_max, "masked")]
+    if has_holes or lo_max >= hi_min:  # no key seen by every row: one masked piece
+        return [_Piece(start, stop, lo_min, hi_max, "masked")]
     pieces = []
-    if lo_max > lo_min:
-        pieces.append((lo_min, lo_max, "masked"))
+    full_start = lo_max
+    # A lower edge advancing exactly one key per row is the causal pattern reversed.
+    if lo_max > lo_min and lo_max - lo_min == rows - 1 and lo_max + 1 <= hi_min:
+        pieces.append(_Piece(start, stop, lo_min, lo_max + 1, "anticausal"))
+        full_start = lo_max + 1
+    elif lo_max > lo_min:
+        pieces.append(_Piece(start, stop, lo_min, lo_max, "masked"))
     full_stop = hi_min
-    # A diagonal edge that advances exactly one key per query is the kernel's causal pattern.
-    if hi_max - hi_min == stop - 1 - start and hi_max > hi_min and hi_min - 1 >= lo_max:
+    upper = None
+    # An upper edge advancing exactly one key per row is the kernel's causal pattern.
+    if hi_max > hi_min and hi_max - hi_min == rows - 1 and hi_min - 1 >= full_start:
         full_stop = hi_min - 1
-        upper = (hi_min - 1, hi_max, "causal")
+        upper = _Piece(start, stop, hi_min - 1, hi_max, "causal")
     elif hi_max > hi_min:
-        upper = (hi_min, hi_max, "masked")
-    else:
-        upper = None
-    if full_stop > lo_max:
-        pieces.append((lo_max, full_stop, "full"))
+        upper = _Piece(start, stop, hi_min, hi_max, "masked")
+    if full_stop > full_start:
+        pieces.append(_Piece(start, stop, full_start, full_stop, "full"))
     if upper is not None:
         pieces.append(upper)
     return pieces
 
 
-def _attend_piece(view, start, stop, key_lo, key_hi, kind, key_valid, scale, group):
+def _attend_piece(view: _PartView, piece: _Piece, key_valid, scale, group):
+    start, stop, key_lo, key_hi, kind = (
+        piece.query_start, piece.query_stop, piece.key_lo, piece.key_hi, piece.kind
+    )
     queries = view.queries[..., start:stop, :]  # (B, Hkv, G, T, D)
     batch, kv_heads, _, rows, head_dim = queries.shape
     keys = view.keys[:, :, key_lo - view.key_start : key_hi - view.key_start]
     values = view.values[:, :, key_lo - view.key_start : key_hi - view.key_start]
-    if kind == "causal":
+    if kind in ("causal", "anticausal"):
         # The causal flag needs query rows in order, so expand the (tile-wide) keys per head.
+        # Reversing rows and keys turns "key >= row" into the kernel's "key <= row".
         q = queries.reshape(batch, kv_heads * group, rows, head_dim)
         k = keys.repeat_interleave(group, dim=1)
         v = values.repeat_interleave(group, dim=1)
+        if kind == "anticausal":
+            q, k, v = q.flip(2), k.flip(2), v.flip(2)
         out, lse = attention_with_lse(q, k, v, scale=scale, causal=True)
+        if kind == "anticausal":
+            out, lse = out.flip(2), lse.flip(2)
         return out.view(batch, kv_heads, group, rows, head_dim), lse.view(batch, kv_heads, group, rows)
 
     # Pack the query heads of a KV group as extra rows: no copy of keys per head.

@@ -1,0 +1,73 @@
+"""The command line: argument errors exit 2 with one line; commands write what they promise."""
+
+import json
+
+import pytest
+from conftest import tiny_model
+
+from longreach.cli import main
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory, smollm_tokenizer):
+    folder = tmp_path_factory.mktemp("tiny")
+    model = tiny_model("llama", vocab_size=len(smollm_tokenizer), max_position_embeddings=256)
+    model.save_pretrained(folder)
+    smollm_tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["passkey", "--method", "bogus"], "unknown method 'bogus'"),
+        (["passkey", "--method", "self-extend:group_size=4,window"], "malformed setting"),
+        (["passkey", "--method", "self-extend:group_size=0,window=8"], "group_size must be >= 1"),
+        (["passkey", "--method", "self-extend:size=4"], "has no setting 'size'"),
+        (["passkey", "--lengths", "4k,lots"], "bad length 'lots'"),
+        (["passkey", "--depths", "0.5,2"], "within [0, 1]"),
+        (["info", "--model", "no-such-model"], "unknown model 'no-such-model'"),
+        (["generate", "--prompt-file", "/no/such/file"], "does not exist"),
+    ],
+)
+def test_bad_arguments_are_one_line_errors_with_exit_code_2(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") <= 2
+
+
+def test_passkey_writes_jsonl_summary_and_plot(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["passkey", "--model", str(tiny_model_dir), "--method", "vanilla", "--method",
+            "self-extend:group_size=2,window=64", "--lengths", "160,300", "--depths", "0.5", "--out", str(out)]
+    assert main(argv) == 0
+    lines = (out / "passkey.jsonl").read_text().splitlines()
+    assert len(lines) == 4
+    summary = json.loads((out / "passkey.json").read_text())
+    assert set(summary["accuracy"]) == {"vanilla", "self-extend:group_size=2,window=64"}
+    assert (out / "passkey.png").read_bytes()[:4] == b"\x89PNG"
+    assert "self-extend:group_size=2,window=64" in capsys.readouterr().out
+    assert main(argv) == 0  # a rerun resumes: nothing new to write
+    assert len((out / "passkey.jsonl").read_text().splitlines()) == 4
+
+
+def test_passkey_too_long_for_settings_is_a_clear_error(tiny_model_dir, tmp_path, capsys):
+    argv = ["passkey", "--model", str(tiny_model_dir), "--method", "self-extend:group_size=2,window=200",
+            "--lengths", "400", "--out", str(tmp_path)]
+    assert main(argv) == 2
+    assert "longer than SelfExtend(group_size=2, window=200) covers" in capsys.readouterr().err
+
+
+def test_info_and_generate(tiny_model_dir, tmp_path, capsys):
+    assert main(["info", "--model", str(tiny_model_dir), "--target-length", "1k"]) == 0
+    shown = capsys.readouterr().out
+    assert "half-split" in shown and "self-extend:group_size=" in shown
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text("Once upon a time " * 20)
+    argv = ["generate", "--model", str(tiny_model_dir), "--method", "self-extend:auto", "--prompt-file",
+            str(prompt), "--max-new-tokens", "5"]
+    assert main(argv) == 0
+    argv[-1] = "1000"
+    argv[4] = "self-extend:group_size=2,window=64"
+    assert main(argv) == 2
+    assert "input of 1" in capsys.readouterr().err
