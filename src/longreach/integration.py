@@ -247,23 +247,24 @@ def longreach_attention(
     offsets, has_holes = _row_offsets(kwargs.get("position_ids"), attention_mask, batch, n_query, n_key)
     check_length(extension.method, n_key - min(offsets), extension.trained_length)
     scale = scaling if scaling is not None else head_dim**-0.5
-    output = torch.empty_like(query)
-    for rows, offset in _row_groups(offsets, has_holes):
-        index = torch.tensor(rows, device=query.device)
+
+    def attend_rows(index, offset: int, valid: torch.Tensor | None) -> torch.Tensor:
         positions = torch.arange(n_key, device=query.device) - offset
-        valid = attention_mask[rows[0]] if has_holes[rows[0]] else None
-        output[index] = attend(
-            query[index],
-            key[index],
-            value[index],
-            extension.parts,
-            extension.layout,
-            query_positions=positions[n_key - n_query :],
-            key_positions=positions,
-            scale=scale,
-            key_valid=valid,
-            sliding_window=kwargs.get("sliding_window"),
+        return attend(
+            query[index], key[index], value[index], extension.parts, extension.layout,
+            query_positions=positions[n_key - n_query :], key_positions=positions, scale=scale,
+            key_valid=valid, sliding_window=kwargs.get("sliding_window"),
         )
+
+    groups = _row_groups(offsets, has_holes)
+    if len(groups) == 1:  # the common case: no copies of q, k, v
+        rows, offset = groups[0]
+        output = attend_rows(slice(None), offset, attention_mask[rows[0]] if has_holes[rows[0]] else None)
+    else:
+        output = torch.empty_like(query)
+        for rows, offset in groups:
+            index = torch.tensor(rows, device=query.device)
+            output[index] = attend_rows(index, offset, attention_mask[rows[0]] if has_holes[rows[0]] else None)
     return output.transpose(1, 2).contiguous(), None
 
 

@@ -8,6 +8,7 @@ magnitude already inside q and k and a pure rotation leaves it untouched.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -38,21 +39,26 @@ class RotaryLayout:
     def rotate(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         """Rotate ``x`` (..., N, head_dim) forward by ``delta`` positions (N,), float or int.
 
-        Angles are formed in float64 (positions up to millions times inv_freq up to 1 lose
-        precision in float32) and the rotation is applied in float32.
+        Angles are formed and reduced modulo 2 pi in float64 (positions up to millions times
+        inv_freq up to 1 lose precision in float32); the rotation runs in float32, in place on
+        one output buffer (several times faster on CPU than building it from temporaries).
         """
         angles = delta.to(torch.float64)[:, None] * self.inv_freq.to(delta.device, torch.float64)[None, :]
-        cos = angles.cos().to(torch.float32)
-        sin = angles.sin().to(torch.float32)
+        angles = angles.remainder_(2 * math.pi).to(torch.float32)
+        cos, sin = angles.cos(), angles.sin()
         rot = self.rotary_dims
-        x32 = x[..., :rot].to(torch.float32)
+        source = x.to(torch.float32)
+        out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
         if self.interleaved:
-            x1, x2 = x32[..., 0::2], x32[..., 1::2]
-            rotated = torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2)
+            first, second = slice(0, rot, 2), slice(1, rot, 2)
         else:
-            x1, x2 = x32[..., : rot // 2], x32[..., rot // 2 :]
-            rotated = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
-        rotated = rotated.to(x.dtype)
-        if rot == x.shape[-1]:
-            return rotated
-        return torch.cat((rotated, x[..., rot:]), dim=-1)
+            first, second = slice(0, rot // 2), slice(rot // 2, rot)
+        x1, x2 = source[..., first], source[..., second]
+        out1, out2 = out[..., first], out[..., second]
+        torch.mul(x1, cos, out=out1)
+        out1.addcmul_(x2, sin, value=-1.0)
+        torch.mul(x2, cos, out=out2)
+        out2.addcmul_(x1, sin)
+        if rot < x.shape[-1]:
+            out[..., rot:] = source[..., rot:]
+        return out.to(x.dtype)

@@ -25,8 +25,7 @@ def plot_accuracy_by_length(
         axes.plot(lengths, accuracy, marker="o", linewidth=2, label=method)
     if trained_length:
         axes.axvline(trained_length, color="grey", linestyle="--", linewidth=1)
-        axes.annotate("trained length", (trained_length, 50), rotation=90, va="center", ha="right",
-                      fontsize=8, color="grey")
+        axes.annotate(" trained length", (trained_length, 102), va="top", ha="left", fontsize=8, color="grey")
     axes.set_xscale("log", base=2)
     all_lengths = sorted({n for cells in table.values() for n in cells})
     axes.set_xticks(all_lengths, [f"{n // 1024}k" if n % 1024 == 0 else str(n) for n in all_lengths])

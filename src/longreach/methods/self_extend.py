@@ -70,7 +70,7 @@ class SelfExtend(Method):
 
         Example:
             >>> SelfExtend.for_target(16384, 8192)
-            SelfExtend(group_size=3, window=1024)
+            SelfExtend(group_size=4, window=1024)
         """
         check_int("SelfExtend.for_target", "target_length", target_length, 1)
         check_int("SelfExtend.for_target", "trained_length", trained_length, 16)
