@@ -67,10 +67,9 @@ def attend(
     batch, q_heads, n_query, head_dim = query.shape
     kv_heads = key.shape[1]
     group = q_heads // kv_heads
-    views = [
-        _prepare(part, query, key, value, layout, query_positions, key_positions, sliding_window)
-        for part in parts
-    ]
+    prepared = (_prepare(part, query, key, value, layout, query_positions, key_positions, sliding_window)
+                for part in parts)
+    views = [view for view in prepared if view is not None]
     out = torch.zeros(batch, kv_heads, group, n_query, head_dim, dtype=torch.float32, device=query.device)
     lse = torch.full((batch, kv_heads, group, n_query), float("-inf"), dtype=torch.float32, device=query.device)
     for start, stop in _tiles(views, n_query, tile):
@@ -83,7 +82,8 @@ def attend(
     return out.reshape(batch, q_heads, n_query, head_dim).to(query.dtype)
 
 
-def _prepare(part, query, key, value, layout, query_positions, key_positions, sliding_window) -> _PartView:
+def _prepare(part, query, key, value, layout, query_positions, key_positions, sliding_window) -> _PartView | None:
+    """The part's spans as key indices and its re-rotated q and k; None when no query sees a key."""
     lo_pos, hi_pos = part.key_span(query_positions)
     hi_pos = torch.minimum(hi_pos, query_positions + 1)
     lo_pos = lo_pos.clamp_min(0)
@@ -95,16 +95,17 @@ def _prepare(part, query, key, value, layout, query_positions, key_positions, sl
     if bool((steps < 0).any()):
         raise ValueError(f"plan part {part.name!r}: key spans must be non-decreasing in the query position")
     jumps = torch.nonzero((torch.diff(lo_idx) > 1) | (torch.diff(hi_idx) > 1)).flatten() + 1
+    if not bool((hi_idx > lo_idx).any()):
+        return None
     lo, hi = lo_idx.tolist(), hi_idx.tolist()
-    key_start = min(lo) if lo else 0
-    key_stop = max(max(hi) if hi else 0, key_start)
+    key_start, key_stop = lo[0], hi[-1]
 
     queries = query
     if part.query_position is not None:
         delta = part.query_position(query_positions) - query_positions
         queries = layout.rotate(query, delta)
     keys = key[:, :, key_start:key_stop]
-    if part.key_position is not None and key_stop > key_start:
+    if part.key_position is not None:
         span_positions = key_positions[key_start:key_stop]
         keys = layout.rotate(keys, part.key_position(span_positions) - span_positions)
     batch, q_heads, n_query, head_dim = query.shape
