@@ -211,3 +211,33 @@ def test_model_info_reports_rope_and_suggestions():
     gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=50))
     info = longreach.model_info(gpt2)
     assert not info.supported and "RoPE" in info.reason
+
+
+def test_decoding_rotates_only_new_keys_and_beam_search_stays_exact(monkeypatch):
+    from longreach.cache import LongReachCache
+    from longreach.engine.rotary import RotaryLayout
+
+    model = tiny_model("llama")
+    longreach.extend(model, longreach.SelfExtend(group_size=3, window=6))
+    ids = torch.randint(3, 128, (2, 40))
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad():
+        first = model(ids, past_key_values=cache, use_cache=True)
+    assert type(cache) is LongReachCache and cache.get_seq_length() == 40  # adopted in place
+    rotated = []
+    original = RotaryLayout.rotate
+    monkeypatch.setattr(RotaryLayout, "rotate", lambda self, x, d: rotated.append(x.shape[2]) or original(self, x, d))
+    step = first.logits[:, -1:].argmax(-1)
+    with torch.no_grad():
+        cached = model(step, past_key_values=cache, use_cache=True).logits
+    assert rotated and max(rotated) == 1  # one new key (and one query) per layer, not 41 keys
+    torch.testing.assert_close(cached[:, -1], logits(model, torch.cat((ids, step), 1))[:, -1], atol=1e-5, rtol=1e-5)
+    monkeypatch.undo()
+
+    settings = dict(max_new_tokens=6, min_new_tokens=6, num_beams=3, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        beams = model.generate(ids[:1], **settings)
+        uncached = model.generate(ids[:1], use_cache=False, **settings)
+    assert beams.tolist() == uncached.tolist()
+    longreach.restore(model)
+    assert not model.base_model._forward_pre_hooks

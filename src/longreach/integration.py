@@ -14,6 +14,7 @@ import torch
 from transformers import AttentionInterface, PreTrainedModel
 from transformers.masking_utils import AttentionMaskInterface, prepare_padding_mask
 
+from longreach.cache import LongReachCache
 from longreach.engine.attention import attend
 from longreach.engine.rotary import RotaryLayout
 from longreach.methods.base import InputTooLongError, Method, Part
@@ -38,6 +39,8 @@ class _Extension:
     rope_type: str
     original_implementation: str
     modules: list[torch.nn.Module] = field(default_factory=list)
+    hook: object = None  # handle of the forward pre-hook that adopts the cache
+    active_cache: LongReachCache | None = None  # the cache of the forward in progress
 
 
 def extend(model: PreTrainedModel, method: Method) -> PreTrainedModel:
@@ -67,9 +70,18 @@ def extend(model: PreTrainedModel, method: Method) -> PreTrainedModel:
         original_implementation=original or "sdpa",
     )
     _register()
+    if previous is not None and previous.hook is not None:
+        previous.hook.remove()
     for module in _attention_modules(model):
         setattr(module, _STATE, extension)
         extension.modules.append(module)
+
+    def adopt_cache(_module, args, kwargs):
+        # Every forward sets the cache it works on, so no call sees another call's cache.
+        extension.active_cache = LongReachCache.adopt(kwargs.get("past_key_values"))
+
+    # The base model receives past_key_values whether the user calls it or the LM head model.
+    extension.hook = model.base_model.register_forward_pre_hook(adopt_cache, with_kwargs=True)
     model.set_attn_implementation(IMPLEMENTATION)
     return model
 
@@ -86,6 +98,8 @@ def restore(model: PreTrainedModel) -> PreTrainedModel:
     for module in extension.modules:
         if hasattr(module, _STATE):
             delattr(module, _STATE)
+    extension.hook.remove()
+    extension.active_cache = None
     model.set_attn_implementation(extension.original_implementation)
     return model
 
@@ -248,23 +262,28 @@ def longreach_attention(
     check_length(extension.method, n_key - min(offsets), extension.trained_length)
     scale = scaling if scaling is not None else head_dim**-0.5
 
-    def attend_rows(index, offset: int, valid: torch.Tensor | None) -> torch.Tensor:
+    cache = extension.active_cache
+
+    def attend_rows(index, rows: list[int], offset: int, valid: torch.Tensor | None) -> torch.Tensor:
         positions = torch.arange(n_key, device=query.device) - offset
+        store = cache.store(module.layer_idx, tuple(rows), offset) if cache is not None else None
         return attend(
             query[index], key[index], value[index], extension.parts, extension.layout,
             query_positions=positions[n_key - n_query :], key_positions=positions, scale=scale,
-            key_valid=valid, sliding_window=kwargs.get("sliding_window"),
+            key_valid=valid, sliding_window=kwargs.get("sliding_window"), key_store=store,
         )
 
     groups = _row_groups(offsets, has_holes)
     if len(groups) == 1:  # the common case: no copies of q, k, v
         rows, offset = groups[0]
-        output = attend_rows(slice(None), offset, attention_mask[rows[0]] if has_holes[rows[0]] else None)
+        output = attend_rows(slice(None), rows, offset, attention_mask[rows[0]] if has_holes[rows[0]] else None)
     else:
         output = torch.empty_like(query)
         for rows, offset in groups:
             index = torch.tensor(rows, device=query.device)
-            output[index] = attend_rows(index, offset, attention_mask[rows[0]] if has_holes[rows[0]] else None)
+            output[index] = attend_rows(
+                index, rows, offset, attention_mask[rows[0]] if has_holes[rows[0]] else None
+            )
     return output.transpose(1, 2).contiguous(), None
 
 

@@ -47,12 +47,15 @@ def attend(
     key_valid: torch.Tensor | None = None,
     sliding_window: int | None = None,
     tile: int = TILE,
+    key_store: dict | None = None,
 ) -> torch.Tensor:
     """Attention of ``query`` over ``key``/``value`` under a position plan.
 
     ``query`` (B, Hq, Nq, D) and ``key`` (B, Hkv, Nk, D) are rotated at their true positions,
     which all rows share: ``query_positions`` (Nq,) and ``key_positions`` (Nk,), int64, the latter
     ascending. ``key_valid`` (Nk,) marks keys that may be attended at all (padding holes).
+    ``key_store`` (a dict owned by the cache, per layer) keeps re-rotated keys between calls
+    whose keys only grew by appending, so decoding rotates only the new keys.
     Returns (B, Hq, Nq, D) in the query's dtype; a query that sees no key gets zeros.
 
     Example:
@@ -67,8 +70,10 @@ def attend(
     batch, q_heads, n_query, head_dim = query.shape
     kv_heads = key.shape[1]
     group = q_heads // kv_heads
-    prepared = (_prepare(part, query, key, value, layout, query_positions, key_positions, sliding_window)
-                for part in parts)
+    prepared = (
+        _prepare(part, query, key, value, layout, query_positions, key_positions, sliding_window, key_store)
+        for part in parts
+    )
     views = [view for view in prepared if view is not None]
     out = torch.zeros(batch, kv_heads, group, n_query, head_dim, dtype=torch.float32, device=query.device)
     lse = torch.full((batch, kv_heads, group, n_query), float("-inf"), dtype=torch.float32, device=query.device)
@@ -82,7 +87,9 @@ def attend(
     return out.reshape(batch, q_heads, n_query, head_dim).to(query.dtype)
 
 
-def _prepare(part, query, key, value, layout, query_positions, key_positions, sliding_window) -> _PartView | None:
+def _prepare(
+    part, query, key, value, layout, query_positions, key_positions, sliding_window, key_store
+) -> _PartView | None:
     """The part's spans as key indices and its re-rotated q and k; None when no query sees a key."""
     lo_pos, hi_pos = part.key_span(query_positions)
     hi_pos = torch.minimum(hi_pos, query_positions + 1)
@@ -106,12 +113,30 @@ def _prepare(part, query, key, value, layout, query_positions, key_positions, sl
         queries = layout.rotate(query, delta)
     keys = key[:, :, key_start:key_stop]
     if part.key_position is not None:
-        span_positions = key_positions[key_start:key_stop]
-        keys = layout.rotate(keys, part.key_position(span_positions) - span_positions)
+        keys = _rotated_keys(part, key, key_positions, key_start, key_stop, layout, key_store)
     batch, q_heads, n_query, head_dim = query.shape
     kv_heads = key.shape[1]
     queries = queries.reshape(batch, kv_heads, q_heads // kv_heads, n_query, head_dim)
     return _PartView(queries, keys, value[:, :, key_start:key_stop], key_start, lo, hi, jumps)
+
+
+def _rotated_keys(part, key, key_positions, start, stop, layout, store) -> torch.Tensor:
+    """Keys [start, stop) at the part's key positions, reusing what ``store`` already holds."""
+
+    def rotate(a: int, b: int) -> torch.Tensor:
+        positions = key_positions[a:b]
+        return layout.rotate(key[:, :, a:b], part.key_position(positions) - positions)
+
+    if store is None:
+        return rotate(start, stop)
+    held_start, held = store.get(part, (start, None))
+    held_stop = held_start + (held.shape[2] if held is not None else 0)
+    if held is None or held_start > start or held_stop > stop:
+        held_start, held = start, rotate(start, stop)
+    elif held_stop < stop:
+        held = torch.cat((held, rotate(held_stop, stop)), dim=2)
+    store[part] = (held_start, held)
+    return held[:, :, start - held_start :]
 
 
 def _tiles(views: list[_PartView], n_query: int, tile: int) -> list[tuple[int, int]]:
