@@ -73,12 +73,12 @@ def _load(name: str, dtype: str | None, device: str | None):
 
     import longreach
 
-    hf_logging.disable_progress_bar()  # our own status line replaces per-tensor bars
-    with console.status(f"loading {name}"):
-        try:
+    hf_logging.disable_progress_bar()  # our status line replaces transformers' bars
+    try:
+        with console.status(f"loading {name}"):
             return longreach.load_model(name, dtype=dtype, device=device)
-        except longreach.ModelNotAvailableError as error:
-            raise UsageError(str(error)) from None
+    except longreach.ModelNotAvailableError as error:
+        raise UsageError(str(error)) from None
 
 
 def _apply(model, method):
