@@ -9,19 +9,36 @@ Example:
 
 from longreach.info import ModelInfo, model_info
 from longreach.integration import UnsupportedModelError, current_method, extend, restore
-from longreach.methods import METHODS, InputTooLongError, Method, Part, SelfExtend, Vanilla
+from longreach.methods import (
+    METHODS,
+    DualChunk,
+    InputTooLongError,
+    LMInfinite,
+    Method,
+    Part,
+    ReRoPE,
+    RopeScaling,
+    SelfExtend,
+    StreamingLLM,
+    Vanilla,
+)
 from longreach.models import ModelNotAvailableError, load_model
 
 __version__ = "0.1.0"
 
 __all__ = [
     "METHODS",
+    "DualChunk",
     "InputTooLongError",
+    "LMInfinite",
     "Method",
     "ModelInfo",
     "ModelNotAvailableError",
     "Part",
+    "ReRoPE",
+    "RopeScaling",
     "SelfExtend",
+    "StreamingLLM",
     "UnsupportedModelError",
     "Vanilla",
     "current_method",

@@ -1,4 +1,5 @@
-"""A DynamicCache that also remembers keys already re-rotated by a method's parts.
+"""The cache LongReach decodes with: a DynamicCache that remembers re-rotated keys and, for
+methods that drop the middle of the context, evicts keys no later query can see.
 
 A part such as SelfExtend's grouped attention moves every cached key to another position; doing
 that again at each decoding step costs O(n d) per layer. The cache keeps, per layer and part, the
@@ -11,6 +12,66 @@ from __future__ import annotations
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+
+class EvictingLayer(DynamicLayer):
+    """A cache layer holding only the tokens its method can still attend to.
+
+    ``token_index`` (N,) gives the index in the full sequence of each kept key;
+    ``get_seq_length()`` stays the true token count, and masks are sized for the full sequence,
+    so generation, positions and padding are unchanged by eviction.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._start_tracking(0)
+
+    def _start_tracking(self, held: int) -> None:
+        self.seen = held
+        self.token_index = torch.arange(held)
+
+    @classmethod
+    def adopt(cls, layer: DynamicLayer) -> EvictingLayer:
+        """Turn a plain ``DynamicLayer`` (possibly holding keys) into an evicting one, in place."""
+        held = layer.keys.shape[-2] if layer.is_initialized and layer.keys.numel() else 0
+        layer.__class__ = cls
+        layer._start_tracking(held)
+        if layer.is_initialized:
+            layer.token_index = layer.token_index.to(layer.keys.device)
+        return layer
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        keys, values = super().update(key_states, value_states, *args, **kwargs)
+        new = torch.arange(self.seen, self.seen + key_states.shape[-2], device=key_states.device)
+        self.token_index = torch.cat((self.token_index.to(key_states.device), new))
+        self.seen += key_states.shape[-2]
+        return keys, values
+
+    def keep(self, kept: torch.Tensor) -> None:
+        """Keep only the keys where ``kept`` (N,) bool is True."""
+        if bool(kept.all()):
+            return
+        index = torch.nonzero(kept).flatten().to(self.keys.device)
+        self.keys = self.keys.index_select(2, index)
+        self.values = self.values.index_select(2, index)
+        self.token_index = self.token_index[index]
+
+    def get_seq_length(self) -> int:
+        return self.seen
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.seen + query_length, 0
+
+    def reset(self) -> None:
+        super().reset()
+        self._start_tracking(0)
+
+    def crop(self, tokens_to_remove: int) -> None:
+        raise ValueError(
+            "this cache has evicted tokens its method no longer attends to, so it cannot be rolled back "
+            "(crop, as used by assisted decoding); run assisted decoding without an evicting method"
+        )
 
 
 class LongReachCache(DynamicCache):
@@ -18,7 +79,7 @@ class LongReachCache(DynamicCache):
 
     ``extend()`` adopts the plain ``DynamicCache`` that ``generate()`` or the user passes (its
     class becomes this subclass; contents and behaviour are unchanged), so nothing needs to be
-    passed by hand.
+    passed by hand. For evicting methods its layers become :class:`EvictingLayer`.
 
     Example:
         >>> cache = LongReachCache()
@@ -31,15 +92,39 @@ class LongReachCache(DynamicCache):
         self.rotated_keys: dict = {}
 
     @classmethod
-    def adopt(cls, cache: object) -> LongReachCache | None:
+    def adopt(cls, cache: object, *, evicting: bool = False) -> LongReachCache | None:
         """Turn a plain ``DynamicCache`` into a ``LongReachCache`` in place; None for other caches."""
         if type(cache) is DynamicCache:
             cache.__class__ = cls
             cache.rotated_keys = {}
-        return cache if isinstance(cache, LongReachCache) else None
+        if not isinstance(cache, LongReachCache):
+            return None
+        if evicting:
+            for layer in cache.layers:
+                if type(layer) is DynamicLayer:
+                    EvictingLayer.adopt(layer)
+            if cache.layer_class_to_replicate is DynamicLayer:
+                cache.layer_class_to_replicate = EvictingLayer
+        return cache
 
-    def store(self, layer_idx: int, rows: tuple[int, ...], offset: int) -> dict:
-        """The re-rotated keys of one layer for the given batch rows and position offset."""
+    def token_index(self, layer_idx: int, n_key: int) -> torch.Tensor:
+        """Index in the full sequence of each of the ``n_key`` keys the layer just returned."""
+        layer = self.layers[layer_idx]
+        if isinstance(layer, EvictingLayer):
+            return layer.token_index
+        total = layer.get_seq_length()  # a sliding-window layer returns only its last keys
+        return torch.arange(total - n_key, total)
+
+    def evict(self, layer_idx: int, kept: torch.Tensor) -> None:
+        layer = self.layers[layer_idx]
+        if isinstance(layer, EvictingLayer):
+            layer.keep(kept)
+
+    def store(self, layer_idx: int, rows: tuple[int, ...], offset: int) -> dict | None:
+        """The re-rotated keys of one layer for the given batch rows and position offset; None on
+        an evicting layer, whose keys do not only grow by appending."""
+        if isinstance(self.layers[layer_idx], EvictingLayer):
+            return None
         return self.rotated_keys.setdefault((layer_idx, rows, offset), {})
 
     def reset(self) -> None:

@@ -17,7 +17,9 @@ from transformers.masking_utils import AttentionMaskInterface, prepare_padding_m
 from longreach.cache import LongReachCache
 from longreach.engine.attention import attend
 from longreach.engine.rotary import RotaryLayout
-from longreach.methods.base import InputTooLongError, Method, Part
+from longreach.methods.base import InputTooLongError, Method, Part, retained_spans
+from longreach.methods.rope_scaling import RopeScaling
+from longreach.rope_scaling import apply_rope_scaling
 
 IMPLEMENTATION = "longreach"
 _STATE = "_longreach"
@@ -38,9 +40,11 @@ class _Extension:
     trained_length: int
     rope_type: str
     original_implementation: str
+    evicting: bool = False  # the plan drops keys for good: the cache evicts them
     modules: list[torch.nn.Module] = field(default_factory=list)
     hook: object = None  # handle of the forward pre-hook that adopts the cache
     active_cache: LongReachCache | None = None  # the cache of the forward in progress
+    undo_rope: object = None  # restores the model's rope parameters (RopeScaling)
 
 
 def extend(model: PreTrainedModel, method: Method) -> PreTrainedModel:
@@ -57,33 +61,50 @@ def extend(model: PreTrainedModel, method: Method) -> PreTrainedModel:
             f"extend() needs a method config such as longreach.SelfExtend(group_size=4, window=1024), "
             f"got {type(method).__name__}"
         )
-    previous = _extension(model)
+    restore(model)  # one method at a time: a second extend replaces the first
     rotary, layout, rope_type = describe_rotary(model)
-    original = previous.original_implementation if previous else model.config._attn_implementation
+    trained = trained_length(model.config)
+    method.check_model(trained)
+    parts = method.parts()
     extension = _Extension(
         method=method,
-        parts=method.parts(),
+        parts=parts,
         rotary=rotary,
         layout=layout,
-        trained_length=trained_length(model.config),
+        trained_length=trained,
         rope_type=rope_type,
-        original_implementation=original or "sdpa",
+        original_implementation=model.config._attn_implementation or "sdpa",
+        evicting=_evicts(parts),
     )
-    _register()
-    if previous is not None and previous.hook is not None:
-        previous.hook.remove()
     for module in _attention_modules(model):
         setattr(module, _STATE, extension)
         extension.modules.append(module)
+    if isinstance(method, RopeScaling):
+        # A baseline: the model's own attention with its own rope parameters changed.
+        extension.undo_rope, extension.hook = apply_rope_scaling(model, rotary, method, rope_type, layout)
+        return model
 
     def adopt_cache(_module, args, kwargs):
         # Every forward sets the cache it works on, so no call sees another call's cache.
-        extension.active_cache = LongReachCache.adopt(kwargs.get("past_key_values"))
+        cache = kwargs.get("past_key_values")
+        extension.active_cache = LongReachCache.adopt(cache, evicting=extension.evicting)
 
+    _register()
     # The base model receives past_key_values whether the user calls it or the LM head model.
     extension.hook = model.base_model.register_forward_pre_hook(adopt_cache, with_kwargs=True)
     model.set_attn_implementation(IMPLEMENTATION)
     return model
+
+
+def _evicts(parts: tuple[Part, ...]) -> bool:
+    """Whether later queries stop seeing some keys for good (LM-Infinite, StreamingLLM)."""
+    position = 1 << 20
+    covered = 0
+    for lo, hi in sorted(retained_spans(parts, torch.tensor(position))):
+        if lo > covered:
+            return True
+        covered = max(covered, hi)
+    return covered < position
 
 
 def restore(model: PreTrainedModel) -> PreTrainedModel:
@@ -98,9 +119,13 @@ def restore(model: PreTrainedModel) -> PreTrainedModel:
     for module in extension.modules:
         if hasattr(module, _STATE):
             delattr(module, _STATE)
-    extension.hook.remove()
+    if extension.hook is not None:
+        extension.hook.remove()
     extension.active_cache = None
-    model.set_attn_implementation(extension.original_implementation)
+    if extension.undo_rope is not None:
+        extension.undo_rope()
+    if model.config._attn_implementation != extension.original_implementation:
+        model.set_attn_implementation(extension.original_implementation)
     return model
 
 
@@ -208,7 +233,8 @@ def key_padding_mask(
     attention_mask: torch.Tensor | None = None,
     **kwargs,
 ) -> torch.Tensor | None:
-    """Mask function for ``"longreach"``: a (B, kv_length) bool of attendable keys, or None.
+    """Mask function for ``"longreach"``: a (B, kv_offset + kv_length) bool of attendable tokens
+    of the whole sequence, or None.
 
     The engine builds regions itself; all it needs from the mask is padding. A 4D mask would
     cost O(n^2) memory at long lengths.
@@ -221,7 +247,8 @@ def key_padding_mask(
     padding = prepare_padding_mask(attention_mask, kv_length + kv_offset, 0)
     if padding is None:
         return None
-    padding = padding[:, kv_offset : kv_offset + kv_length].to(torch.bool)
+    # Indexed by position in the whole sequence: a cache that evicts keeps arbitrary tokens.
+    padding = padding[:, : kv_offset + kv_length].to(torch.bool)
     if bool(padding.all()):
         return None
     return padding
@@ -258,33 +285,52 @@ def longreach_attention(
             "old ones, so cached decoding would be silently wrong: run with use_cache=False or use a "
             "static rope type"
         )
-    offsets, has_holes = _row_offsets(kwargs.get("position_ids"), attention_mask, batch, n_query, n_key)
-    check_length(extension.method, n_key - min(offsets), extension.trained_length)
-    scale = scaling if scaling is not None else head_dim**-0.5
-
     cache = extension.active_cache
+    if cache is not None and module.layer_idx < len(cache.layers):
+        token_index = cache.token_index(module.layer_idx, n_key).to(query.device)
+        total = cache.layers[module.layer_idx].get_seq_length()
+    else:
+        total = attention_mask.shape[-1] if attention_mask is not None else n_key
+        token_index = torch.arange(total - n_key, total, device=query.device)
+    query_index = torch.arange(total - n_query, total, device=query.device)
+    offsets, has_holes = _row_offsets(kwargs.get("position_ids"), attention_mask, batch, query_index)
+    check_length(extension.method, total - min(offsets), extension.trained_length)
+    scale = scaling if scaling is not None else head_dim**-0.5
+    method = extension.method
 
-    def attend_rows(index, rows: list[int], offset: int, valid: torch.Tensor | None) -> torch.Tensor:
-        positions = torch.arange(n_key, device=query.device) - offset
+    def attend_rows(index, rows: list[int], offset: int) -> torch.Tensor:
+        valid = attention_mask[rows[0]].to(query.device)[token_index] if has_holes[rows[0]] else None
+        query_positions = query_index - offset
         store = cache.store(module.layer_idx, tuple(rows), offset) if cache is not None else None
         return attend(
             query[index], key[index], value[index], extension.parts, extension.layout,
-            query_positions=positions[n_key - n_query :], key_positions=positions, scale=scale,
+            query_positions=query_positions, key_positions=token_index - offset, scale=scale,
             key_valid=valid, sliding_window=kwargs.get("sliding_window"), key_store=store,
+            query_scale=method.query_scale(query_positions, extension.trained_length),
         )
 
     groups = _row_groups(offsets, has_holes)
     if len(groups) == 1:  # the common case: no copies of q, k, v
         rows, offset = groups[0]
-        output = attend_rows(slice(None), rows, offset, attention_mask[rows[0]] if has_holes[rows[0]] else None)
+        output = attend_rows(slice(None), rows, offset)
     else:
         output = torch.empty_like(query)
         for rows, offset in groups:
             index = torch.tensor(rows, device=query.device)
-            output[index] = attend_rows(
-                index, rows, offset, attention_mask[rows[0]] if has_holes[rows[0]] else None
-            )
+            output[index] = attend_rows(index, rows, offset)
+    if extension.evicting and cache is not None:
+        cache.evict(module.layer_idx, _still_visible(extension.parts, token_index, total, set(offsets)))
     return output.transpose(1, 2).contiguous(), None
+
+
+def _still_visible(parts: tuple[Part, ...], token_index: torch.Tensor, total: int, offsets: set[int]) -> torch.Tensor:
+    """Which keys some later query of some row can still attend to."""
+    kept = torch.zeros(token_index.shape, dtype=torch.bool, device=token_index.device)
+    for offset in offsets:
+        positions = token_index - offset
+        for lo, hi in retained_spans(parts, torch.tensor(total - offset)):
+            kept |= (positions >= lo) & (positions < hi)
+    return kept
 
 
 def _refuse_unsupported(module, extension, dropout, kwargs) -> None:
@@ -299,10 +345,11 @@ def _refuse_unsupported(module, extension, dropout, kwargs) -> None:
         raise UnsupportedModelError("LongReach methods apply to causal (decoder) attention only")
 
 
-def _row_offsets(position_ids, mask, batch, n_query, n_key) -> tuple[list[int], list[bool]]:
-    """Per row, cache index minus RoPE position (left padding shifts it); and whether the row's
+def _row_offsets(position_ids, mask, batch, query_index) -> tuple[list[int], list[bool]]:
+    """Per row, sequence index minus RoPE position (left padding shifts it); and whether the row's
     padding mask has holes among real positions (anything but left padding)."""
-    query_index = torch.arange(n_key - n_query, n_key)
+    query_index = query_index.to("cpu")
+    n_query = query_index.numel()
     if position_ids is None:
         position_ids = query_index[None]
     position_ids = position_ids.to("cpu").expand(batch, n_query)
@@ -310,7 +357,7 @@ def _row_offsets(position_ids, mask, batch, n_query, n_key) -> tuple[list[int], 
         query_valid = torch.ones(batch, n_query, dtype=torch.bool)
     else:
         mask = mask.to("cpu")
-        query_valid = mask[:, n_key - n_query :]
+        query_valid = mask[:, query_index]
     offsets_per_query = query_index[None] - position_ids
     last_valid = torch.where(query_valid, torch.arange(n_query)[None], -1).max(dim=1).values.clamp_min(0)
     offsets = offsets_per_query.gather(1, last_valid[:, None]).squeeze(1)
@@ -321,7 +368,7 @@ def _row_offsets(position_ids, mask, batch, n_query, n_key) -> tuple[list[int], 
         )
     has_holes = [False] * batch
     if mask is not None:
-        key_index = torch.arange(n_key)[None]
+        key_index = torch.arange(mask.shape[-1])[None]
         holes = (~mask) & (key_index >= offsets[:, None])
         has_holes = holes.any(dim=1).tolist()
     return offsets.tolist(), has_holes

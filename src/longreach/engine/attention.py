@@ -48,6 +48,7 @@ def attend(
     sliding_window: int | None = None,
     tile: int = TILE,
     key_store: dict | None = None,
+    query_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Attention of ``query`` over ``key``/``value`` under a position plan.
 
@@ -56,6 +57,7 @@ def attend(
     ascending. ``key_valid`` (Nk,) marks keys that may be attended at all (padding holes).
     ``key_store`` (a dict owned by the cache, per layer) keeps re-rotated keys between calls
     whose keys only grew by appending, so decoding rotates only the new keys.
+    ``query_scale`` (Nq,) multiplies each query's scores (log-n scaling, attention temperature).
     Returns (B, Hq, Nq, D) in the query's dtype; a query that sees no key gets zeros.
 
     Example:
@@ -70,6 +72,8 @@ def attend(
     batch, q_heads, n_query, head_dim = query.shape
     kv_heads = key.shape[1]
     group = q_heads // kv_heads
+    if query_scale is not None:
+        query = query * query_scale.to(query.device, torch.float32)[:, None].to(query.dtype)
     prepared = (
         _prepare(part, query, key, value, layout, query_positions, key_positions, sliding_window, key_store)
         for part in parts

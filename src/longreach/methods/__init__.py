@@ -1,20 +1,34 @@
 """Method configs: each a small declarative position plan over the one engine."""
 
 from longreach.methods.base import InputTooLongError, Method, Part
+from longreach.methods.dual_chunk import DualChunk
+from longreach.methods.lm_infinite import LMInfinite
+from longreach.methods.rerope import ReRoPE
+from longreach.methods.rope_scaling import RopeScaling
 from longreach.methods.self_extend import SelfExtend
 from longreach.methods.spec import MethodSpecError, parse_length, parse_method
+from longreach.methods.streaming_llm import StreamingLLM
 from longreach.methods.vanilla import Vanilla
 
-#: Methods by CLI name.
-METHODS: dict[str, type[Method]] = {cls.cli_name: cls for cls in (Vanilla, SelfExtend)}
+#: Method classes by CLI name.
+METHODS: dict[str, type[Method]] = {
+    name: cls
+    for cls in (Vanilla, SelfExtend, DualChunk, LMInfinite, ReRoPE, StreamingLLM, RopeScaling)
+    for name in cls.cli_names
+}
 
 __all__ = [
     "METHODS",
+    "DualChunk",
     "InputTooLongError",
+    "LMInfinite",
     "Method",
     "MethodSpecError",
     "Part",
+    "ReRoPE",
+    "RopeScaling",
     "SelfExtend",
+    "StreamingLLM",
     "Vanilla",
     "parse_length",
     "parse_method",

@@ -1,9 +1,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
-from longreach.methods.base import Method, Part, check_int
+from longreach.methods.base import Method, Part, check_int, method_config
 
 #: Fraction of the trained length that ``for_target`` lets grouped positions use. Positions near
 #: the end of the trained range are the least trained (LongLM's README, section 4), so the
@@ -11,7 +10,7 @@ from longreach.methods.base import Method, Part, check_int
 USABLE_FRACTION = 0.75
 
 
-@dataclass(frozen=True)
+@method_config
 class SelfExtend(Method):
     """SelfExtend (LongLM): exact attention for neighbours, grouped positions for the rest.
 
@@ -28,9 +27,9 @@ class SelfExtend(Method):
 
     group_size: int
     window: int
-    cli_name = "self-extend"
+    cli_names = ("self-extend",)
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         check_int("SelfExtend", "group_size", self.group_size, 1)
         check_int("SelfExtend", "window", self.window, 1)
 
@@ -57,16 +56,17 @@ class SelfExtend(Method):
         return g * (trained_length - w + w // g)
 
     def suggest(self, length: int, trained_length: int) -> SelfExtend:
-        return SelfExtend.for_target(length, trained_length)
+        return SelfExtend.for_target(length, trained_length, log_scale_base=self.log_scale_base)
 
     @classmethod
-    def for_target(cls, target_length: int, trained_length: int) -> SelfExtend:
+    def for_target(cls, target_length: int, trained_length: int, **common) -> SelfExtend:
         """Settings for inputs up to ``target_length`` on a model trained to ``trained_length``.
 
         The rule: window = trained_length // 8 (1,024 for a model trained to 8k; LongLM finds
         512-1536 good for 4k Llama-2), then the smallest group size whose grouped positions stay
         inside the first three quarters of the trained length (LongLM: the last trained positions
-        are the least trained). Inputs that fit in that usable span need no grouping (group 1).
+        are the least trained). ``common`` passes settings every method has (``log_scale_base``).
+        Inputs that fit in that usable span need no grouping (group 1).
 
         Example:
             >>> SelfExtend.for_target(16384, 8192)
@@ -77,8 +77,8 @@ class SelfExtend(Method):
         window = max(1, trained_length // 8)
         usable = int(trained_length * USABLE_FRACTION)
         if target_length <= usable:
-            return cls(group_size=1, window=window)
+            return cls(group_size=1, window=window, **common)
         group = max(2, math.ceil((target_length - window) / (usable - window)))
         while cls(group, window).max_length(usable) < target_length:  # type: ignore[operator]
             group += 1
-        return cls(group_size=group, window=window)
+        return cls(group_size=group, window=window, **common)

@@ -27,15 +27,15 @@ def parse_method(spec: str, *, target_length: int | None = None, trained_length:
         known = ", ".join(sorted(METHODS))
         raise MethodSpecError(f"unknown method {name!r} in {spec!r}; known methods: {known}")
     cls = METHODS[name]
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    implied = cls.implied_settings(name)
+    fields = {f.name: f for f in sorted(dataclasses.fields(cls), key=lambda f: f.kw_only) if f.name not in implied}
     if settings.strip() == "auto":
-        if not hasattr(cls, "for_target"):
-            if fields:
-                raise MethodSpecError(f"{name} has no automatic settings; give them as {name}:key=value,...")
-            return cls()
         if target_length is None or trained_length is None:
             raise MethodSpecError(f"{spec!r} needs a target length to pick settings for")
-        return cls.for_target(target_length, trained_length)
+        try:
+            return cls.auto(name, target_length, trained_length)
+        except (TypeError, ValueError) as error:
+            raise MethodSpecError(f"{spec!r}: {error}") from None
     values = {}
     for item in filter(None, (s.strip() for s in settings.split(","))):
         key, eq, raw = item.partition("=")
@@ -50,7 +50,7 @@ def parse_method(spec: str, *, target_length: int | None = None, trained_length:
     if missing:
         raise MethodSpecError(f"{spec!r} is missing {', '.join(missing)} (or use {name}:auto)")
     try:
-        return cls(**values)
+        return cls.from_settings(name, {**values, **implied})
     except (TypeError, ValueError) as error:
         raise MethodSpecError(f"{spec!r}: {error}") from None
 

@@ -1,11 +1,9 @@
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from longreach.methods.base import Method, Part
+from longreach.methods.base import Method, Part, method_config
 
 
-@dataclass(frozen=True)
+@method_config
 class Vanilla(Method):
     """Plain causal attention at true positions: the baseline every method is compared with.
 
@@ -13,7 +11,7 @@ class Vanilla(Method):
         >>> longreach.extend(model, longreach.Vanilla())  # doctest: +SKIP
     """
 
-    cli_name = "vanilla"
+    cli_names = ("vanilla",)
 
     def parts(self) -> tuple[Part, ...]:
         return (Part("causal", key_span=lambda i: (i.new_zeros(i.shape), i + 1)),)
