@@ -3,7 +3,7 @@
 import pytest
 import torch
 import transformers
-from conftest import FAMILIES, tiny_model
+from conftest import FAMILIES, left_pad, logits, tiny_model
 from transformers import AttentionInterface, DynamicCache
 
 import longreach
@@ -11,11 +11,6 @@ from longreach.engine.reference import reference_attention
 from longreach.integration import describe_rotary
 
 EQUIVALENCE_FAMILIES = sorted(FAMILIES)
-
-
-def logits(model, ids, **kwargs):
-    with torch.no_grad():
-        return model(ids, **kwargs).logits
 
 
 @pytest.mark.parametrize("family", EQUIVALENCE_FAMILIES)
@@ -92,16 +87,6 @@ def test_chunked_prefill_and_decode_match_one_shot(family):
         pieces.append(out.logits)
     assert cache.get_seq_length() == 50
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-5)
-
-
-def left_pad(rows, pad_id=0):
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id)
-    mask = torch.zeros(len(rows), width, dtype=torch.long)
-    for b, row in enumerate(rows):
-        ids[b, width - len(row) :] = torch.tensor(row)
-        mask[b, width - len(row) :] = 1
-    return ids, mask
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "phi3"])

@@ -1,0 +1,139 @@
+"""Each method's position plan, run by the engine, against its formulas computed densely."""
+
+import pytest
+import torch
+from formulas import formula_attention
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import longreach
+from longreach.engine.attention import attend
+from longreach.engine.reference import rope
+from longreach.engine.rotary import RotaryLayout
+
+log_base = st.one_of(st.none(), st.integers(2, 40))
+
+
+@st.composite
+def dual_chunks(draw):
+    size = draw(st.integers(2, 24))
+    return longreach.DualChunk(size, draw(st.integers(0, size - 1)), mscale=draw(st.booleans()),
+                               log_scale_base=draw(log_base))
+
+
+METHODS = st.one_of(
+    dual_chunks(),
+    st.builds(longreach.LMInfinite, local_window=st.integers(1, 30), n_global=st.integers(0, 6),
+              distance_limit=st.integers(1, 40), log_scale_base=log_base),
+    st.builds(longreach.ReRoPE, window=st.integers(1, 30), log_scale_base=log_base),
+    st.builds(longreach.ReRoPE, window=st.integers(1, 30), leaky_factor=st.floats(1.0, 8.0),
+              log_scale_base=log_base),
+    st.builds(longreach.StreamingLLM, n_sink=st.integers(0, 6), window=st.integers(1, 30), log_scale_base=log_base),
+    st.builds(longreach.SelfExtend, group_size=st.integers(1, 6), window=st.integers(1, 30), log_scale_base=log_base),
+)
+
+
+@st.composite
+def cases(draw):
+    n_key = draw(st.integers(1, 56))
+    return dict(
+        method=draw(METHODS),
+        batch=draw(st.integers(1, 2)),
+        kv_heads=draw(st.integers(1, 2)),
+        group=draw(st.integers(1, 3)),
+        head_dim=draw(st.sampled_from([8, 16])),
+        rotary_fraction=draw(st.sampled_from([0.5, 1.0])),
+        interleaved=draw(st.booleans()),
+        n_key=n_key,
+        # n_query == n_key: prefill; fewer: a chunk of a chunked prefill; 1: a decoding step.
+        n_query=draw(st.one_of(st.just(n_key), st.just(1), st.integers(1, n_key))),
+        pad=draw(st.integers(0, min(4, n_key - 1))),
+        trained=draw(st.integers(4, 40)),
+        tile=draw(st.integers(1, 20)),
+        seed=draw(st.integers(0, 2**16)),
+    )
+
+
+def run(case):
+    gen = torch.Generator().manual_seed(case["seed"])
+    b, hkv, g, d = case["batch"], case["kv_heads"], case["group"], case["head_dim"]
+    rot = int(d * case["rotary_fraction"])
+    inv_freq = 1.0 / (300 ** (torch.arange(0, rot, 2, dtype=torch.float32) / rot))
+    n_key, n_query, method = case["n_key"], case["n_query"], case["method"]
+    key_positions = torch.arange(n_key) - case["pad"]
+    query_positions = key_positions[n_key - n_query :]
+    raw_q = torch.randn(b, hkv * g, n_query, d, generator=gen)
+    raw_k = torch.randn(b, hkv, n_key, d, generator=gen)
+    value = torch.randn(b, hkv, n_key, d, generator=gen)
+    expected = formula_attention(
+        method, raw_q, raw_k, value, inv_freq, interleaved=case["interleaved"], query_positions=query_positions,
+        key_positions=key_positions, scale=d**-0.5, trained_length=case["trained"],
+    )
+    interleaved = case["interleaved"]
+    got = attend(
+        rope(raw_q, query_positions, inv_freq, interleaved).float(),
+        rope(raw_k, key_positions, inv_freq, interleaved).float(),
+        value, method.parts(), RotaryLayout(inv_freq, interleaved),
+        query_positions=query_positions, key_positions=key_positions, scale=d**-0.5, tile=case["tile"],
+        query_scale=method.query_scale(query_positions, case["trained"]),
+    )
+    return got, expected
+
+
+@settings(max_examples=400, deadline=None)
+@given(cases())
+def test_plans_match_their_formulas(case):
+    got, expected = run(case)
+    torch.testing.assert_close(got.double(), expected, atol=3e-5, rtol=1e-4)
+
+
+@settings(max_examples=150, deadline=None)
+@given(cases())
+def test_attending_only_retained_keys_changes_nothing(case):
+    """Keys a cache drops after the previous call (none seen by later queries) do not matter."""
+    from longreach.integration import _still_visible
+
+    method, n_key, pad = case["method"], case["n_key"], case["pad"]
+    first_query = n_key - case["n_query"]
+    past = torch.arange(first_query)
+    kept = torch.cat((_still_visible(method.parts(), past, first_query, {pad}),
+                      torch.ones(case["n_query"], dtype=torch.bool)))
+    full, _ = run(case)
+    gen = torch.Generator().manual_seed(case["seed"])
+    b, hkv, g, d = case["batch"], case["kv_heads"], case["group"], case["head_dim"]
+    rot = int(d * case["rotary_fraction"])
+    inv_freq = 1.0 / (300 ** (torch.arange(0, rot, 2, dtype=torch.float32) / rot))
+    raw_q = torch.randn(b, hkv * g, case["n_query"], d, generator=gen)
+    raw_k = torch.randn(b, hkv, n_key, d, generator=gen)
+    value = torch.randn(b, hkv, n_key, d, generator=gen)
+    positions = torch.arange(n_key) - pad
+    interleaved = case["interleaved"]
+    keys = rope(raw_k, positions, inv_freq, interleaved).float()
+    query_positions = positions[first_query:]
+    evicted = attend(
+        rope(raw_q, query_positions, inv_freq, interleaved).float(), keys[:, :, kept], value[:, :, kept],
+        method.parts(), RotaryLayout(inv_freq, interleaved), query_positions=query_positions,
+        key_positions=positions[kept], scale=d**-0.5, tile=case["tile"],
+        query_scale=method.query_scale(query_positions, case["trained"]),
+    )
+    torch.testing.assert_close(evicted, full, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        longreach.DualChunk(8, 2, mscale=False),
+        longreach.LMInfinite(6, 2, 10),
+        longreach.ReRoPE(5),
+        longreach.ReRoPE(5, leaky_factor=3.0),
+        longreach.StreamingLLM(2, 6),
+    ],
+)
+def test_methods_change_attention_beyond_their_window(method):
+    """The formulas (and so the engine) differ from plain attention on long inputs."""
+    case = dict(method=method, batch=1, kv_heads=1, group=1, head_dim=8, rotary_fraction=1.0,
+                interleaved=False, n_key=40, n_query=40, pad=0, trained=64, tile=8, seed=3)
+    got, expected = run(case)
+    vanilla, _ = run({**case, "method": longreach.Vanilla()})
+    assert (got - vanilla).abs().max() > 1e-2
+    torch.testing.assert_close(got.double(), expected, atol=3e-5, rtol=1e-4)
