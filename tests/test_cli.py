@@ -71,3 +71,27 @@ def test_info_and_generate(tiny_model_dir, tmp_path, capsys):
     argv[4] = "self-extend:group_size=2,window=64"
     assert main(argv) == 2
     assert "input of 1" in capsys.readouterr().err
+
+
+def test_auto_settings_are_picked_per_length_and_every_method_runs(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "auto"
+    methods = ["self-extend:auto", "dual-chunk:auto", "lm-infinite:local_window=64,n_global=4,distance_limit=128",
+               "rerope:window=64", "leaky-rerope:auto", "streaming-llm:auto", "linear:auto", "dynamic-ntk:auto",
+               "yarn:auto"]
+    argv = ["passkey", "--model", str(tiny_model_dir), "--lengths", "160,600", "--depths", "0.5", "--out", str(out)]
+    for spec in methods:
+        argv += ["--method", spec]
+    assert main(argv) == 0
+    records = [json.loads(line) for line in (out / "passkey.jsonl").read_text().splitlines()]
+    assert len(records) == 2 * len(methods)
+    self_extend = {r["length"]: r["settings"] for r in records if r["method"] == "self-extend:auto"}
+    assert self_extend == {160: "self-extend:group_size=1,window=32", 600: "self-extend:group_size=4,window=32"}
+    summary = json.loads((out / "passkey.json").read_text())
+    assert set(summary["accuracy"]) == set(methods)
+
+
+def test_settings_the_model_cannot_take_are_usage_errors(tiny_model_dir, tmp_path, capsys):
+    argv = ["passkey", "--model", str(tiny_model_dir), "--method", "dual-chunk:chunk_size=300,local_window=8",
+            "--lengths", "160", "--out", str(tmp_path)]
+    assert main(argv) == 2
+    assert "chunk_size=300 reaches rotary distance 300" in capsys.readouterr().err

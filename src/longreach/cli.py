@@ -86,7 +86,10 @@ def _apply(model, method):
 
     if isinstance(method, longreach.Vanilla):
         return longreach.restore(model)  # the model's own attention: the honest baseline
-    return longreach.extend(model, method)
+    try:
+        return longreach.extend(model, method)
+    except ValueError as error:  # settings this model cannot take
+        raise UsageError(str(error)) from None
 
 
 def cmd_passkey(args: argparse.Namespace) -> int:
@@ -104,34 +107,38 @@ def cmd_passkey(args: argparse.Namespace) -> int:
     filler = Path(args.filler).read_text() if args.filler else FILLER
     model, tokenizer = _load(args.model, args.dtype, args.device)
     trained = trained_length(model.config)
-    methods = [_method(spec, max(lengths), trained) for spec in specs]
-    for method in methods:
-        _check_covers(method, max(lengths), trained)
+    # NAME:auto picks settings per length, as a user would for each input.
+    plans = {spec: {n: _method(spec, n, trained) for n in lengths} for spec in specs}
+    for by_length in plans.values():
+        for n, method in by_length.items():
+            _check_covers(method, n, trained)
     output = Path(args.out)
     output.mkdir(parents=True, exist_ok=True)
     jsonl = output / "passkey.jsonl"
-    total = len(methods) * len(lengths) * len(depths) * args.samples
+    total = len(specs) * len(lengths) * len(depths) * args.samples
     results = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TimeRemainingColumn())
     with Progress(*columns, console=console) as progress:
         task = progress.add_task("passkey", total=total)
-        for method in methods:
-            _apply(model, method)
-            progress.update(task, description=f"passkey {method.spec()}")
 
-            def advance(result, task=task):
-                mark = "[green]ok[/]" if result.correct else f"[red]got {result.answer!r}[/]"
-                progress.console.print(
-                    f"  {result.method} {result.length} tokens, depth {result.depth:.2f}: key {result.key} {mark}"
-                )
-                progress.advance(task)
-
-            results += run_passkey(
-                model, tokenizer, method=method.spec(), lengths=lengths, depths=depths,
-                samples=args.samples, seed=args.seed, filler=filler, model_name=args.model,
-                out=jsonl, on_result=advance,
+        def advance(result, task=task):
+            mark = "[green]ok[/]" if result.correct else f"[red]got {result.answer!r}[/]"
+            progress.console.print(
+                f"  {result.settings} {result.length} tokens, depth {result.depth:.2f}: key {result.key} {mark}"
             )
+            progress.advance(task)
+
+        for spec, by_length in plans.items():
+            label = spec if spec.strip().endswith(":auto") else by_length[lengths[0]].spec()
+            for length, method in by_length.items():
+                _apply(model, method)
+                progress.update(task, description=f"passkey {method.spec()}")
+                results += run_passkey(
+                    model, tokenizer, method=label, settings=method.spec(), lengths=[length], depths=depths,
+                    samples=args.samples, seed=args.seed, filler=filler, model_name=args.model,
+                    out=jsonl, on_result=advance,
+                )
         longreach.restore(model)
     table = accuracy_table(results)
     _print_table(table, lengths, title=f"Passkey retrieval, {args.model} (trained to {trained} tokens)")

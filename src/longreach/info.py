@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from transformers import PreTrainedModel
 
 from longreach.integration import UnsupportedModelError, describe_rotary, trained_length
-from longreach.methods import SelfExtend, Vanilla
+from longreach.methods import METHODS, RopeScaling
 
 
 @dataclass(frozen=True)
@@ -48,17 +48,25 @@ def model_info(model: PreTrainedModel, target_length: int | None = None) -> Mode
         return ModelInfo(
             model_type=config.model_type, trained_length=length, rope_type=None, rope_base=base,
             rotary_layout=None, rotary_dims=None, head_dim=head_dim, supported=False, reason=str(error),
-            methods={"vanilla": "n/a", "self-extend": "n/a"},
+            methods=dict.fromkeys(METHODS, "n/a"),
         )
-    methods = {"vanilla": "yes", "self-extend": "yes"}
-    if rope_type == "dynamic":
-        methods["self-extend"] = "yes, without cache (dynamic NTK cannot re-rotate cached keys)"
+    methods = {}
+    for name, cls in METHODS.items():
+        if issubclass(cls, RopeScaling) and rope_type != "default":
+            methods[name] = f"no: the model already scales its RoPE ({rope_type})"
+        elif rope_type == "dynamic" and name != "vanilla":
+            methods[name] = "yes, without cache (dynamic NTK cannot re-rotate cached keys)"
+        else:
+            methods[name] = "yes"
     suggested = {}
     if target_length is not None:
-        suggested["vanilla"] = Vanilla().spec() + (
-            "" if target_length <= length else f" (beyond the trained {length} tokens: expect failure)"
-        )
-        suggested["self-extend"] = SelfExtend.for_target(target_length, length).spec()
+        for name, cls in METHODS.items():
+            if methods[name].startswith("no"):
+                continue
+            spec = cls.auto(name, target_length, length).spec()
+            if name == "vanilla" and target_length > length:
+                spec += f" (beyond the trained {length} tokens: expect failure)"
+            suggested[name] = spec
     return ModelInfo(
         model_type=config.model_type,
         trained_length=length,

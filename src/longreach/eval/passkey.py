@@ -30,7 +30,8 @@ DEFAULT_DEPTHS = (0.1, 0.5, 0.9)
 
 @dataclass(frozen=True)
 class PasskeyResult:
-    """One scored sample; ``method`` is the method's CLI spec."""
+    """One scored sample; ``method`` is the spec the user gave (e.g. ``self-extend:auto``),
+    ``settings`` the full spec it ran with at this length."""
 
     model: str
     method: str
@@ -42,6 +43,7 @@ class PasskeyResult:
     answer: str
     correct: bool
     seconds: float
+    settings: str = ""
 
     @property
     def cell(self) -> tuple[str, int, float, int]:
@@ -114,10 +116,12 @@ def run_passkey(
     out: Path | None = None,
     on_result: Callable[[PasskeyResult], None] | None = None,
     max_new_tokens: int = 8,
+    settings: str = "",
 ) -> list[PasskeyResult]:
     """Score the model (as it is, extended or not) on passkey retrieval.
 
-    ``method`` labels the results (use ``Method.spec()``). With ``out`` (a ``.jsonl`` file),
+    ``method`` labels the results (use ``Method.spec()``, or the user's ``NAME:auto``, with the
+    resolved spec as ``settings``). With ``out`` (a ``.jsonl`` file),
     finished samples are appended as they complete and samples already in it are skipped.
 
     Example:
@@ -151,7 +155,7 @@ def run_passkey(
         result = PasskeyResult(
             model=model_name, method=method, length=length, depth=depth, sample=sample, seed=seed,
             key=key, answer=answer.strip(), correct=score_answer(answer, key),
-            seconds=round(time.perf_counter() - started, 3),
+            seconds=round(time.perf_counter() - started, 3), settings=settings or method,
         )
         if out is not None:
             append_record(out, asdict(result))
