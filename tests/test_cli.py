@@ -85,7 +85,7 @@ def test_auto_settings_are_picked_per_length_and_every_method_runs(tiny_model_di
     records = [json.loads(line) for line in (out / "passkey.jsonl").read_text().splitlines()]
     assert len(records) == 2 * len(methods)
     self_extend = {r["length"]: r["settings"] for r in records if r["method"] == "self-extend:auto"}
-    assert self_extend == {160: "self-extend:group_size=1,window=32", 600: "self-extend:group_size=4,window=32"}
+    assert self_extend == {160: "self-extend:group_size=1,window=64", 600: "self-extend:group_size=3,window=64"}
     summary = json.loads((out / "passkey.json").read_text())
     assert set(summary["accuracy"]) == set(methods)
 

@@ -31,5 +31,5 @@ def test_embedded_model_loads_in_eval_mode_with_its_trained_length(smollm):
     assert model.config.max_position_embeddings == 8192
     info = longreach.model_info(model, target_length=16384)
     assert info.supported and info.rotary_layout == "half-split" and info.rope_base == 100000.0
-    assert info.suggested["self-extend"] == "self-extend:group_size=4,window=1024"
+    assert info.suggested["self-extend"] == "self-extend:group_size=3,window=2048"
     assert tokenizer("The pass key is 12345.").input_ids

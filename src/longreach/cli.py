@@ -160,20 +160,19 @@ def cmd_passkey(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_table(table, lengths, *, title: str) -> None:
+def _accuracy(cell: tuple[int, int]) -> str:
+    correct, total = cell
+    return f"{100 * correct / total:.0f}% ({correct}/{total})"
+
+
+def _print_table(table, lengths, *, title: str, show=_accuracy) -> None:
+    """Methods x lengths, each cell through ``show``."""
     grid = Table(title=title)
     grid.add_column("method")
     for n in lengths:
         grid.add_column(f"{n // 1024}k" if n % 1024 == 0 else str(n), justify="right")
     for method, cells in table.items():
-        row = []
-        for n in lengths:
-            if n in cells:
-                c, t = cells[n]
-                row.append(f"{100 * c / t:.0f}% ({c}/{t})")
-            else:
-                row.append("-")
-        grid.add_row(method, *row)
+        grid.add_row(method, *(show(cells[n]) if n in cells else "-" for n in lengths))
     out.print(grid)
 
 
@@ -184,6 +183,64 @@ def _versions() -> dict[str, str]:
     import longreach
 
     return {"longreach": longreach.__version__, "torch": torch.__version__, "transformers": transformers.__version__}
+
+
+def cmd_perplexity(args: argparse.Namespace) -> int:
+    import longreach
+    from longreach.eval.perplexity import perplexity_table, run_perplexity
+    from longreach.eval.plots import plot_perplexity_by_position
+    from longreach.integration import trained_length
+
+    lengths = _lengths(args.lengths)
+    specs = args.method or ["vanilla"]
+    _check_specs(specs)
+    text = Path(args.text)
+    if not text.is_file():
+        raise UsageError(f"text file {text} does not exist")
+    model, tokenizer = _load(args.model, args.dtype, args.device)
+    trained = trained_length(model.config)
+    longest = max(lengths)
+    output = Path(args.out)
+    output.mkdir(parents=True, exist_ok=True)
+    jsonl = output / "perplexity.jsonl"
+    results = []
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TimeRemainingColumn())
+    with Progress(*columns, console=console) as progress:
+        for spec in specs:
+            method = _method(spec, longest, trained)
+            _check_covers(method, longest, trained)
+            label = spec if spec.strip().endswith(":auto") else method.spec()
+            runs = lengths if method.depends_on_length else [longest]
+            task = progress.add_task(f"perplexity {method.spec()}", total=sum(runs))
+            for length in runs:
+                method = _method(spec, length, trained)
+                _apply(model, method)
+                try:
+                    found = run_perplexity(
+                        model, tokenizer, method=label, settings=method.spec(), text_path=text,
+                        lengths=[n for n in lengths if n <= length] if not method.depends_on_length else [length],
+                        depends_on_length=method.depends_on_length, model_name=args.model, out=jsonl,
+                        on_chunk=lambda n, task=task: progress.advance(task, n),
+                    )
+                except ValueError as error:
+                    raise UsageError(str(error)) from None
+                progress.update(task, completed=sum(r for r in runs if r <= length))
+                results += found
+        longreach.restore(model)
+    table = perplexity_table(results)
+    _print_table(table, lengths, title=f"Perplexity on {text.name}, {args.model} (trained to {trained} tokens)",
+                 show=lambda value: f"{value:.2f}")
+    curves = {r.method: r.bucket_perplexity for r in results if r.length == longest}
+    summary = {"model": args.model, "trained_length": trained, "text": text.name,
+               "perplexity": {m: {str(n): v for n, v in cells.items()} for m, cells in table.items()},
+               "bucket": results[0].bucket if results else None, "bucket_perplexity": curves,
+               "versions": _versions()}
+    (output / "perplexity.json").write_text(json.dumps(summary, indent=2) + "\n")
+    png = plot_perplexity_by_position(curves, output / "perplexity.png", bucket=summary["bucket"] or 1,
+                                      title=f"Perplexity by position, {text.name}", trained_length=trained)
+    console.print(f"wrote {jsonl}, {output / 'perplexity.json'} and {png}")
+    return 0
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -261,6 +318,14 @@ def build_parser() -> argparse.ArgumentParser:
     passkey.add_argument("--filler", default=None, help="file with filler text (default: the classic sentences)")
     passkey.add_argument("--out", default="results/passkey", help="output folder (resumes from its JSON lines)")
     passkey.set_defaults(run=cmd_passkey)
+
+    perplexity = commands.add_parser("perplexity", help="perplexity by position on a long text, methods x lengths")
+    model_options(perplexity)
+    perplexity.add_argument("--method", action="append", help="NAME[:key=value,...|:auto], repeatable")
+    perplexity.add_argument("--text", required=True, help="a long plain-text file (e.g. a public-domain novel)")
+    perplexity.add_argument("--lengths", default="4k,8k,16k,32k", help="comma-separated input lengths")
+    perplexity.add_argument("--out", default="results/perplexity", help="output folder (resumes from its JSON lines)")
+    perplexity.set_defaults(run=cmd_perplexity)
 
     generate = commands.add_parser("generate", help="generate from a prompt file, streaming tokens")
     model_options(generate)

@@ -33,7 +33,7 @@ def model_info(model: PreTrainedModel, target_length: int | None = None) -> Mode
     Example:
         >>> info = longreach.model_info(model, target_length=32768)  # doctest: +SKIP
         >>> info.suggested["self-extend"]  # doctest: +SKIP
-        'self-extend:group_size=7,window=1024'
+        'self-extend:group_size=6,window=2048'
     """
     config = model.config
     length = trained_length(config)

@@ -40,3 +40,31 @@ def plot_accuracy_by_length(
     figure.savefig(path)
     plt.close(figure)
     return path
+
+
+def plot_perplexity_by_position(
+    curves: dict[str, list[float]],
+    path: Path,
+    *,
+    bucket: int,
+    title: str,
+    trained_length: int | None = None,
+) -> Path:
+    """Perplexity of each ``bucket`` of positions, one line per method (log scale)."""
+    figure, axes = plt.subplots(figsize=(7, 4.2), dpi=110)
+    for method, values in curves.items():
+        ends = [bucket * (k + 1) for k in range(len(values))]
+        axes.plot(ends, values, linewidth=1.8, label=method)
+    if trained_length:
+        axes.axvline(trained_length, color="grey", linestyle="--", linewidth=1)
+    axes.set_yscale("log")
+    axes.set_xlabel(f"position (end of each {bucket}-token bucket)")
+    axes.set_ylabel("perplexity")
+    axes.set_title(title)
+    axes.grid(alpha=0.3, which="both")
+    axes.legend(fontsize=8, loc="upper left")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
+    return path

@@ -79,6 +79,12 @@ class Method:
     def cli_name(self) -> str:
         return self.cli_names[0]
 
+    @property
+    def depends_on_length(self) -> bool:
+        """Whether attention at a position changes with how long the whole input is (it does not
+        for position plans: they are causal)."""
+        return False
+
     def query_scale(self, positions: torch.Tensor, trained_length: int) -> torch.Tensor | None:
         """Per-query factor (float64, like ``positions``) multiplying the attention scores, or None."""
         if self.log_scale_base is None:

@@ -5,7 +5,6 @@ import math
 import torch
 
 from longreach.methods.base import Method, Part, check_fits, check_int, method_config
-from longreach.methods.self_extend import USABLE_FRACTION
 
 
 @method_config
@@ -91,12 +90,11 @@ class ReRoPE(Method):
     ) -> ReRoPE:
         """window = trained_length // 8 (ReRoPE's author uses 512 on 4k models) and log-n scaling
         with base trained_length, as in the reference. Leaky: the smallest integer factor that
-        keeps every distance inside the first three quarters of the trained length, the rule
-        of :meth:`SelfExtend.for_target`.
+        keeps every distance inside the trained length.
 
         Example:
             >>> ReRoPE.for_target(32768, 8192, leaky=True)
-            ReRoPE(window=1024, leaky_factor=7.0, log_scale_base=8192)
+            ReRoPE(window=1024, leaky_factor=5.0, log_scale_base=8192)
         """
         check_int("ReRoPE.for_target", "target_length", target_length, 1)
         check_int("ReRoPE.for_target", "trained_length", trained_length, 16)
@@ -104,6 +102,5 @@ class ReRoPE(Method):
         window = max(1, trained_length // 8)
         if not leaky:
             return cls(window=window, **common)
-        usable = int(trained_length * USABLE_FRACTION)
-        factor = max(1, math.ceil((target_length - window) / (usable - window)))
+        factor = max(1, math.ceil((target_length - window) / (trained_length - 1 - window)))
         return cls(window=window, leaky_factor=float(factor), **common)

@@ -44,6 +44,10 @@ class RopeScaling(Method):
         return KINDS[self.kind][0]
 
     @property
+    def depends_on_length(self) -> bool:
+        return self.kind == "dynamic"  # frequencies follow the longest position seen
+
+    @property
     def rope_type(self) -> str:
         return KINDS[self.kind][1]
 
