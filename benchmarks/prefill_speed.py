@@ -1,10 +1,13 @@
-"""Prefill and decode speed of each method against the model's own SDPA attention.
+"""Prefill and decode speed, and memory, of each method against the model's own SDPA attention.
 
-    .venv/bin/python benchmarks/prefill_speed.py --lengths 8k,16k \
-        --method vanilla --method self-extend:group_size=4,window=1024 --out docs/benchmarks/speed.json
+    .venv/bin/python benchmarks/prefill_speed.py --lengths 8k,16k,32k \\
+        --method vanilla --method self-extend:auto --method dual-chunk:auto \\
+        --method streaming-llm:auto --method lm-infinite:auto --out docs/benchmarks/speed.json
 
-Each cell: one prefill of N random tokens (logits for the last position only), then
-``--decode-steps`` single-token steps with the cache; time and peak RSS are recorded.
+Each cell runs in its own process (so peak RSS is that cell's): one prefill of N random tokens
+(logits for the last position only), then ``--decode-steps`` single-token steps with the cache.
+Recorded: prefill seconds, decode ms/token, KV cache bytes after prefill and after decoding, and
+peak RSS. Finished cells are kept in ``--out`` and skipped when the command is run again.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -19,16 +24,21 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-import longreach
-from longreach.integration import trained_length
-from longreach.methods import parse_length, parse_method
+
+def kv_bytes(cache) -> int:
+    return sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values)
+               if t is not None)
 
 
-def peak_rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+def measure(model_name: str, spec: str, length: int, decode_steps: int, seed: int = 0) -> dict:
+    import longreach
+    from longreach.integration import trained_length
+    from longreach.methods import parse_method
 
-
-def measure(model, length: int, decode_steps: int, seed: int = 0) -> dict:
+    model, _ = longreach.load_model(model_name)
+    method = parse_method(spec, target_length=length + decode_steps, trained_length=trained_length(model.config))
+    if not isinstance(method, longreach.Vanilla):
+        longreach.extend(model, method)
     generator = torch.Generator().manual_seed(seed)
     ids = torch.randint(100, model.config.vocab_size - 100, (1, length), generator=generator)
     with torch.no_grad():
@@ -36,14 +46,27 @@ def measure(model, length: int, decode_steps: int, seed: int = 0) -> dict:
         out = model(ids, use_cache=True, logits_to_keep=1)
         prefill = time.perf_counter() - started
         cache = out.past_key_values
+        after_prefill = kv_bytes(cache)
         token = out.logits[:, -1:].argmax(-1)
         started = time.perf_counter()
         for _ in range(decode_steps):
             out = model(token, past_key_values=cache, use_cache=True)
             token = out.logits[:, -1:].argmax(-1)
         decode = (time.perf_counter() - started) / max(1, decode_steps)
-    return {"prefill_s": round(prefill, 2), "decode_ms_per_token": round(1000 * decode, 1),
-            "peak_rss_gib": round(peak_rss_gib(), 2)}
+    return {
+        "length": length,
+        "method": "vanilla (SDPA)" if isinstance(method, longreach.Vanilla) else method.spec(),
+        "spec": spec,
+        "prefill_s": round(prefill, 2),
+        "decode_ms_per_token": round(1000 * decode, 1),
+        "kv_mib_after_prefill": round(after_prefill / 2**20, 1),
+        "kv_mib_after_decode": round(kv_bytes(cache) / 2**20, 1),
+        "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+    }
+
+
+COLUMNS = {"length": "length", "method": "method", "prefill_s": "prefill s", "decode_ms_per_token": "decode ms/token",
+           "kv_mib_after_decode": "KV MiB", "peak_rss_gib": "peak RSS GiB"}
 
 
 def main() -> None:
@@ -53,36 +76,40 @@ def main() -> None:
     parser.add_argument("--lengths", default="8k,16k")
     parser.add_argument("--decode-steps", type=int, default=8)
     parser.add_argument("--out", default="results/benchmarks/speed.json")
+    parser.add_argument("--cell", nargs=2, metavar=("LENGTH", "SPEC"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    model, _ = longreach.load_model(args.model)
-    trained = trained_length(model.config)
+    if args.cell:
+        print(json.dumps(measure(args.model, args.cell[1], int(args.cell[0]), args.decode_steps)))
+        return
+
+    from longreach.methods import parse_length
+
+    output = Path(args.out)
+    saved = json.loads(output.read_text()) if output.is_file() else {}
+    rows = saved.get("rows", [])
+    done = {(row["length"], row.get("spec")) for row in rows}
     lengths = [parse_length(text) for text in args.lengths.split(",")]
     specs = args.method or ["vanilla", "self-extend:auto"]
-    rows = []
     console = Console()
     for length in lengths:
         for spec in specs:
-            method = parse_method(spec, target_length=length, trained_length=trained)
-            if isinstance(method, longreach.Vanilla):
-                longreach.restore(model)
-                label = "vanilla (SDPA)"
-            else:
-                longreach.extend(model, method)
-                label = method.spec()
-            row = {"length": length, "method": label, **measure(model, length, args.decode_steps)}
+            if (length, spec) in done:
+                continue
+            with console.status(f"{spec} at {length} tokens"):
+                command = [sys.executable, __file__, "--model", args.model, "--decode-steps", str(args.decode_steps),
+                           "--cell", str(length), spec]
+                finished = subprocess.run(command, capture_output=True, text=True, check=True)
+            row = json.loads(finished.stdout.strip().splitlines()[-1])
             console.print(row)
             rows.append(row)
-    longreach.restore(model)
-    output = Path(args.out)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps({"model": args.model, "torch_threads": torch.get_num_threads(), "rows": rows},
-                                 indent=2) + "\n")
-    table = Table(title=f"Speed, {args.model}, {torch.get_num_threads()} CPU threads")
-    for column in ("length", "method", "prefill s", "decode ms/token", "peak RSS GiB"):
-        table.add_column(column)
-    for row in rows:
-        table.add_row(str(row["length"]), row["method"], str(row["prefill_s"]), str(row["decode_ms_per_token"]),
-                      str(row["peak_rss_gib"]))
+            output.parent.mkdir(parents=True, exist_ok=True)
+            output.write_text(json.dumps({"model": args.model, "torch_threads": torch.get_num_threads(),
+                                          "decode_steps": args.decode_steps, "rows": rows}, indent=2) + "\n")
+    table = Table(title=f"Speed and memory, {args.model}, {torch.get_num_threads()} CPU threads")
+    for title in COLUMNS.values():
+        table.add_column(title)
+    for row in sorted(rows, key=lambda r: (r["length"], specs.index(r["spec"]) if r.get("spec") in specs else 99)):
+        table.add_row(*(str(row.get(key, "-")) for key in COLUMNS))
     console.print(table)
 
 

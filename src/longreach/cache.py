@@ -27,9 +27,14 @@ class EvictingLayer(DynamicLayer):
         super().__init__()
         self._start_tracking(0)
 
+    #: Dropping more keys than this copies the layer at once; a few (one per decoding step) are
+    #: dropped by the next update's concatenation, which copies the layer anyway.
+    DEFERRED_DROP = 8
+
     def _start_tracking(self, held: int) -> None:
         self.seen = held
         self.token_index = torch.arange(held)
+        self.pending: torch.Tensor | None = None  # keys to keep at the next update
 
     @classmethod
     def adopt(cls, layer: DynamicLayer) -> EvictingLayer:
@@ -42,20 +47,34 @@ class EvictingLayer(DynamicLayer):
         return layer
 
     def update(self, key_states, value_states, *args, **kwargs):
-        keys, values = super().update(key_states, value_states, *args, **kwargs)
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
         new = torch.arange(self.seen, self.seen + key_states.shape[-2], device=key_states.device)
-        self.token_index = torch.cat((self.token_index.to(key_states.device), new))
+        if self.keys.dim() < 2:  # nothing held yet
+            runs = []
+        else:
+            runs = _runs(self.pending) if self.pending is not None else [(0, self.keys.shape[-2])]
+        self.pending = None
+        # One copy: the kept runs and the new keys, concatenated.
+        self.keys = torch.cat([self.keys[..., a:b, :] for a, b in runs] + [key_states], dim=-2)
+        self.values = torch.cat([self.values[..., a:b, :] for a, b in runs] + [value_states], dim=-2)
+        index = self.token_index.to(key_states.device)
+        self.token_index = torch.cat([index[a:b] for a, b in runs] + [new])
         self.seen += key_states.shape[-2]
-        return keys, values
+        return self.keys, self.values
 
     def keep(self, kept: torch.Tensor) -> None:
         """Keep only the keys where ``kept`` (N,) bool is True."""
-        if bool(kept.all()):
+        dropped = int((~kept).sum())
+        if dropped == 0:
+            return
+        if dropped <= self.DEFERRED_DROP:
+            self.pending = kept
             return
         index = torch.nonzero(kept).flatten().to(self.keys.device)
         self.keys = self.keys.index_select(2, index)
         self.values = self.values.index_select(2, index)
-        self.token_index = self.token_index[index]
+        self.token_index = self.token_index[index.to(self.token_index.device)]
 
     def get_seq_length(self) -> int:
         return self.seen
@@ -72,6 +91,15 @@ class EvictingLayer(DynamicLayer):
             "this cache has evicted tokens its method no longer attends to, so it cannot be rolled back "
             "(crop, as used by assisted decoding); run assisted decoding without an evicting method"
         )
+
+
+def _runs(kept: torch.Tensor) -> list[tuple[int, int]]:
+    """Contiguous [start, stop) runs of True in a bool vector."""
+    flags = kept.to("cpu", torch.int8)
+    edges = torch.diff(flags, prepend=flags.new_zeros(1), append=flags.new_zeros(1))
+    starts = torch.nonzero(edges == 1).flatten().tolist()
+    stops = torch.nonzero(edges == -1).flatten().tolist()
+    return list(zip(starts, stops, strict=True))
 
 
 class LongReachCache(DynamicCache):

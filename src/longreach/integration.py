@@ -87,7 +87,13 @@ def extend(model: PreTrainedModel, method: Method) -> PreTrainedModel:
     def adopt_cache(_module, args, kwargs):
         # Every forward sets the cache it works on, so no call sees another call's cache.
         cache = kwargs.get("past_key_values")
+        use_cache = kwargs.get("use_cache")
+        if cache is None and (use_cache if use_cache is not None else model.config.use_cache):
+            # The model would create its cache inside the forward, out of our sight: the first
+            # forward (the prefill) could then neither evict nor keep re-rotated keys.
+            cache = kwargs["past_key_values"] = LongReachCache(config=model.config)
         extension.active_cache = LongReachCache.adopt(cache, evicting=extension.evicting)
+        return args, kwargs
 
     _register()
     # The base model receives past_key_values whether the user calls it or the LM head model.

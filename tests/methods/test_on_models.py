@@ -99,7 +99,10 @@ def test_evicting_cache_holds_only_what_can_be_seen(method):
         uncached = model.generate(ids[:, :20], use_cache=False, **settings)
     assert evicting.sequences.tolist() == uncached.tolist()
     assert evicting.past_key_values.get_seq_length() == 59  # the last token is never fed back
-    assert all(layer.keys.shape[2] < budget for layer in evicting.past_key_values.layers)
+    assert all(layer.keys.shape[2] <= budget for layer in evicting.past_key_values.layers)
+    with torch.no_grad():  # the cache the model makes for itself evicts from the first forward on
+        prefill = model(ids, use_cache=True).past_key_values
+    assert prefill.get_seq_length() == 60 and all(layer.keys.shape[2] < budget for layer in prefill.layers)
 
 
 def test_full_coverage_methods_do_not_evict():
