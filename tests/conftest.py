@@ -43,6 +43,25 @@ def tiny_model(family: str = "llama", seed: int = 0, **overrides) -> transformer
     return model
 
 
+def attention_inputs(case: dict) -> dict:
+    """Random unrotated q, k, v and positions for an engine case (batch, kv_heads, group,
+    head_dim, rotary_fraction, n_key, n_query, pad, seed): the same case gives the same tensors."""
+    gen = torch.Generator().manual_seed(case["seed"])
+    b, hkv, g, d = case["batch"], case["kv_heads"], case["group"], case["head_dim"]
+    rot = int(d * case["rotary_fraction"])
+    key_positions = torch.arange(case["n_key"]) - case["pad"]
+    return dict(
+        inv_freq=1.0 / (500 ** (torch.arange(0, rot, 2, dtype=torch.float32) / rot)),
+        raw_q=torch.randn(b, hkv * g, case["n_query"], d, generator=gen),
+        raw_k=torch.randn(b, hkv, case["n_key"], d, generator=gen),
+        value=torch.randn(b, hkv, case["n_key"], d, generator=gen),
+        key_positions=key_positions,
+        query_positions=key_positions[case["n_key"] - case["n_query"] :],
+        scale=d**-0.5,
+        generator=gen,
+    )
+
+
 def logits(model, ids, **kwargs) -> torch.Tensor:
     with torch.no_grad():
         return model(ids, **kwargs).logits

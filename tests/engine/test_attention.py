@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import attention_inputs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -38,32 +39,23 @@ def cases(draw):
 
 
 def run_case(case):
-    gen = torch.Generator().manual_seed(case["seed"])
-    b, hkv, g, d = case["batch"], case["kv_heads"], case["group"], case["head_dim"]
-    rot = int(d * case["rotary_fraction"])
-    inv_freq = 1.0 / (500 ** (torch.arange(0, rot, 2, dtype=torch.float32) / rot))
-    n_key, n_query = case["n_key"], case["n_query"]
-    key_positions = torch.arange(n_key) - case["pad"]
-    query_positions = key_positions[n_key - n_query :]
-    raw_q = torch.randn(b, hkv * g, n_query, d, generator=gen)
-    raw_k = torch.randn(b, hkv, n_key, d, generator=gen)
-    value = torch.randn(b, hkv, n_key, d, generator=gen)
+    x = attention_inputs(case)
+    inv_freq, query_positions, key_positions = x["inv_freq"], x["query_positions"], x["key_positions"]
     key_valid = None
     if case["holes"]:
-        key_valid = torch.rand(n_key, generator=gen) > 0.3
+        key_valid = torch.rand(case["n_key"], generator=x["generator"]) > 0.3
     interleaved = case["interleaved"]
     parts = case["method"].parts()
-    scale = d**-0.5
     expected = reference_attention(
-        raw_q, raw_k, value, parts, inv_freq, interleaved=interleaved,
-        query_positions=query_positions, key_positions=key_positions, scale=scale,
+        x["raw_q"], x["raw_k"], x["value"], parts, inv_freq, interleaved=interleaved,
+        query_positions=query_positions, key_positions=key_positions, scale=x["scale"],
         key_valid=key_valid, sliding_window=case["sliding_window"],
     )
     got = attend(
-        rope(raw_q, query_positions, inv_freq, interleaved).float(),
-        rope(raw_k, key_positions, inv_freq, interleaved).float(),
-        value, parts, RotaryLayout(inv_freq, interleaved),
-        query_positions=query_positions, key_positions=key_positions, scale=scale,
+        rope(x["raw_q"], query_positions, inv_freq, interleaved).float(),
+        rope(x["raw_k"], key_positions, inv_freq, interleaved).float(),
+        x["value"], parts, RotaryLayout(inv_freq, interleaved),
+        query_positions=query_positions, key_positions=key_positions, scale=x["scale"],
         key_valid=key_valid, sliding_window=case["sliding_window"], tile=case["tile"],
     )
     return got, expected

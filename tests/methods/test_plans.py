@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import attention_inputs
 from formulas import formula_attention
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -54,27 +55,22 @@ def cases(draw):
     )
 
 
-def run(case):
-    gen = torch.Generator().manual_seed(case["seed"])
-    b, hkv, g, d = case["batch"], case["kv_heads"], case["group"], case["head_dim"]
-    rot = int(d * case["rotary_fraction"])
-    inv_freq = 1.0 / (300 ** (torch.arange(0, rot, 2, dtype=torch.float32) / rot))
-    n_key, n_query, method = case["n_key"], case["n_query"], case["method"]
-    key_positions = torch.arange(n_key) - case["pad"]
-    query_positions = key_positions[n_key - n_query :]
-    raw_q = torch.randn(b, hkv * g, n_query, d, generator=gen)
-    raw_k = torch.randn(b, hkv, n_key, d, generator=gen)
-    value = torch.randn(b, hkv, n_key, d, generator=gen)
+def run(case, kept: torch.Tensor | None = None):
+    """(engine output, formula output); with ``kept``, the engine sees only those keys."""
+    x = attention_inputs(case)
+    method, interleaved, inv_freq = case["method"], case["interleaved"], x["inv_freq"]
+    query_positions, key_positions = x["query_positions"], x["key_positions"]
     expected = formula_attention(
-        method, raw_q, raw_k, value, inv_freq, interleaved=case["interleaved"], query_positions=query_positions,
-        key_positions=key_positions, scale=d**-0.5, trained_length=case["trained"],
+        method, x["raw_q"], x["raw_k"], x["value"], inv_freq, interleaved=interleaved,
+        query_positions=query_positions, key_positions=key_positions, scale=x["scale"],
+        trained_length=case["trained"],
     )
-    interleaved = case["interleaved"]
+    keys = rope(x["raw_k"], key_positions, inv_freq, interleaved).float()
+    kept = torch.ones(case["n_key"], dtype=torch.bool) if kept is None else kept
     got = attend(
-        rope(raw_q, query_positions, inv_freq, interleaved).float(),
-        rope(raw_k, key_positions, inv_freq, interleaved).float(),
-        value, method.parts(), RotaryLayout(inv_freq, interleaved),
-        query_positions=query_positions, key_positions=key_positions, scale=d**-0.5, tile=case["tile"],
+        rope(x["raw_q"], query_positions, inv_freq, interleaved).float(), keys[:, :, kept], x["value"][:, :, kept],
+        method.parts(), RotaryLayout(inv_freq, interleaved), query_positions=query_positions,
+        key_positions=key_positions[kept], scale=x["scale"], tile=case["tile"],
         query_scale=method.query_scale(query_positions, case["trained"]),
     )
     return got, expected
@@ -93,29 +89,11 @@ def test_attending_only_retained_keys_changes_nothing(case):
     """Keys a cache drops after the previous call (none seen by later queries) do not matter."""
     from longreach.integration import _still_visible
 
-    method, n_key, pad = case["method"], case["n_key"], case["pad"]
-    first_query = n_key - case["n_query"]
-    past = torch.arange(first_query)
-    kept = torch.cat((_still_visible(method.parts(), past, first_query, {pad}),
+    first_query = case["n_key"] - case["n_query"]
+    kept = torch.cat((_still_visible(case["method"].parts(), torch.arange(first_query), first_query, {case["pad"]}),
                       torch.ones(case["n_query"], dtype=torch.bool)))
     full, _ = run(case)
-    gen = torch.Generator().manual_seed(case["seed"])
-    b, hkv, g, d = case["batch"], case["kv_heads"], case["group"], case["head_dim"]
-    rot = int(d * case["rotary_fraction"])
-    inv_freq = 1.0 / (300 ** (torch.arange(0, rot, 2, dtype=torch.float32) / rot))
-    raw_q = torch.randn(b, hkv * g, case["n_query"], d, generator=gen)
-    raw_k = torch.randn(b, hkv, n_key, d, generator=gen)
-    value = torch.randn(b, hkv, n_key, d, generator=gen)
-    positions = torch.arange(n_key) - pad
-    interleaved = case["interleaved"]
-    keys = rope(raw_k, positions, inv_freq, interleaved).float()
-    query_positions = positions[first_query:]
-    evicted = attend(
-        rope(raw_q, query_positions, inv_freq, interleaved).float(), keys[:, :, kept], value[:, :, kept],
-        method.parts(), RotaryLayout(inv_freq, interleaved), query_positions=query_positions,
-        key_positions=positions[kept], scale=d**-0.5, tile=case["tile"],
-        query_scale=method.query_scale(query_positions, case["trained"]),
-    )
+    evicted, _ = run(case, kept)
     torch.testing.assert_close(evicted, full, atol=1e-5, rtol=1e-5)
 
 

@@ -32,14 +32,8 @@ def plot_accuracy_by_length(
     axes.set_ylim(-5, 105)
     axes.set_xlabel("input length (tokens)")
     axes.set_ylabel("accuracy (%)")
-    axes.set_title(title)
-    axes.grid(alpha=0.3)
     axes.legend(fontsize=8, loc="lower left")
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    plt.close(figure)
-    return path
+    return _save(figure, axes, path, title=title, legend="lower left")
 
 
 def plot_perplexity_by_position(
@@ -60,9 +54,13 @@ def plot_perplexity_by_position(
     axes.set_yscale("log")
     axes.set_xlabel(f"position (end of each {bucket}-token bucket)")
     axes.set_ylabel("perplexity")
+    return _save(figure, axes, path, title=title, legend="upper left")
+
+
+def _save(figure, axes, path: Path, *, title: str, legend: str) -> Path:
     axes.set_title(title)
     axes.grid(alpha=0.3, which="both")
-    axes.legend(fontsize=8, loc="upper left")
+    axes.legend(fontsize=8, loc=legend)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)
