@@ -45,6 +45,9 @@ class _Extension:
     hook: object = None  # handle of the forward pre-hook that adopts the cache
     active_cache: LongReachCache | None = None  # the cache of the forward in progress
     undo_rope: object = None  # restores the model's rope parameters (RopeScaling)
+    # What every layer of the forward in progress shares (row offsets, spans, kept keys): keyed
+    # by the shapes it depends on, emptied by the pre-hook at the start of each forward.
+    forward_memo: dict = field(default_factory=dict)
 
 
 def extend(model: PreTrainedModel, method: Method) -> PreTrainedModel:
@@ -93,6 +96,7 @@ def extend(model: PreTrainedModel, method: Method) -> PreTrainedModel:
             # forward (the prefill) could then neither evict nor keep re-rotated keys.
             cache = kwargs["past_key_values"] = LongReachCache(config=model.config)
         extension.active_cache = LongReachCache.adopt(cache, evicting=extension.evicting)
+        extension.forward_memo = {}
         return args, kwargs
 
     _register()
@@ -299,7 +303,12 @@ def longreach_attention(
         total = attention_mask.shape[-1] if attention_mask is not None else n_key
         token_index = torch.arange(total - n_key, total, device=query.device)
     query_index = torch.arange(total - n_query, total, device=query.device)
-    offsets, has_holes = _row_offsets(kwargs.get("position_ids"), attention_mask, batch, query_index)
+    memo = extension.forward_memo
+    layer_kind = type(cache.layers[module.layer_idx]).__name__ if cache is not None else None
+    rows_key = ("rows", n_query, total, batch)
+    if rows_key not in memo:
+        memo[rows_key] = _row_offsets(kwargs.get("position_ids"), attention_mask, batch, query_index)
+    offsets, has_holes = memo[rows_key]
     check_length(extension.method, total - min(offsets), extension.trained_length)
     scale = scaling if scaling is not None else head_dim**-0.5
     method = extension.method
@@ -313,6 +322,8 @@ def longreach_attention(
             query_positions=query_positions, key_positions=token_index - offset, scale=scale,
             key_valid=valid, sliding_window=kwargs.get("sliding_window"), key_store=store,
             query_scale=method.query_scale(query_positions, extension.trained_length),
+            span_memo=memo.setdefault(("spans", tuple(rows), offset, n_query, n_key, total, layer_kind,
+                                       kwargs.get("sliding_window")), {}),
         )
 
     groups = _row_groups(offsets, has_holes)
@@ -325,7 +336,10 @@ def longreach_attention(
             index = torch.tensor(rows, device=query.device)
             output[index] = attend_rows(index, rows, offset)
     if extension.evicting and cache is not None:
-        cache.evict(module.layer_idx, _still_visible(extension.parts, token_index, total, set(offsets)))
+        kept_key = ("kept", n_key, total, tuple(offsets), layer_kind)
+        if kept_key not in memo:
+            memo[kept_key] = _still_visible(extension.parts, token_index, total, set(offsets))
+        cache.evict(module.layer_idx, memo[kept_key])
     return output.transpose(1, 2).contiguous(), None
 
 

@@ -31,7 +31,7 @@ class _PartView:
     key_start: int
     lo: list[int]  # per query, first key index of the region
     hi: list[int]  # per query, one past the last key index
-    jumps: torch.Tensor  # query indices where lo or hi steps by more than one key
+    jumps: list[int]  # query indices where lo or hi steps by more than one key
 
 
 def attend(
@@ -49,6 +49,7 @@ def attend(
     tile: int = TILE,
     key_store: dict | None = None,
     query_scale: torch.Tensor | None = None,
+    span_memo: dict | None = None,
 ) -> torch.Tensor:
     """Attention of ``query`` over ``key``/``value`` under a position plan.
 
@@ -58,6 +59,8 @@ def attend(
     ``key_store`` (a dict owned by the cache, per layer) keeps re-rotated keys between calls
     whose keys only grew by appending, so decoding rotates only the new keys.
     ``query_scale`` (Nq,) multiplies each query's scores (log-n scaling, attention temperature).
+    ``span_memo`` (a dict the caller keeps for calls with the same positions, e.g. the layers of
+    one forward) saves recomputing each part's key spans.
     Returns (B, Hq, Nq, D) in the query's dtype; a query that sees no key gets zeros.
 
     Example:
@@ -75,7 +78,8 @@ def attend(
     if query_scale is not None:
         query = query * query_scale.to(query.device, torch.float32)[:, None].to(query.dtype)
     prepared = (
-        _prepare(part, query, key, value, layout, query_positions, key_positions, sliding_window, key_store)
+        _prepare(part, query, key, value, layout, query_positions, key_positions, sliding_window, key_store,
+                 span_memo)
         for part in parts
     )
     views = [view for view in prepared if view is not None]
@@ -92,23 +96,18 @@ def attend(
 
 
 def _prepare(
-    part, query, key, value, layout, query_positions, key_positions, sliding_window, key_store
+    part, query, key, value, layout, query_positions, key_positions, sliding_window, key_store, span_memo
 ) -> _PartView | None:
     """The part's spans as key indices and its re-rotated q and k; None when no query sees a key."""
-    lo_pos, hi_pos = part.key_span(query_positions)
-    hi_pos = torch.minimum(hi_pos, query_positions + 1)
-    lo_pos = lo_pos.clamp_min(0)
-    if sliding_window is not None:
-        lo_pos = torch.maximum(lo_pos, query_positions - sliding_window + 1)
-    lo_idx = torch.searchsorted(key_positions, lo_pos)
-    hi_idx = torch.maximum(torch.searchsorted(key_positions, hi_pos), lo_idx)
-    steps = torch.cat((torch.diff(lo_idx), torch.diff(hi_idx)))
-    if bool((steps < 0).any()):
-        raise ValueError(f"plan part {part.name!r}: key spans must be non-decreasing in the query position")
-    jumps = torch.nonzero((torch.diff(lo_idx) > 1) | (torch.diff(hi_idx) > 1)).flatten() + 1
-    if not bool((hi_idx > lo_idx).any()):
+    if span_memo is None:
+        spans = _spans(part, query_positions, key_positions, sliding_window)
+    else:
+        if part not in span_memo:
+            span_memo[part] = _spans(part, query_positions, key_positions, sliding_window)
+        spans = span_memo[part]
+    if spans is None:
         return None
-    lo, hi = lo_idx.tolist(), hi_idx.tolist()
+    lo, hi, jumps = spans
     key_start, key_stop = lo[0], hi[-1]
 
     queries = query
@@ -124,6 +123,24 @@ def _prepare(
     return _PartView(queries, keys, value[:, :, key_start:key_stop], key_start, lo, hi, jumps)
 
 
+def _spans(part, query_positions, key_positions, sliding_window) -> tuple[list[int], list[int], list[int]] | None:
+    """Per query, the part's region as key indices [lo, hi), and the queries where a bound jumps."""
+    lo_pos, hi_pos = part.key_span(query_positions)
+    hi_pos = torch.minimum(hi_pos, query_positions + 1)
+    lo_pos = lo_pos.clamp_min(0)
+    if sliding_window is not None:
+        lo_pos = torch.maximum(lo_pos, query_positions - sliding_window + 1)
+    lo_idx = torch.searchsorted(key_positions, lo_pos)
+    hi_idx = torch.maximum(torch.searchsorted(key_positions, hi_pos), lo_idx)
+    steps = torch.cat((torch.diff(lo_idx), torch.diff(hi_idx)))
+    if bool((steps < 0).any()):
+        raise ValueError(f"plan part {part.name!r}: key spans must be non-decreasing in the query position")
+    if not bool((hi_idx > lo_idx).any()):
+        return None
+    jumps = torch.nonzero((torch.diff(lo_idx) > 1) | (torch.diff(hi_idx) > 1)).flatten() + 1
+    return lo_idx.tolist(), hi_idx.tolist(), jumps.tolist()
+
+
 def _rotated_keys(part, key, key_positions, start, stop, layout, store) -> torch.Tensor:
     """Keys [start, stop) at the part's key positions, reusing what ``store`` already holds."""
 
@@ -133,14 +150,23 @@ def _rotated_keys(part, key, key_positions, start, stop, layout, store) -> torch
 
     if store is None:
         return rotate(start, stop)
-    held_start, held = store.get(part, (start, None))
-    held_stop = held_start + (held.shape[2] if held is not None else 0)
-    if held is None or held_start > start or held_stop > stop:
-        held_start, held = start, rotate(start, stop)
+    # The store holds keys [held_start, held_start + length) in a buffer with spare room that
+    # doubles when full, so appending one key per decoding step does not copy the rest.
+    held_start, buffer, length = store.get(part, (start, None, 0))
+    held_stop = held_start + length
+    if buffer is None or held_start > start or held_stop > stop:
+        held_start, buffer, length = start, rotate(start, stop), stop - start
     elif held_stop < stop:
-        held = torch.cat((held, rotate(held_stop, stop)), dim=2)
-    store[part] = (held_start, held)
-    return held[:, :, start - held_start :]
+        new = rotate(held_stop, stop)
+        if length + new.shape[2] > buffer.shape[2]:
+            grown = buffer.new_empty((*buffer.shape[:2], max(2 * buffer.shape[2], length + new.shape[2]),
+                                      buffer.shape[3]))
+            grown[:, :, :length] = buffer[:, :, :length]
+            buffer = grown
+        buffer[:, :, length : length + new.shape[2]] = new
+        length += new.shape[2]
+    store[part] = (held_start, buffer, length)
+    return buffer[:, :, start - held_start : length]
 
 
 def _tiles(views: list[_PartView], n_query: int, tile: int) -> list[tuple[int, int]]:
@@ -149,7 +175,7 @@ def _tiles(views: list[_PartView], n_query: int, tile: int) -> list[tuple[int, i
     inside a tile is at most a tile wide."""
     cuts = set(range(0, n_query, tile))
     for view in views:
-        cuts.update(view.jumps.tolist())
+        cuts.update(view.jumps)
     edges = sorted(cuts) + [n_query]
     return [(a, b) for a, b in zip(edges, edges[1:], strict=False) if b > a]
 
