@@ -284,7 +284,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     info = longreach.model_info(model, target_length=target)
     grid = Table(title=f"{args.model}", show_header=False)
     grid.add_column("", style="bold")
-    grid.add_column("")
+    grid.add_column("", overflow="fold")  # specs are copied whole
     grid.add_row("model type", info.model_type)
     grid.add_row("trained length", f"{info.trained_length} tokens")
     grid.add_row("supported", "yes" if info.supported else f"no: {info.reason}")
