@@ -64,10 +64,10 @@ def extend(model: PreTrainedModel, method: Method) -> PreTrainedModel:
             f"extend() needs a method config such as longreach.SelfExtend(group_size=4, window=1024), "
             f"got {type(method).__name__}"
         )
+    trained = trained_length(model.config)
+    method.check_model(trained)  # before restore: a refused method leaves the model as it was
     restore(model)  # one method at a time: a second extend replaces the first
     rotary, layout, rope_type = describe_rotary(model)
-    trained = trained_length(model.config)
-    method.check_model(trained)
     parts = method.parts()
     extension = _Extension(
         method=method,

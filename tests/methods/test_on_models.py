@@ -161,10 +161,13 @@ def test_non_integer_settings_are_type_errors():
 )
 def test_settings_beyond_the_trained_length_are_refused(method, message):
     model = tiny_model("llama", max_position_embeddings=TRAINED)
+    kept = longreach.extend(model, longreach.SelfExtend(2, 8)).config._attn_implementation
     with pytest.raises(ValueError, match=message) as error:
         longreach.extend(model, method)
     assert "trained to 32 tokens" in str(error.value)
-    assert longreach.current_method(model) is None
+    # The refused method changed nothing: the model keeps the method it had.
+    assert longreach.current_method(model) == longreach.SelfExtend(2, 8)
+    assert model.config._attn_implementation == kept
 
 
 def test_leaky_rerope_input_too_long_suggests_a_factor():
