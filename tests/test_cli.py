@@ -95,3 +95,24 @@ def test_settings_the_model_cannot_take_are_usage_errors(tiny_model_dir, tmp_pat
             "--lengths", "160", "--out", str(tmp_path)]
     assert main(argv) == 2
     assert "chunk_size=300 reaches rotary distance 300" in capsys.readouterr().err
+
+
+def test_perplexity_writes_table_json_and_plot(tiny_model_dir, tmp_path, capsys):
+    text = tmp_path / "novel.txt"
+    text.write_text("It was a dark and stormy night; the rain fell in torrents. " * 60)
+    out = tmp_path / "ppl"
+    argv = ["perplexity", "--model", str(tiny_model_dir), "--method", "vanilla", "--method", "dual-chunk:auto",
+            "--method", "dynamic-ntk:factor=2", "--text", str(text), "--lengths", "128,400", "--out", str(out)]
+    assert main(argv) == 0
+    summary = json.loads((out / "perplexity.json").read_text())
+    assert set(summary["perplexity"]) == {"vanilla", "dual-chunk:auto", "dynamic-ntk:factor=2"}
+    assert set(summary["perplexity"]["vanilla"]) == {"128", "400"}
+    runs = [json.loads(line) for line in (out / "perplexity.jsonl").read_text().splitlines()]
+    assert [r["length"] for r in runs if r["method"].startswith("dynamic")] == [128, 400]  # one run per length
+    assert [r["length"] for r in runs if r["method"] == "vanilla"] == [400]  # shorter lengths from one run
+    assert (out / "perplexity.png").read_bytes()[:4] == b"\x89PNG"
+    assert "Perplexity on novel.txt" in capsys.readouterr().out
+    argv[-3] = "100000"
+    argv[-5] = str(text)
+    assert main(argv) == 2
+    assert "fewer than the 100001 needed" in capsys.readouterr().err
