@@ -12,6 +12,7 @@ from longreach.integration import UnsupportedModelError, current_method, extend,
 from longreach.methods import (
     METHODS,
     DualChunk,
+    InfLLM,
     InputTooLongError,
     LMInfinite,
     Method,
@@ -29,6 +30,7 @@ __version__ = "0.1.0"
 __all__ = [
     "METHODS",
     "DualChunk",
+    "InfLLM",
     "InputTooLongError",
     "LMInfinite",
     "Method",

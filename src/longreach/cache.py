@@ -93,6 +93,14 @@ class EvictingLayer(DynamicLayer):
         )
 
 
+class MemoryLayer(EvictingLayer):
+    """InfLLM's cache layer: the first tokens, the tokens not yet in a block, and the local
+    window; whole blocks move to the method's block memory. Drops happen at once, so per-key
+    state kept beside the layer (attention scores) stays aligned with its keys."""
+
+    DEFERRED_DROP = 0
+
+
 def _runs(kept: torch.Tensor) -> list[tuple[int, int]]:
     """Contiguous [start, stop) runs of True in a bool vector."""
     flags = kept.to("cpu", torch.int8)
@@ -118,21 +126,24 @@ class LongReachCache(DynamicCache):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.rotated_keys: dict = {}
+        self.memory_states: dict = {}
 
     @classmethod
-    def adopt(cls, cache: object, *, evicting: bool = False) -> LongReachCache | None:
-        """Turn a plain ``DynamicCache`` into a ``LongReachCache`` in place; None for other caches."""
+    def adopt(cls, cache: object, *, layer_class: type[EvictingLayer] | None = None) -> LongReachCache | None:
+        """Turn a plain ``DynamicCache`` into a ``LongReachCache`` in place; None for other caches.
+        With ``layer_class`` (for methods that drop keys) its plain layers become that class."""
         if type(cache) is DynamicCache:
             cache.__class__ = cls
             cache.rotated_keys = {}
+            cache.memory_states = {}
         if not isinstance(cache, LongReachCache):
             return None
-        if evicting:
+        if layer_class is not None:
             for layer in cache.layers:
                 if type(layer) is DynamicLayer:
-                    EvictingLayer.adopt(layer)
+                    layer_class.adopt(layer)
             if cache.layer_class_to_replicate is DynamicLayer:
-                cache.layer_class_to_replicate = EvictingLayer
+                cache.layer_class_to_replicate = layer_class
         return cache
 
     def token_index(self, layer_idx: int, n_key: int) -> torch.Tensor:
@@ -155,11 +166,28 @@ class LongReachCache(DynamicCache):
             return None
         return self.rotated_keys.setdefault((layer_idx, rows, offset), {})
 
+    def memory_state(self, layer_idx: int, rows: tuple[int, ...], offset: int, factory):
+        """The block memory state of one layer for the given batch rows and position offset,
+        made by ``factory()`` on first use."""
+        key = (layer_idx, rows, offset)
+        if key not in self.memory_states:
+            self.memory_states[key] = factory()
+        return self.memory_states[key]
+
+    def _refuse_reshuffle(self, operation: str) -> None:
+        if self.memory_states:
+            raise ValueError(
+                f"{operation} is not supported with a block memory (InfLLM): its blocks belong to the batch "
+                "rows that wrote them; use greedy or sampled decoding with one sequence per prompt"
+            )
+
     def reset(self) -> None:
         self.rotated_keys = {}
+        self.memory_states = {}
         super().reset()
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self._refuse_reshuffle("beam search")
         self.rotated_keys = {}
         super().reorder_cache(beam_idx)
 
@@ -168,9 +196,11 @@ class LongReachCache(DynamicCache):
         super().crop(tokens_to_remove)
 
     def batch_repeat_interleave(self, repeats: int) -> None:
+        self._refuse_reshuffle("repeating batch rows")
         self.rotated_keys = {}
         super().batch_repeat_interleave(repeats)
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self._refuse_reshuffle("selecting batch rows")
         self.rotated_keys = {}
         super().batch_select_indices(indices)

@@ -14,10 +14,12 @@ import torch
 from transformers import AttentionInterface, PreTrainedModel
 from transformers.masking_utils import AttentionMaskInterface, prepare_padding_mask
 
-from longreach.cache import LongReachCache
+from longreach.cache import EvictingLayer, LongReachCache, MemoryLayer
 from longreach.engine.attention import attend
+from longreach.engine.memory_attention import MemoryState, attend_with_memory
 from longreach.engine.rotary import RotaryLayout
 from longreach.methods.base import InputTooLongError, Method, Part, retained_spans
+from longreach.methods.infllm import InfLLM
 from longreach.methods.rope_scaling import RopeScaling
 from longreach.rope_scaling import apply_rope_scaling
 
@@ -41,10 +43,12 @@ class _Extension:
     rope_type: str
     original_implementation: str
     evicting: bool = False  # the plan drops keys for good: the cache evicts them
+    memory: bool = False  # keys leave the cache for a block memory searched per query block (InfLLM)
     modules: list[torch.nn.Module] = field(default_factory=list)
     hook: object = None  # handle of the forward pre-hook that adopts the cache
     active_cache: LongReachCache | None = None  # the cache of the forward in progress
     undo_rope: object = None  # restores the model's rope parameters (RopeScaling)
+    undo_generation: object = None  # restores the generation config (InfLLM's prefill chunks)
     # What every layer of the forward in progress shares (row offsets, spans, kept keys): keyed
     # by the shapes it depends on, emptied by the pre-hook at the start of each forward.
     forward_memo: dict = field(default_factory=dict)
@@ -78,6 +82,7 @@ def extend(model: PreTrainedModel, method: Method) -> PreTrainedModel:
         rope_type=rope_type,
         original_implementation=model.config._attn_implementation or "sdpa",
         evicting=_evicts(parts),
+        memory=isinstance(method, InfLLM),
     )
     for module in _attention_modules(model):
         setattr(module, _STATE, extension)
@@ -95,15 +100,32 @@ def extend(model: PreTrainedModel, method: Method) -> PreTrainedModel:
             # The model would create its cache inside the forward, out of our sight: the first
             # forward (the prefill) could then neither evict nor keep re-rotated keys.
             cache = kwargs["past_key_values"] = LongReachCache(config=model.config)
-        extension.active_cache = LongReachCache.adopt(cache, evicting=extension.evicting)
+        layer_class = MemoryLayer if extension.memory else EvictingLayer if extension.evicting else None
+        extension.active_cache = LongReachCache.adopt(cache, layer_class=layer_class)
         extension.forward_memo = {}
         return args, kwargs
 
     _register()
     # The base model receives past_key_values whether the user calls it or the LM head model.
     extension.hook = model.base_model.register_forward_pre_hook(adopt_cache, with_kwargs=True)
+    if extension.memory:
+        # generate() then reads a long prompt in execution blocks: activations stay one block big.
+        extension.undo_generation = _set_prefill_chunk(model, method.exec_block)
     model.set_attn_implementation(IMPLEMENTATION)
     return model
+
+
+def _set_prefill_chunk(model: PreTrainedModel, size: int):
+    config = getattr(model, "generation_config", None)
+    if config is None:
+        return None
+    before = config.prefill_chunk_size
+    config.prefill_chunk_size = size
+
+    def undo() -> None:
+        config.prefill_chunk_size = before
+
+    return undo
 
 
 def _evicts(parts: tuple[Part, ...]) -> bool:
@@ -134,6 +156,8 @@ def restore(model: PreTrainedModel) -> PreTrainedModel:
     extension.active_cache = None
     if extension.undo_rope is not None:
         extension.undo_rope()
+    if extension.undo_generation is not None:
+        extension.undo_generation()
     if model.config._attn_implementation != extension.original_implementation:
         model.set_attn_implementation(extension.original_implementation)
     return model
@@ -316,16 +340,31 @@ def longreach_attention(
     def attend_rows(index, rows: list[int], offset: int) -> torch.Tensor:
         valid = attention_mask[rows[0]].to(query.device)[token_index] if has_holes[rows[0]] else None
         query_positions = query_index - offset
+        query_scale = method.query_scale(query_positions, extension.trained_length)
+        if extension.memory:
+            if valid is not None:
+                raise ValueError(
+                    "InfLLM needs each row's tokens contiguous (left padding is fine); this padding mask has holes"
+                )
+            state = _memory_state(cache, module.layer_idx, tuple(rows), offset, method)
+            out, kept = attend_with_memory(
+                query[index], key[index], value[index], method, extension.layout, state,
+                query_positions=query_positions, key_positions=token_index - offset, scale=scale,
+                query_scale=query_scale, sliding_window=kwargs.get("sliding_window"),
+            )
+            memory_kept.append((state, kept))
+            return out
         store = cache.store(module.layer_idx, tuple(rows), offset) if cache is not None else None
         return attend(
             query[index], key[index], value[index], extension.parts, extension.layout,
             query_positions=query_positions, key_positions=token_index - offset, scale=scale,
             key_valid=valid, sliding_window=kwargs.get("sliding_window"), key_store=store,
-            query_scale=method.query_scale(query_positions, extension.trained_length),
+            query_scale=query_scale,
             span_memo=memo.setdefault(("spans", tuple(rows), offset, n_query, n_key, total, layer_kind,
                                        kwargs.get("sliding_window")), {}),
         )
 
+    memory_kept: list[tuple[MemoryState, torch.Tensor]] = []
     groups = _row_groups(offsets, has_holes)
     if len(groups) == 1:  # the common case: no copies of q, k, v
         rows, offset = groups[0]
@@ -335,12 +374,28 @@ def longreach_attention(
         for rows, offset in groups:
             index = torch.tensor(rows, device=query.device)
             output[index] = attend_rows(index, rows, offset)
-    if extension.evicting and cache is not None:
+    if memory_kept and cache is not None:
+        # A key stays in the cache while any row group still reads it from there.
+        kept = torch.stack([k for _, k in memory_kept]).any(dim=0)
+        cache.evict(module.layer_idx, kept)
+        for state, _ in memory_kept:
+            state.keep(kept)
+    elif extension.evicting and cache is not None:
         kept_key = ("kept", n_key, total, tuple(offsets), layer_kind)
         if kept_key not in memo:
             memo[kept_key] = _still_visible(extension.parts, token_index, total, set(offsets))
         cache.evict(module.layer_idx, memo[kept_key])
     return output.transpose(1, 2).contiguous(), None
+
+
+def _memory_state(cache, layer_idx: int, rows: tuple[int, ...], offset: int, method: InfLLM) -> MemoryState:
+    """The layer's block memory for these rows; a fresh one for a call without a cache."""
+    def fresh() -> MemoryState:
+        return MemoryState(blocks_end=method.n_init)
+
+    if cache is None:
+        return fresh()
+    return cache.memory_state(layer_idx, rows, offset, fresh)
 
 
 def _still_visible(parts: tuple[Part, ...], token_index: torch.Tensor, total: int, offsets: set[int]) -> torch.Tensor:

@@ -50,7 +50,8 @@ def attend(
     key_store: dict | None = None,
     query_scale: torch.Tensor | None = None,
     span_memo: dict | None = None,
-) -> torch.Tensor:
+    return_lse: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Attention of ``query`` over ``key``/``value`` under a position plan.
 
     ``query`` (B, Hq, Nq, D) and ``key`` (B, Hkv, Nk, D) are rotated at their true positions,
@@ -61,7 +62,8 @@ def attend(
     ``query_scale`` (Nq,) multiplies each query's scores (log-n scaling, attention temperature).
     ``span_memo`` (a dict the caller keeps for calls with the same positions, e.g. the layers of
     one forward) saves recomputing each part's key spans.
-    Returns (B, Hq, Nq, D) in the query's dtype; a query that sees no key gets zeros.
+    Returns (B, Hq, Nq, D) in the query's dtype; a query that sees no key gets zeros. With
+    ``return_lse`` returns (out in float32, lse (B, Hq, Nq)), for merging with more keys.
 
     Example:
         >>> q, k = torch.randn(1, 4, 6, 8), torch.randn(1, 2, 6, 8)
@@ -92,7 +94,10 @@ def attend(
                 piece_out, piece_lse = _attend_piece(view, piece, key_valid, scale, group)
                 merged = merge_by_lse(out[..., rows, :], lse[..., rows], piece_out, piece_lse)
                 out[..., rows, :], lse[..., rows] = merged
-    return out.reshape(batch, q_heads, n_query, head_dim).to(query.dtype)
+    out = out.reshape(batch, q_heads, n_query, head_dim)
+    if return_lse:
+        return out, lse.reshape(batch, q_heads, n_query)
+    return out.to(query.dtype)
 
 
 def _prepare(

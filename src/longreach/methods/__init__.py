@@ -2,6 +2,7 @@
 
 from longreach.methods.base import InputTooLongError, Method, Part
 from longreach.methods.dual_chunk import DualChunk
+from longreach.methods.infllm import InfLLM
 from longreach.methods.lm_infinite import LMInfinite
 from longreach.methods.rerope import ReRoPE
 from longreach.methods.rope_scaling import RopeScaling
@@ -13,13 +14,14 @@ from longreach.methods.vanilla import Vanilla
 #: Method classes by CLI name.
 METHODS: dict[str, type[Method]] = {
     name: cls
-    for cls in (Vanilla, SelfExtend, DualChunk, LMInfinite, ReRoPE, StreamingLLM, RopeScaling)
+    for cls in (Vanilla, SelfExtend, DualChunk, LMInfinite, ReRoPE, StreamingLLM, InfLLM, RopeScaling)
     for name in cls.cli_names
 }
 
 __all__ = [
     "METHODS",
     "DualChunk",
+    "InfLLM",
     "InputTooLongError",
     "LMInfinite",
     "Method",

@@ -1,0 +1,217 @@
+"""Attention with a block memory (InfLLM): the plan's resident parts plus retrieved blocks.
+
+Queries are processed in execution blocks, in order, because each block changes the memory the
+next one reads: the attention a key receives while in the local window is summed into its score,
+and once a whole block of keys has left the window it is moved to the :class:`BlockStore` with a
+representative (the mean of its most-attended keys) and dropped from the cache.
+
+Per execution block, over the keys the cache still holds (the first ``n_init`` tokens, the
+tokens that left the window without filling a block yet, and the window) the engine runs the
+method's plan (local part at true positions, memory part at the constant distance); the
+``topk`` blocks whose representatives best match the block's mean memory-rotated query are then
+attended at the same constant distance and merged by log-sum-exp. With every block retrieved
+this is exactly the plan itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from longreach.engine.attention import attend
+from longreach.engine.kernels import attention_with_lse, merge_by_lse
+from longreach.engine.rotary import RotaryLayout
+from longreach.memory import BlockStore
+from longreach.methods.infllm import InfLLM
+
+#: Query rows per step of the score accumulation: bounds its (rows x window) matrix.
+SCORE_ROWS = 1024
+
+
+@dataclass
+class MemoryState:
+    """What InfLLM keeps per layer and group of batch rows between calls."""
+
+    blocks_end: int  # position where the next block starts: n_init + blocks * block_size
+    scores: torch.Tensor | None = None  # (rows, kv_heads, held keys): attention received in the window
+    store: BlockStore | None = None
+
+    def keep(self, kept: torch.Tensor) -> None:
+        """Follow the cache layer dropping keys: ``kept`` (held keys,) bool."""
+        if self.scores is not None:
+            self.scores = self.scores[:, :, kept.to(self.scores.device)]
+
+
+def storage_for(method: InfLLM, device: torch.device) -> str:
+    """The block storage ``method.storage`` means on ``device``."""
+    if method.storage == "auto":
+        return "pinned" if device.type == "cuda" else "ram"
+    return method.storage
+
+
+def attend_with_memory(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    method: InfLLM,
+    layout: RotaryLayout,
+    state: MemoryState,
+    *,
+    query_positions: torch.Tensor,
+    key_positions: torch.Tensor,
+    scale: float,
+    query_scale: torch.Tensor | None = None,
+    sliding_window: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """InfLLM attention of ``query`` (B, Hq, Nq, D) over the held ``key``/``value`` (B, Hkv, Nk, D)
+    and the blocks in ``state``; positions as for :func:`~longreach.engine.attention.attend`.
+
+    Returns the output (B, Hq, Nq, D) and which held keys the cache must keep (Nk,) bool for
+    these rows: the rest now live in blocks. ``state`` is updated.
+
+    Example:
+        >>> q, k = torch.randn(1, 2, 6, 8), torch.randn(1, 1, 6, 8)
+        >>> layout = RotaryLayout(inv_freq=torch.tensor([1.0, 0.1, 0.01, 0.001]))
+        >>> method = InfLLM(n_init=1, n_local=2, block_size=2, topk=1, repr_topk=1, exec_block=2)
+        >>> out, kept = attend_with_memory(q, k, k, method, layout, MemoryState(blocks_end=1),
+        ...     query_positions=torch.arange(6), key_positions=torch.arange(6), scale=8 ** -0.5)
+        >>> out.shape, kept.tolist()
+        (torch.Size([1, 2, 6, 8]), [True, False, False, True, True, True])
+    """
+    batch, q_heads, n_query, head_dim = query.shape
+    kv_heads = key.shape[1]
+    if query_scale is not None:
+        query = query * query_scale.to(query.device, torch.float32)[:, None].to(query.dtype)
+    held = key.shape[2]
+    if state.scores is None:
+        state.scores = torch.zeros(batch, kv_heads, 0, dtype=torch.float32, device=key.device)
+    if state.scores.shape[2] < held:  # keys appended since the last call start unattended
+        fresh = state.scores.new_zeros(batch, kv_heads, held - state.scores.shape[2])
+        state.scores = torch.cat((state.scores, fresh), dim=2)
+    parts = method.parts()
+    outputs = []
+    for start, stop in execution_blocks(query_positions, method.exec_block):
+        positions = query_positions[start:stop]
+        queries = query[:, :, start:stop]
+        index = _resident(key_positions, method.n_init, state.blocks_end, int(positions[-1]))
+        keys, values, resident_positions = key[:, :, index], value[:, :, index], key_positions[index]
+        out, lse = attend(queries, keys, values, parts, layout, query_positions=positions,
+                          key_positions=resident_positions, scale=scale, sliding_window=sliding_window,
+                          return_lse=True)
+        if state.store is not None and state.store.count:
+            out, lse = _attend_blocks(queries, positions, method, layout, state.store, scale, out, lse)
+        _add_scores(state, queries, keys, positions, resident_positions, index, method, lse, scale)
+        _form_blocks(state, key, value, key_positions, method, layout, next_position=int(positions[-1]) + 1)
+        outputs.append(out.to(query.dtype))
+    kept = (key_positions < 0) | (key_positions < method.n_init) | (key_positions >= state.blocks_end)
+    return torch.cat(outputs, dim=2), kept
+
+
+def execution_blocks(query_positions: torch.Tensor, size: int) -> list[tuple[int, int]]:
+    """Query index ranges cut where the position is a multiple of ``size``: blocks depend on
+    positions, not on how the input was split into calls, so a prompt read in chunks of
+    ``size`` (or any multiple) gives the same result as read at once.
+
+    Example:
+        >>> execution_blocks(torch.arange(5, 14), 4)
+        [(0, 3), (3, 7), (7, 9)]
+    """
+    n_query = query_positions.numel()
+    if n_query == 0:
+        return []
+    first = (-int(query_positions[0])) % size or size
+    cuts = [0, *range(first, n_query, size), n_query]
+    return list(zip(cuts, cuts[1:], strict=False))
+
+
+def _resident(key_positions: torch.Tensor, n_init: int, blocks_end: int, last: int) -> torch.Tensor | slice:
+    """Indices of the held keys not in blocks, up to position ``last``: the first tokens (and
+    any padding before them), then everything from ``blocks_end`` on."""
+    bounds = torch.tensor([n_init, blocks_end, last + 1], device=key_positions.device)
+    init_stop, rest_start, stop = torch.searchsorted(key_positions, bounds).tolist()
+    if rest_start <= init_stop:
+        return slice(0, stop)
+    return torch.cat((torch.arange(init_stop), torch.arange(rest_start, stop))).to(key_positions.device)
+
+
+def _attend_blocks(queries, positions, method, layout, store, scale, out, lse):
+    """Retrieve the best ``topk`` blocks per KV head and merge their attention into (out, lse)."""
+    batch, q_heads, rows, head_dim = queries.shape
+    kv_heads = store.kv_heads
+    group = q_heads // kv_heads
+    memory_queries = layout.rotate(queries, (method.n_local - 1) - positions)
+    packed = memory_queries.reshape(batch, kv_heads, group * rows, head_dim)
+    block_ids = select_blocks(memory_queries, store, method.topk)
+    keys, values = store.gather(block_ids)
+    block_out, block_lse = attention_with_lse(packed, keys.to(packed.dtype), values.to(packed.dtype), scale=scale)
+    block_out = block_out.reshape(batch, q_heads, rows, head_dim)
+    block_lse = block_lse.reshape(batch, q_heads, rows)
+    return merge_by_lse(out, lse, block_out, block_lse)
+
+
+def select_blocks(memory_queries: torch.Tensor, store: BlockStore, topk: int) -> torch.Tensor:
+    """The ``topk`` blocks (rows, kv_heads, k), ascending, whose representatives best match the
+    mean of ``memory_queries`` (B, Hq, T, D), rotated to the memory position; every block while
+    there are at most ``topk``.
+
+    One ranking per KV head: the mean query of the execution block, summed over the query heads
+    sharing that KV head, against the block's representative. The reference ranks once per
+    layer for all heads; per KV head lets each group read what it needs, at the same cost.
+    """
+    batch, q_heads, rows, head_dim = memory_queries.shape
+    kv_heads = store.kv_heads
+    if store.count <= topk:
+        return torch.arange(store.count, device=memory_queries.device).expand(batch, kv_heads, -1)
+    grouped = memory_queries.reshape(batch, kv_heads, q_heads // kv_heads, rows, head_dim)
+    probe = grouped.to(torch.float32).mean(dim=3).sum(dim=2)
+    relevance = torch.einsum("bhd,bhnd->bhn", probe, store.representatives)
+    return relevance.topk(topk, dim=-1).indices.sort(dim=-1).values
+
+
+def _add_scores(state, queries, keys, positions, resident_positions, index, method, lse, scale) -> None:
+    """Add to each window key the attention it received from these queries (summed over the query
+    heads of its KV head), under the final softmax of every part."""
+    batch, q_heads, rows, head_dim = queries.shape
+    kv_heads = keys.shape[1]
+    group = q_heads // kv_heads
+    local_start = method.local_start(positions)
+    first = int(torch.searchsorted(resident_positions, local_start[:1]))
+    window_keys = keys[:, :, first:].to(torch.float32)
+    window_positions = resident_positions[first:]
+    allowed = (window_positions[None] >= local_start[:, None]) & (window_positions[None] <= positions[:, None])
+    packed = queries.reshape(batch, kv_heads, group * rows, head_dim).to(torch.float32)
+    packed_lse = lse.reshape(batch, kv_heads, group * rows)
+    allowed = allowed.repeat(group, 1)
+    received = torch.zeros(batch, kv_heads, window_keys.shape[2], dtype=torch.float32, device=keys.device)
+    for a in range(0, group * rows, SCORE_ROWS):
+        b = min(a + SCORE_ROWS, group * rows)
+        logits = (packed[:, :, a:b] @ window_keys.transpose(-1, -2)) * scale
+        weights = torch.exp(logits - packed_lse[:, :, a:b, None]).masked_fill_(~allowed[a:b], 0.0)
+        received += weights.sum(dim=2)
+    held_index = torch.arange(index.start, index.stop) if isinstance(index, slice) else index
+    state.scores[:, :, held_index[first:].to(state.scores.device)] += received
+
+
+def _form_blocks(state, key, value, key_positions, method, layout, *, next_position: int) -> None:
+    """Move every whole block of keys that no later query has in its window into the store."""
+    window_start = int(method.local_start(torch.tensor(next_position)))
+    size = method.block_size
+    while window_start - state.blocks_end >= size:
+        start = int(torch.searchsorted(key_positions, torch.tensor(state.blocks_end, device=key_positions.device)))
+        block = slice(start, start + size)
+        positions = key_positions[block]
+        # Keys are cached at their true positions; memory keys sit at position 0.
+        keys = layout.rotate(key[:, :, block], -positions)
+        scores = state.scores[:, :, block]
+        top = scores.topk(method.repr_topk, dim=-1).indices
+        chosen = keys.gather(2, top[..., None].expand(-1, -1, -1, keys.shape[-1]).to(keys.device))
+        if state.store is None:
+            batch, kv_heads, _, head_dim = key.shape
+            state.store = BlockStore(
+                rows=batch, kv_heads=kv_heads, block_size=size, head_dim=head_dim, dtype=key.dtype,
+                device=key.device, storage=storage_for(method, key.device),
+                max_cached_blocks=method.max_cached_blocks, directory=method.storage_dir,
+            )
+        state.store.add(keys, value[:, :, block], chosen.to(torch.float32).mean(dim=2))
+        state.blocks_end += size

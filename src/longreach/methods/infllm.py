@@ -1,0 +1,115 @@
+from __future__ import annotations
+
+import torch
+
+from longreach.methods.base import Method, Part, check_fits, check_int, method_config
+
+STORAGES = ("auto", "ram", "mmap")
+
+
+@method_config
+class InfLLM(Method):
+    """InfLLM: a local window at true positions plus a block memory searched per query block.
+
+    The last ``n_local`` tokens keep their positions. Everything older is memory: the first
+    ``n_init`` tokens, the ``topk`` blocks of ``block_size`` tokens whose representative keys best
+    match the execution block's queries, and the tokens that left the window but do not fill a
+    block yet. Memory keys sit at position 0 and the query at ``n_local - 1``, so every memory
+    token is seen at the same distance (as in the reference). A block's representative is the
+    mean of its ``repr_topk`` keys that received the most attention while in the window; blocks
+    are searched per KV head, shared by that head's group of query heads.
+
+    Until the input is longer than ``n_init + n_local`` (within the trained length) every token
+    is local: short inputs are read exactly as by the model itself.
+
+    ``storage`` says where blocks live: ``"auto"`` (pinned CPU memory with at most
+    ``max_cached_blocks`` per layer and KV head on the GPU when the model is on CUDA, plain RAM
+    on CPU), ``"ram"``, or ``"mmap"`` (a memory-mapped file in ``storage_dir`` or a temporary
+    folder; RAM holds only the representatives and ``max_cached_blocks`` blocks per layer and KV
+    head), so the RAM footprint is the user's choice, not the context length's.
+
+    Example:
+        >>> InfLLM.for_model(4096)
+        InfLLM(n_local=2048)
+        >>> InfLLM(n_local=2048, topk=8).parts()[1].name
+        'memory'
+    """
+
+    n_init: int = 128
+    n_local: int = 4096
+    block_size: int = 128
+    topk: int = 16
+    repr_topk: int = 4
+    exec_block: int = 512
+    max_cached_blocks: int = 32
+    storage: str = "auto"
+    storage_dir: str | None = None
+    cli_names = ("infllm",)
+
+    def validate(self) -> None:
+        check_int("InfLLM", "n_init", self.n_init, 0)
+        for name in ("n_local", "block_size", "topk", "repr_topk", "exec_block", "max_cached_blocks"):
+            check_int("InfLLM", name, getattr(self, name), 1)
+        if self.repr_topk > self.block_size:
+            raise ValueError(f"InfLLM: repr_topk ({self.repr_topk}) must be <= block_size ({self.block_size})")
+        if self.topk > self.max_cached_blocks:
+            raise ValueError(
+                f"InfLLM: topk ({self.topk}) must be <= max_cached_blocks ({self.max_cached_blocks}): every "
+                "retrieved block must fit in the device cache at once"
+            )
+        if self.exec_block > self.n_local:
+            raise ValueError(
+                f"InfLLM: exec_block ({self.exec_block}) must be <= n_local ({self.n_local}), so a query block "
+                "never needs memory written during its own step"
+            )
+        if self.storage not in STORAGES:
+            raise ValueError(f"InfLLM: storage must be one of {', '.join(STORAGES)}, got {self.storage!r}")
+        if self.storage_dir is not None and self.storage != "mmap":
+            raise ValueError("InfLLM: storage_dir is only used with storage='mmap'")
+
+    @property
+    def vanilla_length(self) -> int:
+        """Inputs up to this many tokens are read with every token local (exactly the model)."""
+        return self.n_init + self.n_local
+
+    def local_start(self, i: torch.Tensor) -> torch.Tensor:
+        """First key position of query ``i``'s local window."""
+        return torch.where(i < self.vanilla_length, torch.zeros_like(i), i - self.n_local + 1)
+
+    def parts(self) -> tuple[Part, ...]:
+        """The plan when every block is retrieved (memory = everything outside the window). With
+        fewer blocks than memory holds, the memory part's region is chosen by retrieval."""
+        n_local = self.n_local
+        local = Part("local", key_span=lambda i: (self.local_start(i), i + 1))
+        memory = Part(
+            "memory",
+            key_span=lambda i: (torch.zeros_like(i), self.local_start(i)),
+            query_position=lambda i: torch.full_like(i, n_local - 1),
+            key_position=torch.zeros_like,
+        )
+        return (local, memory)
+
+    def check_model(self, trained_length: int) -> None:
+        check_fits("InfLLM", f"n_init + n_local = {self.vanilla_length}", self.vanilla_length - 1, trained_length,
+                   f"use InfLLM.for_model({trained_length})")
+
+    @classmethod
+    def for_model(cls, trained_length: int, n_local: int | None = None, **common) -> InfLLM:
+        """The reference's settings with the local window at half the trained length (4,096 on an 8k
+        model, the reference's own Mistral and Llama-3 configs), scaled down for short-context
+        models so every setting stays valid."""
+        check_int("InfLLM.for_model", "trained_length", trained_length, 16)
+        n_local = trained_length // 2 if n_local is None else n_local
+        defaults = {
+            "n_local": n_local,
+            "n_init": min(128, trained_length - n_local),
+            "exec_block": min(512, n_local),
+            "block_size": min(128, max(1, n_local // 8)),
+        }
+        defaults["repr_topk"] = min(4, defaults["block_size"])
+        return cls(**{**defaults, **common})
+
+    @classmethod
+    def for_target(cls, target_length: int, trained_length: int, **common) -> InfLLM:
+        """InfLLM covers any length: the target does not change the settings."""
+        return cls.for_model(trained_length, **common)
