@@ -7,6 +7,7 @@ Example:
     >>> longreach.restore(model)  # doctest: +SKIP
 """
 
+from longreach.generation import prefill
 from longreach.info import ModelInfo, model_info
 from longreach.integration import UnsupportedModelError, current_method, extend, restore
 from longreach.methods import (
@@ -47,5 +48,6 @@ __all__ = [
     "extend",
     "load_model",
     "model_info",
+    "prefill",
     "restore",
 ]

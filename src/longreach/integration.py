@@ -436,6 +436,12 @@ def _row_offsets(position_ids, mask, batch, query_index) -> tuple[list[int], lis
     offsets_per_query = query_index[None] - position_ids
     last_valid = torch.where(query_valid, torch.arange(n_query)[None], -1).max(dim=1).values.clamp_min(0)
     offsets = offsets_per_query.gather(1, last_valid[:, None]).squeeze(1)
+    if mask is not None and not bool(query_valid.any(dim=1).all()):
+        # A call that is all padding for a row (a chunk of a left-padded prompt) has no position
+        # to read the offset from: the row's first real token is at position 0.
+        real = mask.to(torch.bool)
+        first_real = torch.where(real.any(dim=1), real.to(torch.int8).argmax(dim=1), mask.shape[-1])
+        offsets = torch.where(query_valid.any(dim=1), offsets, first_real)
     if bool(((offsets_per_query != offsets[:, None]) & query_valid).any()):
         raise ValueError(
             "LongReach needs consecutive position_ids within each row (left padding is fine); "

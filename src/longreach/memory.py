@@ -206,8 +206,8 @@ class BlockStore:
 
     def nbytes(self) -> dict[str, int]:
         """Bytes held: in storage, in the device cache, and by the representatives."""
-        per_block = 2 * self.rows * self.kv_heads * self.block_size * self.head_dim * self._segments[0][0].element_size() \
-            if self._segments else 0
+        element = torch.empty((), dtype=self.dtype).element_size()
+        per_block = 2 * self.rows * self.kv_heads * self.block_size * self.head_dim * element
         cache = 2 * self._slot_keys.numel() * self._slot_keys.element_size() if self._cached else 0
         reps = self._representatives.numel() * self._representatives.element_size()
         return {"storage": per_block * self.count, "cache": cache, "representatives": reps}

@@ -59,6 +59,12 @@ def pair_positions(method, i: torch.Tensor, j: torch.Tensor):
         k = torch.where(full, slot_of_key, j)
         q = torch.where(full, torch.full_like(i, n_sink + window - 1), i)
         return q.double(), k.double(), ~full | sink | recent
+    if isinstance(method, longreach.InfLLM):
+        # Every block retrieved: memory is everything outside the window, at one distance.
+        local = (i < method.n_init + method.n_local) | (d < method.n_local)
+        q = torch.where(local, i, torch.full_like(i, method.n_local - 1))
+        k = torch.where(local, j, torch.zeros_like(j))
+        return q.double(), k.double(), attends
     raise TypeError(f"no formula for {method!r}")
 
 

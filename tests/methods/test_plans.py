@@ -22,8 +22,17 @@ def dual_chunks(draw):
                                log_scale_base=draw(log_base))
 
 
+@st.composite
+def infllms(draw):
+    """InfLLM's plan (every block retrieved): the memory executor is checked in test_infllm."""
+    n_local = draw(st.integers(1, 24))
+    return longreach.InfLLM(n_init=draw(st.integers(0, 6)), n_local=n_local, block_size=2, repr_topk=1,
+                            exec_block=1, log_scale_base=draw(log_base))
+
+
 METHODS = st.one_of(
     dual_chunks(),
+    infllms(),
     st.builds(longreach.LMInfinite, local_window=st.integers(1, 30), n_global=st.integers(0, 6),
               distance_limit=st.integers(1, 40), log_scale_base=log_base),
     st.builds(longreach.ReRoPE, window=st.integers(1, 30), log_scale_base=log_base),

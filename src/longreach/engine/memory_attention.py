@@ -77,7 +77,7 @@ def attend_with_memory(
         >>> out, kept = attend_with_memory(q, k, k, method, layout, MemoryState(blocks_end=1),
         ...     query_positions=torch.arange(6), key_positions=torch.arange(6), scale=8 ** -0.5)
         >>> out.shape, kept.tolist()
-        (torch.Size([1, 2, 6, 8]), [True, False, False, True, True, True])
+        (torch.Size([1, 2, 6, 8]), [True, False, False, False, False, True])
     """
     batch, q_heads, n_query, head_dim = query.shape
     kv_heads = key.shape[1]
@@ -104,7 +104,7 @@ def attend_with_memory(
         _add_scores(state, queries, keys, positions, resident_positions, index, method, lse, scale)
         _form_blocks(state, key, value, key_positions, method, layout, next_position=int(positions[-1]) + 1)
         outputs.append(out.to(query.dtype))
-    kept = (key_positions < 0) | (key_positions < method.n_init) | (key_positions >= state.blocks_end)
+    kept = (key_positions < method.n_init) | (key_positions >= state.blocks_end)
     return torch.cat(outputs, dim=2), kept
 
 

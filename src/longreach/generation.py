@@ -1,0 +1,67 @@
+"""Reading a long input into the cache in chunks, so activations never exceed one chunk."""
+
+from __future__ import annotations
+
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from transformers import DynamicCache, PreTrainedModel
+
+#: Tokens per forward call when the method names none.
+DEFAULT_CHUNK = 1024
+
+
+def prefill(
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    *,
+    attention_mask: torch.Tensor | None = None,
+    chunk_size: int | None = None,
+    past_key_values: DynamicCache | None = None,
+    show_progress: bool = True,
+) -> DynamicCache:
+    """Read ``input_ids`` (B, n) into a cache, ``chunk_size`` tokens per forward call (InfLLM's
+    ``exec_block`` when the model is extended with it), with a progress bar; returns the cache.
+
+    Whole chunks are read up to the last one that leaves at least one token:
+    ``model.generate(input_ids, past_key_values=cache)`` then reads the rest (1 to
+    ``chunk_size`` tokens) and continues, exactly as if it had read the prompt itself. A
+    256k-token input never needs activations for more than one chunk.
+
+    Example:
+        >>> longreach.extend(model, longreach.InfLLM.for_model(8192))  # doctest: +SKIP
+        >>> cache = longreach.prefill(model, ids)  # doctest: +SKIP
+        >>> model.generate(ids, past_key_values=cache, max_new_tokens=32)  # doctest: +SKIP
+    """
+    from longreach.integration import current_method
+    from longreach.methods.infllm import InfLLM
+
+    if input_ids.dim() != 2 or input_ids.shape[1] < 2:
+        raise ValueError(f"prefill takes input_ids of shape (batch, n) with n >= 2, got {tuple(input_ids.shape)}")
+    if attention_mask is not None and attention_mask.shape != input_ids.shape:
+        raise ValueError(
+            f"attention_mask {tuple(attention_mask.shape)} must have the shape of input_ids {tuple(input_ids.shape)}"
+        )
+    method = current_method(model)
+    if chunk_size is None:
+        chunk_size = method.exec_block if isinstance(method, InfLLM) else DEFAULT_CHUNK
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    cache = past_key_values if past_key_values is not None else DynamicCache(config=model.config)
+    start = cache.get_seq_length()
+    if start >= input_ids.shape[1]:
+        raise ValueError(f"the cache already holds {start} tokens, the whole {input_ids.shape[1]}-token input")
+    # Chunks are aligned to the sequence start, as generate() aligns its own prefill chunks.
+    stop = max(start, (input_ids.shape[1] - 1) // chunk_size * chunk_size)
+    columns = (TextColumn("prefill"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, disable=not show_progress, transient=True) as progress, torch.no_grad():
+        task = progress.add_task("prefill", total=stop - start)
+        for a in range(start, stop, chunk_size):
+            b = min(a + chunk_size, stop)
+            mask = attention_mask[:, :b].to(model.device) if attention_mask is not None else None
+            position_ids = None
+            if mask is not None:  # left padding: positions count real tokens only
+                position_ids = (mask.long().cumsum(-1) - 1).clamp_min(0)[:, a:b]
+            model(input_ids[:, a:b].to(model.device), attention_mask=mask, position_ids=position_ids,
+                  past_key_values=cache, use_cache=True, logits_to_keep=1)
+            progress.advance(task, b - a)
+    return cache

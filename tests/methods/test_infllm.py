@@ -1,0 +1,226 @@
+"""InfLLM: the memory executor against the dense formulas, retrieval, the block store's LRU, chunked
+prefill, padding, and errors."""
+
+import pytest
+import torch
+from conftest import attention_inputs, left_pad, logits, tiny_model
+from formulas import formula_attention
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from transformers import DynamicCache
+
+import longreach
+from longreach.engine.memory_attention import MemoryState, attend_with_memory, select_blocks
+from longreach.engine.reference import rope
+from longreach.engine.rotary import RotaryLayout
+from longreach.memory import BlockStore
+
+
+@st.composite
+def memory_cases(draw):
+    n_local = draw(st.integers(1, 12))
+    block_size = draw(st.integers(1, 5))
+    n_key = draw(st.integers(1, 48))
+    cuts = sorted(draw(st.sets(st.integers(1, n_key - 1), max_size=4))) if n_key > 1 else []
+    return dict(
+        method=longreach.InfLLM(
+            n_init=draw(st.integers(0, 4)), n_local=n_local, block_size=block_size, topk=64,
+            repr_topk=draw(st.integers(1, block_size)), exec_block=draw(st.integers(1, n_local)),
+            max_cached_blocks=64, log_scale_base=draw(st.one_of(st.none(), st.integers(2, 40))),
+        ),
+        batch=draw(st.integers(1, 2)), kv_heads=draw(st.integers(1, 2)), group=draw(st.integers(1, 3)),
+        head_dim=draw(st.sampled_from([8, 16])), rotary_fraction=draw(st.sampled_from([0.5, 1.0])),
+        interleaved=draw(st.booleans()), n_key=n_key, n_query=n_key, pad=0, seed=draw(st.integers(0, 2**16)),
+        # Calls: one prefill, or a chunked prefill, ending with token-by-token decoding.
+        cuts=cuts + list(range(max(cuts, default=0) + 1, n_key)) if draw(st.booleans()) else cuts,
+    )
+
+
+def run_calls(case, method=None):
+    """The memory executor over a sequence of calls, keeping only the keys it keeps (like the
+    cache); returns (output of every query, formula output, final state)."""
+    method = method or case["method"]
+    x = attention_inputs(case)
+    inv_freq, interleaved = x["inv_freq"], case["interleaved"]
+    positions = x["key_positions"]
+    queries = rope(x["raw_q"], positions, inv_freq, interleaved).float()
+    keys = rope(x["raw_k"], positions, inv_freq, interleaved).float()
+    layout = RotaryLayout(inv_freq, interleaved)
+    state = MemoryState(blocks_end=method.n_init)
+    held = torch.zeros(0, dtype=torch.long)
+    outputs = []
+    edges = [0, *sorted(set(case["cuts"])), case["n_key"]]
+    for a, b in zip(edges, edges[1:], strict=False):
+        held = torch.cat((held, torch.arange(a, b)))
+        out, kept = attend_with_memory(
+            queries[:, :, a:b], keys[:, :, held], x["value"][:, :, held], method, layout, state,
+            query_positions=positions[a:b], key_positions=positions[held], scale=x["scale"],
+            query_scale=method.query_scale(positions[a:b], 64),
+        )
+        state.keep(kept)
+        held = held[kept]
+        outputs.append(out)
+    expected = formula_attention(
+        method, x["raw_q"], x["raw_k"], x["value"], inv_freq, interleaved=interleaved,
+        query_positions=positions, key_positions=positions, scale=x["scale"], trained_length=64,
+    )
+    return torch.cat(outputs, dim=2), expected, state, held
+
+
+@settings(max_examples=120, deadline=None)
+@given(memory_cases())
+def test_memory_attention_with_every_block_retrieved_matches_the_formulas(case):
+    got, expected, state, held = run_calls(case)
+    torch.testing.assert_close(got.double(), expected, atol=3e-5, rtol=1e-4)
+    method = case["method"]
+    # The cache holds the first tokens, less than a block of leftovers and the window.
+    assert len(held) <= method.n_init + method.block_size + method.n_local + max(case["cuts"] + [0], default=0) + 1
+    blocks = state.store.count if state.store is not None else 0
+    assert state.blocks_end == method.n_init + blocks * method.block_size
+
+
+def test_retrieval_finds_the_block_that_holds_a_planted_key():
+    torch.manual_seed(0)
+    kv_heads, group, dim, size, n_blocks = 2, 2, 16, 4, 12
+    store = BlockStore(rows=1, kv_heads=kv_heads, block_size=size, head_dim=dim, dtype=torch.float32,
+                       device=torch.device("cpu"), storage="ram", max_cached_blocks=4)
+    needle = torch.randn(kv_heads, dim)
+    planted = {0: 7, 1: 3}  # KV head -> block holding its needle
+    for block in range(n_blocks):
+        keys = 0.1 * torch.randn(1, kv_heads, size, dim)
+        for head, where in planted.items():
+            if block == where:
+                keys[0, head, 2] = 4 * needle[head]
+        store.add(keys, torch.randn_like(keys), keys.mean(dim=2))
+    queries = needle.repeat_interleave(group, dim=0)[None, :, None, :] + 0.05 * torch.randn(1, kv_heads * group, 6, dim)
+    chosen = select_blocks(queries, store, topk=1)
+    assert chosen.shape == (1, kv_heads, 1)
+    assert chosen[0, :, 0].tolist() == [planted[0], planted[1]]
+    # With room for every block, every block is read.
+    assert select_blocks(queries, store, topk=n_blocks)[0, 0].tolist() == list(range(n_blocks))
+
+
+@pytest.mark.parametrize("storage", ["mmap", "pinned"])
+def test_cached_storage_holds_at_most_max_cached_blocks_and_reads_what_ram_reads(storage, tmp_path):
+    torch.manual_seed(1)
+    shape = dict(rows=2, kv_heads=3, block_size=4, head_dim=8, dtype=torch.float32, device=torch.device("cpu"))
+    ram = BlockStore(**shape, storage="ram", max_cached_blocks=3)
+    cached = BlockStore(**shape, storage=storage, max_cached_blocks=3,
+                        directory=str(tmp_path) if storage == "mmap" else None)
+    for _ in range(70):  # more than one storage segment
+        keys, values = torch.randn(2, 3, 4, 8), torch.randn(2, 3, 4, 8)
+        for store in (ram, cached):
+            store.add(keys, values, keys.mean(dim=2))
+    generator = torch.Generator().manual_seed(2)
+    for _ in range(40):
+        ids = torch.stack([torch.randperm(70, generator=generator)[:3] for _ in range(6)]).view(2, 3, 3).sort().values
+        for expected, got in zip(ram.gather(ids), cached.gather(ids), strict=True):
+            assert torch.equal(expected, got)
+        assert max(cached.cached_blocks()) <= 3
+    assert cached.loads > 3 * 6  # the cache really evicted and reloaded
+    assert list(tmp_path.iterdir()) == []  # memory-mapped files are unlinked at once
+
+
+def test_infllm_reduces_to_the_model_up_to_n_init_plus_n_local():
+    for family in ("llama", "qwen2", "mistral"):
+        model = tiny_model(family)
+        ids = torch.randint(3, 128, (2, 48))
+        vanilla = logits(model, ids)
+        longreach.extend(model, longreach.InfLLM(n_init=8, n_local=40, block_size=4, topk=2, exec_block=16,
+                                                 max_cached_blocks=4))
+        assert (logits(model, ids) - vanilla).abs().max() <= 1e-5, family
+
+
+TRAINED = 32
+ACTIVE = longreach.InfLLM(n_init=2, n_local=8, block_size=4, topk=2, repr_topk=2, exec_block=4, max_cached_blocks=3)
+
+
+def decode(model, ids, cache, steps):
+    """Greedy token-by-token continuation through ``cache``; returns the logits of each step."""
+    token, out = ids[:, -1:], []
+    for _ in range(steps):
+        with torch.no_grad():
+            step = model(token, past_key_values=cache, use_cache=True).logits[:, -1]
+        out.append(step)
+        token = step.argmax(-1, keepdim=True)
+    return torch.stack(out, dim=1)
+
+
+def test_chunked_prefill_and_decoding_equal_one_shot_prefill_and_decoding():
+    model = tiny_model("llama", max_position_embeddings=TRAINED)
+    longreach.extend(model, ACTIVE)
+    ids = torch.randint(3, 128, (2, 61))
+    runs = []
+    for chunks in ([(0, 60)], [(0, 8), (8, 12), (12, 36), (36, 60)]):
+        cache = DynamicCache(config=model.config)
+        prefill = [logits(model, ids[:, a:b], past_key_values=cache, use_cache=True) for a, b in chunks]
+        assert cache.get_seq_length() == 60
+        assert all(layer.keys.shape[2] <= 2 + 4 + 8 for layer in cache.layers)
+        runs.append((torch.cat(prefill, dim=1), decode(model, ids[:, :61], cache, 12)))
+        assert cache.get_seq_length() == 72
+        assert cache.memory_states[(0, (0, 1), 0)].store.count >= 12  # retrieval was active
+    torch.testing.assert_close(runs[1][0], runs[0][0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(runs[1][1], runs[0][1], atol=1e-5, rtol=1e-5)
+    vanilla = tiny_model("llama", max_position_embeddings=TRAINED)
+    assert (logits(vanilla, ids[:, :60]) - runs[0][0]).abs().max() > 1e-3
+
+
+def test_prefill_then_generate_equals_generate():
+    model = tiny_model("llama", max_position_embeddings=TRAINED)
+    longreach.extend(model, ACTIVE)
+    assert model.generation_config.prefill_chunk_size == ACTIVE.exec_block
+    ids = torch.randint(3, 128, (1, 70))
+    settings_ = dict(max_new_tokens=12, do_sample=False, output_scores=True, return_dict_in_generate=True)
+    with torch.no_grad():
+        direct = model.generate(ids, **settings_)
+        cache = longreach.prefill(model, ids, show_progress=False)
+        assert cache.get_seq_length() == 68
+        resumed = model.generate(ids, past_key_values=cache, **settings_)
+    assert torch.equal(direct.sequences, resumed.sequences)
+    torch.testing.assert_close(torch.stack(resumed.scores), torch.stack(direct.scores), atol=1e-5, rtol=1e-5)
+    longreach.restore(model)
+    assert model.generation_config.prefill_chunk_size is None
+
+
+def test_left_padded_batch_read_at_once_equals_rows_alone():
+    model = tiny_model("llama", max_position_embeddings=TRAINED)
+    longreach.extend(model, ACTIVE)
+    rows = [torch.randint(3, 128, (70,)).tolist(), torch.randint(3, 128, (53,)).tolist()]
+    ids, mask = left_pad(rows)
+    settings_ = dict(max_new_tokens=8, do_sample=False, output_scores=True, return_dict_in_generate=True,
+                     prefill_chunk_size=None)
+    with torch.no_grad():
+        batch = model.generate(ids, attention_mask=mask, **settings_)
+        for r, row in enumerate(rows):
+            alone = model.generate(torch.tensor([row]), **settings_)
+            torch.testing.assert_close(torch.stack(batch.scores)[:, r], torch.stack(alone.scores)[:, 0],
+                                       atol=1e-5, rtol=1e-5)
+
+
+def test_bad_settings_and_unsupported_decoding_are_refused():
+    with pytest.raises(ValueError, match="repr_topk"):
+        longreach.InfLLM(block_size=4, repr_topk=8)
+    with pytest.raises(ValueError, match="max_cached_blocks"):
+        longreach.InfLLM(topk=8, max_cached_blocks=4)
+    with pytest.raises(ValueError, match="exec_block"):
+        longreach.InfLLM(n_local=256, exec_block=512)
+    with pytest.raises(ValueError, match="storage must be"):
+        longreach.InfLLM(storage="disk")
+    with pytest.raises(TypeError, match="n_init must be an int"):
+        longreach.InfLLM(n_init=1.5)
+    model = tiny_model("llama", max_position_embeddings=TRAINED)
+    with pytest.raises(ValueError, match="trained to 32 tokens"):
+        longreach.extend(model, longreach.InfLLM(n_init=8, n_local=28, block_size=4, exec_block=8))
+    longreach.extend(model, ACTIVE)
+    ids = torch.randint(3, 128, (1, 40))
+    with pytest.raises(ValueError, match="beam search is not supported with a block memory"), torch.no_grad():
+        model.generate(ids, max_new_tokens=4, num_beams=2, do_sample=False)
+
+
+def test_for_model_scales_with_the_trained_length():
+    assert longreach.InfLLM.for_model(8192) == longreach.InfLLM(n_local=4096)
+    small = longreach.InfLLM.for_model(64)
+    assert (small.n_local, small.n_init, small.exec_block, small.block_size) == (32, 32, 32, 4)
+    assert longreach.InfLLM.for_model(8192, n_local=2048).n_local == 2048
+    assert longreach.methods.parse_method("infllm:auto", target_length=1 << 18, trained_length=8192) == \
+        longreach.InfLLM(n_local=4096)
