@@ -224,3 +224,24 @@ def test_for_model_scales_with_the_trained_length():
     assert longreach.InfLLM.for_model(8192, n_local=2048).n_local == 2048
     assert longreach.methods.parse_method("infllm:auto", target_length=1 << 18, trained_length=8192) == \
         longreach.InfLLM(n_local=4096)
+
+
+@pytest.mark.parametrize("n_local", [40, 7])
+def test_window_keys_accumulate_the_attention_they_receive(n_local):
+    """Scores equal the dense softmax weights of local pairs, summed over queries and the group."""
+    method = longreach.InfLLM(n_init=3, n_local=n_local, block_size=64, topk=1, repr_topk=1,
+                              exec_block=min(5, n_local), max_cached_blocks=1)
+    case = dict(batch=2, kv_heads=2, group=2, head_dim=8, rotary_fraction=1.0, interleaved=False, n_key=40,
+                n_query=40, pad=0, seed=5, cuts=[9, 23, 24])
+    _, _, state, held = run_calls(case, method)
+    x = attention_inputs(case)
+    positions = x["key_positions"]
+    identity = torch.eye(40, dtype=torch.float64).expand(2, 2, 40, 40)  # values that return the weights
+    weights = formula_attention(method, x["raw_q"], x["raw_k"], identity, x["inv_freq"], interleaved=False,
+                                query_positions=positions, key_positions=positions, scale=x["scale"],
+                                trained_length=64)
+    i, j = positions[:, None], positions[None, :]
+    local = (i < method.n_init + n_local) | (i - j < n_local)
+    expected = (weights * local).view(2, 2, 2, 40, 40).sum(dim=(2, 3))
+    assert len(held) == 40  # no block formed: every key is still scored
+    torch.testing.assert_close(state.scores.double(), expected, atol=1e-5, rtol=1e-4)

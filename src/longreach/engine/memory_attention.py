@@ -177,20 +177,28 @@ def _add_scores(state, queries, keys, positions, resident_positions, index, meth
     group = q_heads // kv_heads
     local_start = method.local_start(positions)
     first = int(torch.searchsorted(resident_positions, local_start[:1]))
-    window_keys = keys[:, :, first:].to(torch.float32)
+    window_keys = keys[:, :, first:].to(torch.float32).reshape(batch * kv_heads, -1, head_dim)
     window_positions = resident_positions[first:]
-    allowed = (window_positions[None] >= local_start[:, None]) & (window_positions[None] <= positions[:, None])
-    packed = queries.reshape(batch, kv_heads, group * rows, head_dim).to(torch.float32)
-    packed_lse = lse.reshape(batch, kv_heads, group * rows)
-    allowed = allowed.repeat(group, 1)
-    received = torch.zeros(batch, kv_heads, window_keys.shape[2], dtype=torch.float32, device=keys.device)
+    n_window = window_keys.shape[1]
+    # Each query's window as key indices [lo, hi): only the ragged edges need masking.
+    lo = torch.searchsorted(window_positions, local_start).repeat(group)
+    hi = torch.searchsorted(window_positions, positions + 1).repeat(group)
+    columns = torch.arange(n_window, device=keys.device)
+    packed = (queries.reshape(batch * kv_heads, group * rows, head_dim).to(torch.float32) * scale)
+    packed_lse = lse.reshape(batch * kv_heads, group * rows, 1)
+    received = torch.zeros(batch * kv_heads, n_window, dtype=torch.float32, device=keys.device)
     for a in range(0, group * rows, SCORE_ROWS):
         b = min(a + SCORE_ROWS, group * rows)
-        logits = (packed[:, :, a:b] @ window_keys.transpose(-1, -2)) * scale
-        weights = torch.exp(logits - packed_lse[:, :, a:b, None]).masked_fill_(~allowed[a:b], 0.0)
-        received += weights.sum(dim=2)
+        # exp(q.k * scale - lse) in one fused product and one pass.
+        weights = torch.baddbmm(-packed_lse[:, a:b], packed[:, a:b], window_keys.transpose(1, 2)).exp_()
+        lo_max, hi_min = int(lo[a:b].max()), int(hi[a:b].min())
+        if lo_max > 0:
+            weights[:, :, :lo_max].masked_fill_(columns[:lo_max][None] < lo[a:b, None], 0.0)
+        if hi_min < n_window:
+            weights[:, :, hi_min:].masked_fill_(columns[hi_min:][None] >= hi[a:b, None], 0.0)
+        received += weights.sum(dim=1)
     held_index = torch.arange(index.start, index.stop) if isinstance(index, slice) else index
-    state.scores[:, :, held_index[first:].to(state.scores.device)] += received
+    state.scores[:, :, held_index[first:].to(state.scores.device)] += received.view(batch, kv_heads, n_window)
 
 
 def _form_blocks(state, key, value, key_positions, method, layout, *, next_position: int) -> None:
