@@ -8,6 +8,8 @@
 #   benchmarks/methods.sh passkey [METHOD ...]      # default: every method, in priority order
 #   benchmarks/methods.sh perplexity [METHOD ...]
 #   benchmarks/methods.sh speed
+#   benchmarks/methods.sh infllm-passkey           # InfLLM at 16k-128k
+#   benchmarks/methods.sh infllm-stream            # 256k tokens of novels through InfLLM
 #
 # EXTRA="--samples 2" adds CLI arguments to every call.
 set -euo pipefail
@@ -47,11 +49,23 @@ case "$step" in
     .venv/bin/python benchmarks/prefill_speed.py --lengths 8k,16k,32k --method vanilla \
       --method self-extend:auto --method dual-chunk:auto --method rerope:auto \
       --method lm-infinite:auto --method streaming-llm:auto \
-      --method lm-infinite:local_window=2048,n_global=10,distance_limit=8192 \
+      --method lm-infinite:local_window=2048,n_global=10,distance_limit=8192 --method infllm:auto \
       --out docs/benchmarks/speed-methods.json $EXTRA
     ;;
+  infllm-passkey)
+    # shellcheck disable=SC2086
+    $LONGREACH passkey --model smollm2-135m --method infllm:auto --lengths 16k,32k,64k,128k --depths "$DEPTHS" \
+      --out docs/benchmarks/passkey-infllm $EXTRA
+    ;;
+  infllm-stream)
+    # Four novels make more than 256k tokens; blocks go to a memory-mapped file, so RAM stays flat.
+    # shellcheck disable=SC2086
+    .venv/bin/python benchmarks/infllm_stream.py --text ../shared/data/texts/{Stevenson_Treasure_1883,Doyle_Hound_1902,Conrad_Almayer_1895,Chesterton_Thursday_1908,Kipling_Captains_1896}.txt \
+      --length 256k --checkpoints 32k,64k,128k,256k --method infllm:n_local=4096,storage=mmap \
+      --out docs/benchmarks/infllm-stream $EXTRA
+    ;;
   *)
-    echo "usage: benchmarks/methods.sh passkey|perplexity|speed [METHOD ...]" >&2
+    echo "usage: benchmarks/methods.sh passkey|perplexity|speed|infllm-passkey|infllm-stream [METHOD ...]" >&2
     exit 2
     ;;
 esac

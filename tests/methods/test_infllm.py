@@ -245,3 +245,14 @@ def test_window_keys_accumulate_the_attention_they_receive(n_local):
     expected = (weights * local).view(2, 2, 2, 40, 40).sum(dim=(2, 3))
     assert len(held) == 40  # no block formed: every key is still scored
     torch.testing.assert_close(state.scores.double(), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_cli_specs_take_text_settings():
+    from longreach.methods import MethodSpecError, parse_method
+
+    method = parse_method("infllm:n_local=2k,storage=mmap,storage_dir=/tmp")
+    assert (method.n_local, method.storage, method.storage_dir) == (2048, "mmap", "/tmp")
+    with pytest.raises(MethodSpecError, match="storage must be one of"):
+        parse_method("infllm:storage=disk")
+    with pytest.raises(MethodSpecError, match="cannot read value"):
+        parse_method("infllm:n_local=lots")

@@ -45,7 +45,7 @@ def parse_method(spec: str, *, target_length: int | None = None, trained_length:
         if key not in fields:
             allowed = ", ".join(fields) or "none"
             raise MethodSpecError(f"{name} has no setting {key!r}; its settings: {allowed}")
-        values[key] = _parse_value(raw.strip(), spec)
+        values[key] = _parse_value(raw.strip(), spec, accepts_text="str" in str(fields[key].type))
     missing = [f for f, field in fields.items() if f not in values and field.default is dataclasses.MISSING]
     if missing:
         raise MethodSpecError(f"{spec!r} is missing {', '.join(missing)} (or use {name}:auto)")
@@ -55,7 +55,7 @@ def parse_method(spec: str, *, target_length: int | None = None, trained_length:
         raise MethodSpecError(f"{spec!r}: {error}") from None
 
 
-def _parse_value(raw: str, spec: str) -> object:
+def _parse_value(raw: str, spec: str, *, accepts_text: bool = False) -> object:
     lowered = raw.lower()
     if lowered in ("true", "false"):
         return lowered == "true"
@@ -69,6 +69,8 @@ def _parse_value(raw: str, spec: str) -> object:
     try:
         return parse_length(raw)
     except ValueError:
+        if accepts_text:  # e.g. storage=mmap; the config validates the word itself
+            return raw
         raise MethodSpecError(f"cannot read value {raw!r} in {spec!r}") from None
 
 
