@@ -6,6 +6,9 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import DynamicCache, PreTrainedModel
 
+from longreach.integration import current_method
+from longreach.methods.infllm import InfLLM
+
 #: Tokens per forward call when the method names none.
 DEFAULT_CHUNK = 1024
 
@@ -32,9 +35,6 @@ def prefill(
         >>> cache = longreach.prefill(model, ids)  # doctest: +SKIP
         >>> model.generate(ids, past_key_values=cache, max_new_tokens=32)  # doctest: +SKIP
     """
-    from longreach.integration import current_method
-    from longreach.methods.infllm import InfLLM
-
     if input_ids.dim() != 2 or input_ids.shape[1] < 2:
         raise ValueError(f"prefill takes input_ids of shape (batch, n) with n >= 2, got {tuple(input_ids.shape)}")
     if attention_mask is not None and attention_mask.shape != input_ids.shape:

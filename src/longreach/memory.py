@@ -112,24 +112,25 @@ class BlockStore:
             h = torch.arange(heads, device=self.device)[None, :, None]
             keys, values = self._slot_keys[r, h, slots], self._slot_values[r, h, slots]
         else:
-            keys, values = self._read(block_ids)
+            ids = block_ids.to("cpu")
+            r = torch.arange(rows)[:, None, None].expand_as(ids)
+            h = torch.arange(heads)[None, :, None].expand_as(ids)
+            keys, values = self._read(r.flatten(), h.flatten(), ids.flatten())
         shape = (rows, heads, k * self.block_size, self.head_dim)
         return keys.reshape(shape), values.reshape(shape)
 
-    def _read(self, block_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Blocks straight from storage: (rows, kv_heads, k, block_size, head_dim), on its device."""
-        rows, heads, k = block_ids.shape
-        ids = block_ids.to("cpu")
-        r = torch.arange(rows)[:, None, None].expand_as(ids)
-        h = torch.arange(heads)[None, :, None].expand_as(ids)
-        segment_of, slot_of = ids // SEGMENT_BLOCKS, ids % SEGMENT_BLOCKS
+    def _read(self, rows: torch.Tensor, heads: torch.Tensor, blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Blocks straight from storage, one per (row, head, block) entry of the three (M,) CPU index
+        tensors: keys and values (M, block_size, head_dim), on the storage's device. Each segment
+        is read once and, when memory-mapped, released after."""
+        segment_of, slot_of = blocks // SEGMENT_BLOCKS, blocks % SEGMENT_BLOCKS
         first = self._segments[0][0]
-        keys = first.new_empty((rows, heads, k, self.block_size, self.head_dim))
-        values = first.new_empty((rows, heads, k, self.block_size, self.head_dim))
+        keys = first.new_empty((blocks.numel(), self.block_size, self.head_dim))
+        values = first.new_empty((blocks.numel(), self.block_size, self.head_dim))
         for segment in torch.unique(segment_of).tolist():
             chosen = segment_of == segment
             seg_keys, seg_values = self._segments[segment]
-            index = (r[chosen], h[chosen], slot_of[chosen])
+            index = (rows[chosen], heads[chosen], slot_of[chosen])
             keys[chosen] = seg_keys[index]
             values[chosen] = seg_values[index]
             self._release(segment)
@@ -158,20 +159,13 @@ class BlockStore:
                         misses.append((row, head, block, slot))
                     slots[row][head][n] = lru[block]
         if misses:
-            blocks = [self._read_one(row, head, block) for row, head, block, _ in misses]
-            index = torch.tensor(misses, device=self.device)
-            r, h, s = index[:, 0], index[:, 1], index[:, 3]
-            self._slot_keys[r, h, s] = torch.stack([b[0] for b in blocks]).to(self.device, non_blocking=True)
-            self._slot_values[r, h, s] = torch.stack([b[1] for b in blocks]).to(self.device, non_blocking=True)
+            missed = torch.tensor(misses)
+            keys, values = self._read(missed[:, 0], missed[:, 1], missed[:, 2])
+            r, h, s = (missed[:, i].to(self.device) for i in (0, 1, 3))
+            self._slot_keys[r, h, s] = keys.to(self.device, non_blocking=True)
+            self._slot_values[r, h, s] = values.to(self.device, non_blocking=True)
             self.loads += len(misses)
         return torch.tensor(slots, device=self.device)
-
-    def _read_one(self, row: int, head: int, block: int) -> tuple[torch.Tensor, torch.Tensor]:
-        segment, slot = divmod(block, SEGMENT_BLOCKS)
-        seg_keys, seg_values = self._segments[segment]
-        keys, values = seg_keys[row, head, slot].clone(), seg_values[row, head, slot].clone()
-        self._release(segment)
-        return keys, values
 
     def _new_segment(self) -> tuple[torch.Tensor, torch.Tensor]:
         shape = (self.rows, self.kv_heads, SEGMENT_BLOCKS, self.block_size, self.head_dim)
@@ -185,7 +179,7 @@ class BlockStore:
         numel = 1
         for n in shape:
             numel *= n
-        nbytes = numel * torch.empty((), dtype=self.dtype).element_size()
+        nbytes = numel * self.dtype.itemsize
         # One unlinked file per segment: the mapping keeps it alive, and nothing is left behind.
         handle, path = tempfile.mkstemp(prefix="longreach-infllm-", suffix=".kv", dir=self.directory)
         try:
@@ -206,8 +200,7 @@ class BlockStore:
 
     def nbytes(self) -> dict[str, int]:
         """Bytes held: in storage, in the device cache, and by the representatives."""
-        element = torch.empty((), dtype=self.dtype).element_size()
-        per_block = 2 * self.rows * self.kv_heads * self.block_size * self.head_dim * element
+        per_block = 2 * self.rows * self.kv_heads * self.block_size * self.head_dim * self.dtype.itemsize
         cache = 2 * self._slot_keys.numel() * self._slot_keys.element_size() if self._cached else 0
         reps = self._representatives.numel() * self._representatives.element_size()
         return {"storage": per_block * self.count, "cache": cache, "representatives": reps}
