@@ -94,3 +94,14 @@ def smollm():
 @pytest.fixture(scope="session")
 def smollm_tokenizer(smollm):
     return smollm[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, smollm_tokenizer):
+    """A tiny random Llama (trained length 256) saved with the SmolLM2 tokenizer, for commands
+    that load a model by path."""
+    folder = tmp_path_factory.mktemp("tiny")
+    model = tiny_model("llama", vocab_size=len(smollm_tokenizer), max_position_embeddings=256)
+    model.save_pretrained(folder)
+    smollm_tokenizer.save_pretrained(folder)
+    return folder

@@ -3,18 +3,8 @@
 import json
 
 import pytest
-from conftest import tiny_model
 
 from longreach.cli import main
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory, smollm_tokenizer):
-    folder = tmp_path_factory.mktemp("tiny")
-    model = tiny_model("llama", vocab_size=len(smollm_tokenizer), max_position_embeddings=256)
-    model.save_pretrained(folder)
-    smollm_tokenizer.save_pretrained(folder)
-    return folder
 
 
 @pytest.mark.parametrize(

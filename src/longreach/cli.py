@@ -1,4 +1,4 @@
-"""The ``longreach`` command line: passkey, generate, info."""
+"""The ``longreach`` command line: passkey, perplexity, compare, report, generate, info."""
 
 from __future__ import annotations
 
@@ -167,10 +167,12 @@ def _accuracy(cell: tuple[int, int]) -> str:
 
 def _print_table(table, lengths, *, title: str, show=_accuracy) -> None:
     """Methods x lengths, each cell through ``show``."""
+    from longreach.eval.plots import length_label
+
     grid = Table(title=title)
     grid.add_column("method")
     for n in lengths:
-        grid.add_column(f"{n // 1024}k" if n % 1024 == 0 else str(n), justify="right")
+        grid.add_column(length_label(n), justify="right")
     for method, cells in table.items():
         grid.add_row(method, *(show(cells[n]) if n in cells else "-" for n in lengths))
     out.print(grid)
@@ -240,6 +242,110 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
     png = plot_perplexity_by_position(curves, output / "perplexity.png", bucket=summary["bucket"] or 1,
                                       title=f"Perplexity by position, {text.name}", trained_length=trained)
     console.print(f"wrote {jsonl}, {output / 'perplexity.json'} and {png}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    import shlex
+
+    import longreach
+    from longreach.eval.compare import PPL, run_compare
+    from longreach.eval.report import RUN, build_tables, write_report
+    from longreach.eval.task import build_tasks, known_task_names
+    from longreach.integration import trained_length
+
+    lengths = _lengths(args.lengths)
+    specs = args.method or ["vanilla"]
+    _check_specs(specs)
+    names = [name.strip() for name in args.tasks.split(",") if name.strip()]
+    texts = [Path(t) for t in args.text or []]
+    depths = _depths(args.depths) if args.depths else None
+    if args.samples < 1:
+        raise UsageError(f"--samples must be >= 1, got {args.samples}")
+    if PPL in names and not texts:
+        raise UsageError("the ppl task needs text: pass --text FILE (repeatable), e.g. a public-domain novel")
+    missing = [str(t) for t in texts if not t.is_file()]
+    if missing:
+        raise UsageError(f"text file(s) not found: {', '.join(missing)}")
+    known = [*known_task_names(), PPL]
+    unknown = [n for n in names if n not in known and not n.startswith("ruler:")]
+    if unknown or not names:
+        raise UsageError(f"unknown task {', '.join(map(repr, unknown)) or '(none given)'}; known: {', '.join(known)}")
+    generative = [n for n in names if n != PPL]
+    try:
+        tasks = build_tasks(generative, texts=texts, **({"depths": depths} if depths else {})) if generative else []
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    model, tokenizer = _load(args.model, args.dtype, args.device)
+    trained = trained_length(model.config)
+    resolved = {(spec, n): _method(spec, n, trained) for spec in specs for n in lengths}
+    for (_, n), method in resolved.items():
+        _check_covers(method, n, trained)
+
+    def apply(spec: str, length: int) -> str:
+        method = resolved[spec, length]
+        _apply(model, method)
+        return method.spec()
+
+    output = Path(args.out)
+    output.mkdir(parents=True, exist_ok=True)
+    run_file = output / RUN
+    run = json.loads(run_file.read_text()) if run_file.is_file() else {}
+    command = "longreach " + shlex.join(args.argv)
+    run.update(model=args.model, trained_length=trained,
+               commands=list(dict.fromkeys([*run.get("commands", []), command])), versions=_versions())
+    run_file.write_text(json.dumps(run, indent=2) + "\n")
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[cells]} cells"),
+               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+    with Progress(*columns, console=console) as progress:
+        bar = progress.add_task("compare", total=None, cells=0)
+
+        def start(tokens: int) -> None:
+            progress.update(bar, total=max(tokens, 1))
+
+        def finished(record: dict, tokens: int) -> None:
+            if record["task"] == PPL:
+                mark = f"perplexity {record['perplexity']:.2f}"
+            else:
+                missed = "" if record["score"] == 1 else f" ({record['answer']!r})"
+                mark = f"score {100 * record['score']:.0f}%{missed}"
+            where = "" if record.get("depth") is None else f", depth {record['depth']:g}"
+            progress.console.print(f"  {record['task']} {record['settings']} {record['length']} tokens{where}: {mark}",
+                                   highlight=False)
+            cells = progress.tasks[0].fields["cells"] + 1
+            progress.update(bar, advance=tokens, cells=cells,
+                            description=f"{record['method']} {record['task']} {record['length']}")
+
+        try:
+            records = run_compare(
+                model, tokenizer, methods=specs, tasks=tasks, lengths=lengths, out=output, apply=apply,
+                samples=args.samples, seed=args.seed, texts=texts, ppl=PPL in names,
+                depends_on_length=lambda spec: resolved[spec, lengths[0]].depends_on_length,
+                model_name=args.model, versions=_versions(), on_start=start, on_cell=finished,
+            )
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+        finally:
+            longreach.restore(model)
+    for table in build_tables([r for r in records if r["method"] in specs and r["length"] in lengths]):
+        _print_table(table.cells, table.lengths, title=table.title, show=str)
+    report = write_report(output)
+    console.print(f"wrote {output / 'results.jsonl'} and {report}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from longreach.eval.records import read_records
+    from longreach.eval.report import build_tables, write_report
+
+    folder = Path(args.folder)
+    try:
+        report = write_report(folder)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    for table in build_tables(read_records(folder / "results.jsonl")):
+        _print_table(table.cells, table.lengths, title=table.title, show=str)
+    console.print(f"wrote {report}")
     return 0
 
 
@@ -335,6 +441,23 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     generate.set_defaults(run=cmd_generate)
 
+    compare = commands.add_parser("compare", help="methods x tasks x lengths in one run, with a report")
+    model_options(compare)
+    compare.add_argument("--method", action="append", help="NAME[:key=value,...|:auto], repeatable")
+    compare.add_argument("--tasks", default="passkey,niah",
+                         help="comma-separated: passkey, niah, niah-text, ruler (all RULER tasks), ruler:NAME, ppl")
+    compare.add_argument("--lengths", default="4k,8k,16k", help="comma-separated, e.g. 4k,8k,16k,32k")
+    compare.add_argument("--depths", default=None, help="needle depths of passkey and niah, e.g. 0.1,0.5,0.9")
+    compare.add_argument("--samples", type=int, default=1, help="samples per cell (per depth for needle tasks)")
+    compare.add_argument("--seed", type=int, default=0)
+    compare.add_argument("--text", action="append", help="text file for niah-text haystacks and ppl, repeatable")
+    compare.add_argument("--out", default="results/compare", help="output folder (resumes from its JSON lines)")
+    compare.set_defaults(run=cmd_compare)
+
+    report = commands.add_parser("report", help="rebuild report.md and its plots from a compare folder")
+    report.add_argument("folder", help="the --out folder of a compare run")
+    report.set_defaults(run=cmd_report)
+
     info = commands.add_parser("info", help="trained length, RoPE layout and suggested settings")
     model_options(info)
     info.add_argument("--target-length", default=None, help="e.g. 32k: suggest settings for it")
@@ -345,6 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return args.run(args)
     except UsageError as error:

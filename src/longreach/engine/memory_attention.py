@@ -155,9 +155,11 @@ def select_blocks(memory_queries: torch.Tensor, store: BlockStore, topk: int) ->
     mean of ``memory_queries`` (B, Hq, T, D), rotated to the memory position; every block while
     there are at most ``topk``.
 
-    One ranking per KV head: the mean query of the execution block, summed over the query heads
-    sharing that KV head, against the block's representative. The reference ranks once per
-    layer for all heads; per KV head lets each group read what it needs, at the same cost.
+    One ranking per layer, shared by every head (as the reference does): the execution block's
+    mean query of each head against the block's representative for that head's KV head, summed
+    over heads. Ranking per KV head instead lets each group read different blocks at the same
+    cost, but on SmolLM2-135M at 12k tokens it missed the passkey that the shared ranking finds
+    (docs/results.md): a few heads that clearly see the needle outvote the noise of the rest.
     """
     batch, q_heads, rows, head_dim = memory_queries.shape
     kv_heads = store.kv_heads
@@ -165,8 +167,9 @@ def select_blocks(memory_queries: torch.Tensor, store: BlockStore, topk: int) ->
         return torch.arange(store.count, device=memory_queries.device).expand(batch, kv_heads, -1)
     grouped = memory_queries.reshape(batch, kv_heads, q_heads // kv_heads, rows, head_dim)
     probe = grouped.to(torch.float32).mean(dim=3).sum(dim=2)
-    relevance = torch.einsum("bhd,bhnd->bhn", probe, store.representatives)
-    return relevance.topk(topk, dim=-1).indices.sort(dim=-1).values
+    relevance = torch.einsum("bhd,bhnd->bn", probe, store.representatives)
+    chosen = relevance.topk(topk, dim=-1).indices.sort(dim=-1).values
+    return chosen[:, None].expand(batch, kv_heads, topk)
 
 
 def _add_scores(state, queries, keys, positions, resident_positions, index, method, lse, scale) -> None:

@@ -17,23 +17,100 @@ def plot_accuracy_by_length(
     title: str,
     trained_length: int | None = None,
 ) -> Path:
-    """Accuracy (%) against input length, one line per method; a dashed line at the trained length."""
+    """Accuracy (%) against input length from (correct, total) cells, one line per method."""
+    percent = {m: {n: 100.0 * c / t for n, (c, t) in cells.items()} for m, cells in table.items()}
+    return plot_score_by_length(percent, path, title=title, trained_length=trained_length)
+
+
+def plot_score_by_length(
+    table: dict[str, dict[int, float]],
+    path: Path,
+    *,
+    title: str,
+    trained_length: int | None = None,
+    ylabel: str = "accuracy (%)",
+) -> Path:
+    """A score in [0, 100] against input length, one line per method; a dashed line at the
+    trained length."""
     figure, axes = plt.subplots(figsize=(7, 4.2), dpi=110)
     for method, cells in table.items():
         lengths = sorted(cells)
-        accuracy = [100.0 * cells[n][0] / cells[n][1] for n in lengths]
-        axes.plot(lengths, accuracy, marker="o", linewidth=2, label=method)
+        axes.plot(lengths, [cells[n] for n in lengths], marker="o", linewidth=2, label=method)
     if trained_length:
         axes.axvline(trained_length, color="grey", linestyle="--", linewidth=1)
         axes.annotate(" trained length", (trained_length, 102), va="top", ha="left", fontsize=8, color="grey")
     axes.set_xscale("log", base=2)
     all_lengths = sorted({n for cells in table.values() for n in cells})
-    axes.set_xticks(all_lengths, [f"{n // 1024}k" if n % 1024 == 0 else str(n) for n in all_lengths])
+    axes.set_xticks(all_lengths, [length_label(n) for n in all_lengths])
     axes.set_ylim(-5, 105)
     axes.set_xlabel("input length (tokens)")
-    axes.set_ylabel("accuracy (%)")
-    axes.legend(fontsize=8, loc="lower left")
+    axes.set_ylabel(ylabel)
     return _save(figure, axes, path, title=title, legend="lower left")
+
+
+def plot_heatmaps(
+    grids: dict[str, dict[tuple[float, int], float]],
+    path: Path,
+    *,
+    title: str,
+) -> Path:
+    """Needle-test heatmaps, one panel per method: depth on y (top = start of the context),
+    length on x, score in [0, 100] as colour (red = missed, green = found)."""
+    methods = list(grids)
+    columns = min(len(methods), 3)
+    rows = -(-len(methods) // columns)
+    depths = sorted({d for grid in grids.values() for d, _ in grid})
+    lengths = sorted({n for grid in grids.values() for _, n in grid})
+    figure, panels = plt.subplots(rows, columns, figsize=(1.2 + 0.75 * len(lengths) * columns + 1.0,
+                                                          0.9 + 0.42 * len(depths) * rows + 0.6),
+                                  dpi=110, squeeze=False)
+    for axes in panels.flat[len(methods):]:
+        axes.set_visible(False)
+    image = None
+    for axes, method in zip(panels.flat, methods, strict=False):
+        grid = grids[method]
+        values = [[grid.get((d, n), float("nan")) for n in lengths] for d in depths]
+        image = axes.imshow(values, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
+        for y, row in enumerate(values):
+            for x, value in enumerate(row):
+                if value == value:  # not NaN
+                    axes.text(x, y, f"{value:.0f}", ha="center", va="center", fontsize=7)
+        axes.set_xticks(range(len(lengths)), [length_label(n) for n in lengths], fontsize=8)
+        axes.set_yticks(range(len(depths)), [f"{d:.0%}" for d in depths], fontsize=8)
+        axes.set_title(method, fontsize=9)
+        axes.set_xlabel("input length", fontsize=8)
+        axes.set_ylabel("needle depth", fontsize=8)
+    figure.suptitle(title, fontsize=10)
+    figure.colorbar(image, ax=panels.ravel().tolist(), shrink=0.8, label="score (%)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
+def plot_loss_by_position(
+    curves: dict[str, list[float]],
+    path: Path,
+    *,
+    bucket: int,
+    title: str,
+    trained_length: int | None = None,
+) -> Path:
+    """Mean loss (nats per token) of each ``bucket`` of positions, one line per method: where a
+    method stops using its context, its curve turns up."""
+    figure, axes = plt.subplots(figsize=(7, 4.2), dpi=110)
+    for method, values in curves.items():
+        axes.plot([bucket * (k + 1) for k in range(len(values))], values, linewidth=1.8, label=method)
+    if trained_length:
+        axes.axvline(trained_length, color="grey", linestyle="--", linewidth=1)
+    axes.set_xlabel(f"position (end of each {bucket}-token bucket)")
+    axes.set_ylabel("loss (nats per token)")
+    return _save(figure, axes, path, title=title, legend="upper left")
+
+
+def length_label(n: int) -> str:
+    """4096 -> "4k"; lengths that are not whole thousands of 1024 stay as numbers."""
+    return f"{n // 1024}k" if n % 1024 == 0 else str(n)
 
 
 def plot_perplexity_by_position(

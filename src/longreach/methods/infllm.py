@@ -17,7 +17,8 @@ class InfLLM(Method):
     block yet. Memory keys sit at position 0 and the query at ``n_local - 1``, so every memory
     token is seen at the same distance (as in the reference). A block's representative is the
     mean of its ``repr_topk`` keys that received the most attention while in the window; blocks
-    are searched per KV head, shared by that head's group of query heads.
+    are ranked once per layer, summing every head's match, and shared by all heads (as in the
+    reference).
 
     Until the input is longer than ``n_init + n_local`` (within the trained length) every token
     is local: short inputs are read exactly as by the model itself.

@@ -1,0 +1,185 @@
+"""The comparison matrix: methods x tasks x lengths, one JSON line per finished cell.
+
+A cell is one sample of a generative task (passkey, niah, the RULER tasks) scored against its
+expected strings, or one (method, length) perplexity of the ``ppl`` task. Each is appended to
+``results.jsonl`` the moment it is known, with the model, the method settings, the seed and the
+versions, so an interrupted run loses at most the cell in flight and a rerun with the same
+arguments does only what is missing. Prompts depend on the seed alone, never on the method or
+the order of work, so results are deterministic for a seed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from longreach.eval.perplexity import BUCKET, token_losses
+from longreach.eval.records import append_record, read_records
+from longreach.eval.task import Sample, Task
+
+RESULTS = "results.jsonl"
+PPL = "ppl"
+
+#: Applies a method spec to the model for inputs of a length; returns the resolved settings.
+Apply = Callable[[str, int], str]
+
+
+@dataclass(frozen=True)
+class Work:
+    """One unit of pending work: a sample to generate from, or a perplexity run."""
+
+    method: str
+    length: int
+    sample: Sample | None = None  # None: the perplexity run at ``length``
+    covers: tuple[int, ...] = ()  # perplexity: the lengths this run answers (causality)
+
+    @property
+    def tokens(self) -> int:
+        """Progress weight: the tokens this work reads."""
+        return self.length
+
+
+def cell_key(record: dict) -> tuple:
+    """What identifies a finished cell, so a rerun can skip it."""
+    depth = record.get("depth")
+    return (record["task"], record["method"], record["length"], depth, record.get("sample", 0), record["seed"])
+
+
+def text_stream(tokenizer, texts: Sequence[Path]) -> torch.Tensor:
+    """Token ids (1, n) of the text files read one after another, separated by a blank line."""
+    missing = [str(p) for p in texts if not Path(p).is_file()]
+    if missing:
+        raise ValueError(f"text file(s) not found: {', '.join(missing)}")
+    joined = "\n\n".join(Path(p).read_text() for p in texts)
+    return tokenizer(joined, return_tensors="pt").input_ids
+
+
+def plan(
+    tokenizer,
+    *,
+    methods: Sequence[str],
+    tasks: Sequence[Task],
+    lengths: Sequence[int],
+    samples: int,
+    seed: int,
+    ppl: bool,
+    depends_on_length: Callable[[str], bool],
+    done: set[tuple],
+) -> list[Work]:
+    """Every cell not in ``done``, grouped by method then length (one model change per group)."""
+    prompts = {(task.name, n): task.samples(tokenizer, n, samples, seed) for task in tasks for n in lengths}
+    work = []
+    for method in methods:
+        for length in lengths:
+            for task in tasks:
+                for sample in prompts[task.name, length]:
+                    if (task.name, method, length, sample.depth, sample.index, seed) not in done:
+                        work.append(Work(method, length, sample))
+        if ppl:
+            runs = [(n, (n,)) for n in lengths] if depends_on_length(method) else [(max(lengths), tuple(lengths))]
+            for run_length, covers in runs:
+                missing = tuple(n for n in covers if (PPL, method, n, None, 0, seed) not in done)
+                if missing:
+                    work.append(Work(method, run_length, None, missing))
+    return work
+
+
+def run_compare(
+    model,
+    tokenizer,
+    *,
+    methods: Sequence[str],
+    tasks: Sequence[Task],
+    lengths: Sequence[int],
+    out: Path,
+    apply: Apply,
+    samples: int = 1,
+    seed: int = 0,
+    texts: Sequence[Path] = (),
+    ppl: bool = False,
+    depends_on_length: Callable[[str], bool] = lambda method: False,
+    model_name: str = "",
+    versions: dict | None = None,
+    on_start: Callable[[int], None] | None = None,
+    on_cell: Callable[[dict, int], None] | None = None,
+) -> list[dict]:
+    """Run every missing cell of methods x tasks x lengths (and ``ppl`` over ``texts``), appending
+    each to ``out/results.jsonl`` as it finishes; returns all records of the folder.
+
+    ``apply(method, length)`` puts the model in that method's state for inputs of ``length``
+    tokens (settings of ``NAME:auto`` depend on it) and returns the resolved settings.
+    ``on_start(total_tokens)`` and ``on_cell(record, tokens)`` report progress, weighted by
+    the tokens each cell reads.
+
+    Example:
+        >>> tasks = build_tasks(["passkey", "niah"])  # doctest: +SKIP
+        >>> run_compare(model, tokenizer, methods=["vanilla", "self-extend:auto"], tasks=tasks,
+        ...             lengths=[4096, 8192], out=Path("results/cmp"), apply=apply)  # doctest: +SKIP
+    """
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
+    if ppl and not texts:
+        raise ValueError("the ppl task needs text: pass --text FILE (repeatable)")
+    results = Path(out) / RESULTS
+    done = {cell_key(r) for r in read_records(results) if "task" in r and "seed" in r}
+    stream = text_stream(tokenizer, texts) if ppl else None
+    if stream is not None and stream.shape[1] < max(lengths) + 1:
+        raise ValueError(
+            f"the --text files hold {stream.shape[1]} tokens, fewer than the {max(lengths) + 1} the ppl task needs "
+            f"at {max(lengths)} tokens; pass more or longer files, or shorter --lengths"
+        )
+    work = plan(tokenizer, methods=methods, tasks=tasks, lengths=lengths, samples=samples, seed=seed, ppl=ppl,
+                depends_on_length=depends_on_length, done=done)
+    if on_start:
+        on_start(sum(w.tokens for w in work))
+    common = {"model": model_name, "seed": seed, "versions": versions or {}}
+    by_name = {task.name: task for task in tasks}
+    applied = None
+    for item in work:
+        if applied != (item.method, item.length):
+            settings = apply(item.method, item.length)
+            applied = (item.method, item.length)
+        started = time.perf_counter()
+        if item.sample is not None:
+            records = [_generate_cell(model, tokenizer, item.sample, by_name[item.sample.task])]
+        else:
+            records = _perplexity_cells(model, stream, item, texts)
+        seconds = round(time.perf_counter() - started, 3)
+        for position, record in enumerate(records, 1):
+            record = {**record, "method": item.method, "settings": settings, **common, "seconds": seconds}
+            append_record(results, record)
+            if on_cell:
+                on_cell(record, item.tokens if position == len(records) else 0)
+    return [r for r in read_records(results) if "task" in r]
+
+
+def _generate_cell(model, tokenizer, sample: Sample, task: Task) -> dict:
+    ids = torch.tensor([sample.prompt_ids], device=model.device)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    with torch.no_grad():
+        generated = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=sample.max_new_tokens,
+                                   do_sample=False, pad_token_id=pad)
+    answer = tokenizer.decode(generated[0, ids.shape[1]:], skip_special_tokens=True).strip()
+    return {
+        "task": sample.task, "length": sample.length, "depth": sample.depth, "sample": sample.index,
+        "expected": list(sample.expected), "answer": answer, "score": task.score(sample, answer),
+    }
+
+
+def _perplexity_cells(model, stream: torch.Tensor, item: Work, texts: Sequence[Path]) -> list[dict]:
+    """One record per covered length from a single run at ``item.length`` (by causality the
+    first n losses of a longer input are those of an n-token input)."""
+    losses = token_losses(model, stream[:, : item.length + 1])
+    records = []
+    for n in item.covers:
+        head = losses[:n]
+        buckets = [round(float(head[i : i + BUCKET].mean()), 5) for i in range(0, n, BUCKET)]
+        records.append({
+            "task": PPL, "length": n, "depth": None, "sample": 0, "texts": [Path(p).name for p in texts],
+            "perplexity": round(float(torch.exp(head.mean())), 4), "bucket": BUCKET, "bucket_loss": buckets,
+        })
+    return records

@@ -1,0 +1,305 @@
+"""Needle in a haystack, in RULER's wording: "One of the special magic numbers for {key} is:
+{value}." hidden at a chosen depth of noise sentences or of the user's own text files.
+
+Prompts are concatenations of token ids (as in ``passkey_prompt``), so every prompt is exactly the
+requested number of tokens. Needles go in at sentence ends: the cut for a depth moves back to the
+nearest sentence end within a few tokens. Keys are words taken from the tokenizer's own
+vocabulary, so nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+import re
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from longreach.eval.task import DEFAULT_DEPTHS, Sample, check_count, string_match_all
+
+NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
+#: RULER keeps the plural kind ("numbers", "uuids") in the needle even when there is one.
+NEEDLE = "One of the special magic {kind}s for {key} is: {value}."
+HEAD_ONE = (
+    "A special magic {kind} is hidden within the following text. Make sure to memorize it. "
+    "I will quiz you about the {kind} afterwards.\n"
+)
+# The question and the answer prefix: the prefix makes a completion model answer directly.
+TAIL_ONE = (
+    "\nWhat is the special magic {kind} for {query} mentioned in the provided text? "
+    "The special magic {kind} for {query} mentioned in the provided text is"
+)
+HEAD_MANY = (
+    "Some special magic {kind}s are hidden within the following text. Make sure to memorize it. "
+    "I will quiz you about the {kind}s afterwards.\n"
+)
+TAIL_MANY = (
+    "\nWhat are all the special magic {kind}s for {query} mentioned in the provided text? "
+    "The special magic {kind}s for {query} mentioned in the provided text are"
+)
+#: Tokens a needle may move back from its depth to start after a sentence end.
+LOOKBACK = 64
+#: Fewest vocabulary words the key and word tasks need to draw from.
+MIN_WORDS = 200
+#: Enough for a 7-digit number and a few words around it.
+NUMBER_NEW_TOKENS = 32
+SENTENCE_ENDS = (".", "!", "?", '."', '!"', '?"', ".'", ".)")
+# Words of the fixed wording are never keys: a key like "green" or "number" would be ambiguous.
+_WORDING = (NOISE + NEEDLE + HEAD_ONE + TAIL_ONE + HEAD_MANY + TAIL_MANY).format(
+    kind="number", key="", value="", query=""
+)
+_RESERVED = frozenset(re.findall(r"[a-z]+", _WORDING.lower()))
+
+
+def magic_number(rng: random.Random) -> str:
+    """A random 7-digit number, as RULER's values.
+
+    Example:
+        >>> magic_number(random.Random(0))
+        '7463343'
+    """
+    return str(rng.randint(1_000_000, 9_999_999))
+
+
+def magic_uuid(rng: random.Random) -> str:
+    """A random version-4 UUID string.
+
+    Example:
+        >>> len(magic_uuid(random.Random(0)))
+        36
+    """
+    return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+
+
+@functools.lru_cache(maxsize=8)
+def tokenizer_words(tokenizer) -> tuple[str, ...]:
+    """Sorted English-looking words the tokenizer has as single tokens with a leading space.
+
+    Words of 4-9 lowercase letters with a vowel, whose token has the word-start marker (``Ġ``
+    of byte-level BPE, ``▁`` of SentencePiece). Word pieces such as ``Ġcelebr`` are also such
+    tokens; a word is kept only when an inflected form (``+s``, ``+es``, ``+ly``) is a token
+    too, which word pieces rarely have.
+
+    Example:
+        >>> words = tokenizer_words(tokenizer)  # doctest: +SKIP
+        >>> len(words), words[:3]  # doctest: +SKIP
+        (3129, ('abnormal', 'abortion', 'abrupt'))
+    """
+    starts = {token[1:] for token in tokenizer.get_vocab() if token[:1] in ("Ġ", "▁")}
+
+    def is_word(word: str) -> bool:
+        if not re.fullmatch(r"[a-z]{4,9}", word) or not re.search(r"[aeiouy]", word) or word in _RESERVED:
+            return False
+        sibilant = word.endswith(("ss", "x", "z", "ch", "sh"))
+        return word + "s" in starts or (sibilant and word + "es" in starts) or word + "ly" in starts
+
+    words = tuple(sorted(w for w in starts if is_word(w)))
+    if len(words) < MIN_WORDS:
+        raise ValueError(
+            f"the tokenizer has only {len(words)} single-token lowercase words of 4-9 letters "
+            f"(at least {MIN_WORDS} are needed for needle keys and word lists); use a model with a "
+            "byte-level BPE or SentencePiece vocabulary"
+        )
+    return words
+
+
+def noise_haystack(tokenizer, n_tokens: int) -> list[int]:
+    """``n_tokens`` token ids of the classic noise sentences, repeated.
+
+    Example:
+        >>> tokenizer.decode(noise_haystack(tokenizer, 10))  # doctest: +SKIP
+        ' The grass is green. The sky is blue.'
+    """
+    # A leading space so every sentence, the first included, starts with a word-start token.
+    unit = tokenizer(" " + NOISE, add_special_tokens=False).input_ids
+    return (unit * (n_tokens // len(unit) + 1))[:n_tokens]
+
+
+def check_texts(paths: Sequence[str | Path]) -> tuple[Path, ...]:
+    """The paths as ``Path``, after checking each is a readable file with some text.
+
+    Example:
+        >>> check_texts(["no/such/book.txt"])
+        Traceback (most recent call last):
+        ...
+        ValueError: text file no/such/book.txt does not exist
+    """
+    if not paths:
+        raise ValueError("give at least one text file for the haystack")
+    checked = []
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise ValueError(f"text file {path} does not exist")
+        if not path.read_text(encoding="utf-8", errors="replace").strip():
+            raise ValueError(f"text file {path} is empty")
+        checked.append(path)
+    return tuple(checked)
+
+
+@functools.lru_cache(maxsize=4)
+def _text_ids(tokenizer, paths: tuple[Path, ...]) -> tuple[int, ...]:
+    # The files are read and tokenized once per tokenizer, not once per sample.
+    check_texts(paths)
+    text = "\n\n".join(p.read_text(encoding="utf-8", errors="replace").strip() for p in paths)
+    return tuple(tokenizer(text, add_special_tokens=False).input_ids)
+
+
+def text_haystack(tokenizer, paths: Sequence[str | Path], n_tokens: int) -> list[int]:
+    """The first ``n_tokens`` token ids of the text files joined by blank lines; a text shorter
+    than that is repeated (again after a blank line).
+
+    Example:
+        >>> ids = text_haystack(tokenizer, ["book.txt"], 8192)  # doctest: +SKIP
+    """
+    ids = list(_text_ids(tokenizer, tuple(map(Path, paths))))  # checked when first read
+    if len(ids) >= n_tokens:
+        return ids[:n_tokens]
+    cycle = ids + tokenizer("\n\n", add_special_tokens=False).input_ids
+    return (cycle * (n_tokens // len(cycle) + 1))[:n_tokens]
+
+
+def insert_needles(
+    tokenizer,
+    haystack: Sequence[int],
+    needles: Sequence[Sequence[int]],
+    depths: Sequence[float],
+    *,
+    lookback: int = LOOKBACK,
+) -> list[int]:
+    """The haystack with each needle (token ids) inserted at its depth (a fraction of the
+    haystack), moved back to start after a sentence end when one is within ``lookback`` tokens.
+
+    Needles keep the order of their depths (ties keep the given order), so a chain given with
+    ascending depths stays in order. The result has ``len(haystack) + sum(map(len, needles))``
+    tokens.
+
+    Example:
+        >>> needle = tokenizer(" The key is 42.", add_special_tokens=False).input_ids  # doctest: +SKIP
+        >>> ids = insert_needles(tokenizer, noise_haystack(tokenizer, 500), [needle], [0.5])  # doctest: +SKIP
+    """
+    if len(needles) != len(depths):
+        raise ValueError(f"{len(needles)} needles but {len(depths)} depths")
+    for depth in depths:
+        if not 0.0 <= depth <= 1.0:
+            raise ValueError(f"depth must be within [0, 1], got {depth}")
+    ends: dict[int, bool] = {}
+
+    def ends_sentence(token: int) -> bool:
+        if token not in ends:
+            ends[token] = tokenizer.decode([token]).rstrip().endswith(SENTENCE_ENDS)
+        return ends[token]
+
+    out: list[int] = []
+    start = 0
+    for i in sorted(range(len(needles)), key=lambda i: depths[i]):
+        cut = max(start, round(depths[i] * len(haystack)))
+        back = cut
+        while back > max(start, cut - lookback) and not ends_sentence(haystack[back - 1]):
+            back -= 1
+        if back == start or ends_sentence(haystack[back - 1]):
+            cut = back  # else no sentence end close enough: the needle goes in at the depth itself
+        out += haystack[start:cut]
+        out += needles[i]
+        start = cut
+    return out + list(haystack[start:])
+
+
+def needle_prompt(
+    tokenizer,
+    length: int,
+    *,
+    head: str,
+    tail: str,
+    needles: Sequence[str],
+    depths: Sequence[float],
+    haystack: Callable[[int], list[int]],
+    what: str = "needle",
+) -> list[int]:
+    """Token ids of exactly ``length`` tokens: ``head``, the haystack with the ``needles`` at
+    their ``depths``, then ``tail`` (the question and answer prefix).
+
+    ``haystack(n)`` gives ``n`` filler token ids. Needles are tokenized with a leading space, as
+    they follow a sentence end. ``what`` names the task in the too-short error.
+
+    Example:
+        >>> ids = needle_prompt(tokenizer, 4096, head="Remember the key.\\n", tail="\\nThe key is",
+        ...                     needles=["The key is 42."], depths=[0.5],
+        ...                     haystack=lambda n: noise_haystack(tokenizer, n))  # doctest: +SKIP
+        >>> len(ids)  # doctest: +SKIP
+        4096
+    """
+    head_ids = tokenizer(head, add_special_tokens=True).input_ids
+    tail_ids = tokenizer(tail, add_special_tokens=False).input_ids
+    needle_ids = [tokenizer(" " + n, add_special_tokens=False).input_ids for n in needles]
+    budget = length - len(head_ids) - len(tail_ids) - sum(map(len, needle_ids))
+    if budget < 0:
+        raise ValueError(f"a {what} prompt needs at least {length - budget} tokens, {length} were asked for")
+    return head_ids + insert_needles(tokenizer, haystack(budget), needle_ids, depths) + tail_ids
+
+
+def niah_wording(kind: str, query: str, many: bool) -> tuple[str, str]:
+    """RULER's (head, tail) for a needle ``kind`` ("number", "uuid"), one answer or several.
+
+    Example:
+        >>> head, tail = niah_wording("number", "apple", many=False)
+        >>> tail.endswith("The special magic number for apple mentioned in the provided text is")
+        True
+    """
+    head, tail = (HEAD_MANY, TAIL_MANY) if many else (HEAD_ONE, TAIL_ONE)
+    return head.format(kind=kind), tail.format(kind=kind, query=query)
+
+
+@dataclass(frozen=True)
+class NiahTask:
+    """One needle (a word key with a 7-digit number) at each depth of the grid: in noise
+    sentences (``niah``) or in the text files (``niah-text``); ``count`` samples per depth.
+
+    Example:
+        >>> task = NiahTask("niah", depths=(0.25, 0.75))
+        >>> samples = task.samples(tokenizer, 8192, 3, seed=0)  # doctest: +SKIP
+        >>> len(samples), samples[0].expected  # doctest: +SKIP
+        (6, ('7377296',))
+    """
+
+    name: str = "niah"
+    depths: tuple[float, ...] = DEFAULT_DEPTHS
+    texts: tuple[Path, ...] = ()
+    max_new_tokens: int = NUMBER_NEW_TOKENS
+
+    def __post_init__(self):
+        if self.name == "niah-text" and not self.texts:
+            raise ValueError("niah-text needs --text FILE (one or more text files for its haystack)")
+
+    def haystack(self, tokenizer) -> Callable[[int], list[int]]:
+        if self.texts:
+            return lambda n: text_haystack(tokenizer, self.texts, n)
+        return lambda n: noise_haystack(tokenizer, n)
+
+    def samples(self, tokenizer, length: int, count: int, seed: int) -> list[Sample]:
+        check_count(count)
+        words = tokenizer_words(tokenizer)
+        haystack = self.haystack(tokenizer)
+        samples = []
+        for depth in map(float, self.depths):
+            for index in range(count):
+                rng = random.Random(f"{self.name}:{seed}:{length}:{depth}:{index}")
+                key, value = rng.choice(words), magic_number(rng)
+                head, tail = niah_wording("number", key, many=False)
+                needle = NEEDLE.format(kind="number", key=key, value=value)
+                ids = needle_prompt(
+                    tokenizer,
+                    length,
+                    head=head,
+                    tail=tail,
+                    needles=[needle],
+                    depths=[depth],
+                    haystack=haystack,
+                    what=self.name,
+                )
+                samples.append(Sample(self.name, length, depth, index, ids, (value,), self.max_new_tokens))
+        return samples
+
+    def score(self, sample: Sample, answer: str) -> float:
+        return string_match_all(answer, sample.expected)

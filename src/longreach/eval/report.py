@@ -1,0 +1,205 @@
+"""The report of a compare folder, rebuilt from its JSON lines alone.
+
+``report.md`` holds one table per task (methods x lengths), the RULER average, the perplexity
+table, the pictures (needle heatmaps, RULER score and loss against position) and the commands
+that produced the results. The same tables are what the terminal shows.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from longreach.eval.compare import PPL, RESULTS
+from longreach.eval.plots import (
+    length_label,
+    plot_heatmaps,
+    plot_loss_by_position,
+    plot_score_by_length,
+)
+from longreach.eval.records import read_records
+
+RUN = "run.json"
+REPORT = "report.md"
+RULER_PREFIX = "ruler:"
+
+
+@dataclass
+class Table:
+    """Methods x lengths; ``cells[method][length]`` is already formatted."""
+
+    title: str
+    lengths: list[int]
+    cells: dict[str, dict[int, str]]
+    note: str = ""
+    figures: list[Path] = field(default_factory=list)
+
+
+def scores(records: list[dict], task: str) -> dict[str, dict[int, float]]:
+    """Mean score in percent per method and length of a generative task.
+
+    Example:
+        >>> scores([{"task": "niah", "method": "m", "length": 8, "score": 1.0},
+        ...         {"task": "niah", "method": "m", "length": 8, "score": 0.5}], "niah")
+        {'m': {8: 75.0}}
+    """
+    sums: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        if r["task"] == task:
+            sums[r["method"]][r["length"]].append(float(r["score"]))
+    return {m: {n: 100.0 * sum(v) / len(v) for n, v in sorted(by.items())} for m, by in sums.items()}
+
+
+def ruler_average(records: list[dict]) -> dict[str, dict[int, float]]:
+    """RULER's summary: the mean over its tasks of each task's mean score (cells that lack a
+    task are left out, so a partial run never looks complete)."""
+    tasks = _ordered(r["task"] for r in records if r["task"].startswith(RULER_PREFIX))
+    per_task = [scores(records, t) for t in tasks]
+    average: dict[str, dict[int, float]] = {}
+    for method in _ordered(r["method"] for r in records):
+        lengths = sorted({n for table in per_task for n in table.get(method, {})})
+        for n in lengths:
+            values = [table[method][n] for table in per_task if n in table.get(method, {})]
+            if len(values) == len(per_task):
+                average.setdefault(method, {})[n] = sum(values) / len(values)
+    return average
+
+
+def build_tables(records: list[dict], folder: Path | None = None, *, trained_length: int | None = None) -> list[Table]:
+    """The report's tables in order; with ``folder``, their PNGs are drawn into it."""
+    tables = []
+    records = [r for r in records if "task" in r and "method" in r and "length" in r]
+    lengths = sorted({r["length"] for r in records})
+    for task in _ordered(r["task"] for r in records):
+        if task == PPL or task.startswith(RULER_PREFIX):
+            continue
+        table = scores(records, task)
+        count = _samples_per_cell(records, task)
+        entry = Table(f"{task}: score (%)", lengths, _format(table, "{:.0f}"),
+                      note=f"{count} samples per cell" + _depth_note(records, task))
+        grids = _depth_grids(records, task)
+        if folder is not None and grids:
+            entry.figures.append(plot_heatmaps(grids, folder / f"{_slug(task)}-heatmap.png",
+                                               title=f"{task}: score by needle depth and length"))
+        tables.append(entry)
+    ruler_tasks = _ordered(r["task"] for r in records if r["task"].startswith(RULER_PREFIX))
+    if ruler_tasks:
+        average = ruler_average(records)
+        names = ", ".join(t[len(RULER_PREFIX):] for t in ruler_tasks)
+        entry = Table("RULER average: score (%)", lengths, _format(average, "{:.1f}"),
+                      note=f"mean of {len(ruler_tasks)} tasks: {names}")
+        if folder is not None and average:
+            entry.figures.append(plot_score_by_length(average, folder / "ruler.png", title="RULER-style tasks, average",
+                                                      trained_length=trained_length, ylabel="score (%)"))
+        tables.append(entry)
+        for task in ruler_tasks:
+            tables.append(Table(f"{task}: score (%)", lengths, _format(scores(records, task), "{:.1f}"),
+                                note=f"{_samples_per_cell(records, task)} samples per cell"))
+    ppl = [r for r in records if r["task"] == PPL]
+    if ppl:
+        table = {m: {r["length"]: r["perplexity"] for r in ppl if r["method"] == m}
+                 for m in _ordered(r["method"] for r in ppl)}
+        texts = ", ".join(ppl[0].get("texts", []))
+        entry = Table("ppl: perplexity", lengths, _format(table, "{:.2f}"), note=f"on {texts}")
+        curves = {}
+        for method in table:
+            longest = max((r for r in ppl if r["method"] == method), key=lambda r: r["length"])
+            curves[method] = longest["bucket_loss"]
+        if folder is not None:
+            entry.figures.append(plot_loss_by_position(curves, folder / "ppl.png", bucket=ppl[0]["bucket"],
+                                                       title=f"Loss by position on {texts}",
+                                                       trained_length=trained_length))
+        tables.append(entry)
+    return tables
+
+
+def write_report(folder: Path) -> Path:
+    """Rebuild ``report.md`` and its PNGs in ``folder`` from ``results.jsonl`` (and the commands
+    in ``run.json``).
+
+    Example:
+        >>> write_report(Path("results/compare"))  # doctest: +SKIP
+        PosixPath('results/compare/report.md')
+    """
+    folder = Path(folder)
+    records = [r for r in read_records(folder / RESULTS) if "task" in r]
+    if not records:
+        raise ValueError(f"{folder / RESULTS} holds no results; run `longreach compare --out {folder}` first")
+    run = json.loads((folder / RUN).read_text()) if (folder / RUN).is_file() else {}
+    trained = run.get("trained_length")
+    tables = build_tables(records, folder, trained_length=trained)
+    lines = [f"# LongReach comparison: {records[0].get('model') or run.get('model', '')}", ""]
+    if trained:
+        lines += [f"Trained length {trained} tokens; seed {records[0]['seed']}.", ""]
+    methods = _ordered(f"`{r['method']}`" for r in records)
+    lines += [f"Methods: {', '.join(methods)}. Scores are the share of expected strings found in the answer "
+              "(RULER's string_match_all), in percent.", ""]
+    for table in tables:
+        lines += [f"## {table.title}", "", *markdown_table(table), ""]
+        if table.note:
+            lines += [f"_{table.note}_", ""]
+        lines += [f"![{table.title}]({figure.name})" for figure in table.figures]
+        if table.figures:
+            lines.append("")
+    settings = sorted({(r["method"], r["length"], r["settings"]) for r in records if r["settings"] != r["method"]})
+    if settings:
+        lines += ["## Settings used", "", "| method | length | settings |", "| --- | ---: | --- |"]
+        lines += [f"| {m} | {length_label(n)} | `{s}` |" for m, n, s in settings]
+        lines.append("")
+    if run.get("commands"):
+        lines += ["## Commands", "", "```", *run["commands"], "```", ""]
+    versions = records[-1].get("versions") or {}
+    if versions:
+        lines += ["Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()), ""]
+    path = folder / REPORT
+    path.write_text("\n".join(lines))
+    return path
+
+
+def markdown_table(table: Table) -> list[str]:
+    """The lines of a markdown table: methods x lengths."""
+    head = "| method | " + " | ".join(length_label(n) for n in table.lengths) + " |"
+    rule = "| --- |" + " ---: |" * len(table.lengths)
+    rows = [f"| {m} | " + " | ".join(cells.get(n, "-") for n in table.lengths) + " |"
+            for m, cells in table.cells.items()]
+    return [head, rule, *rows]
+
+
+def _format(table: dict[str, dict[int, float]], pattern: str) -> dict[str, dict[int, str]]:
+    return {m: {n: pattern.format(v) for n, v in cells.items()} for m, cells in table.items()}
+
+
+def _depth_grids(records: list[dict], task: str) -> dict[str, dict[tuple[float, int], float]]:
+    """Per method, the mean score per (depth, length); empty when the task has no depths."""
+    sums: dict[str, dict[tuple[float, int], list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        if r["task"] == task and r.get("depth") is not None:
+            sums[r["method"]][(r["depth"], r["length"])].append(float(r["score"]))
+    if len({d for by in sums.values() for d, _ in by}) < 2:
+        return {}
+    return {m: {cell: 100.0 * sum(v) / len(v) for cell, v in by.items()} for m, by in sums.items()}
+
+
+def _samples_per_cell(records: list[dict], task: str) -> int:
+    counts: dict[tuple, int] = defaultdict(int)
+    for r in records:
+        if r["task"] == task:
+            counts[(r["method"], r["length"])] += 1
+    return max(counts.values(), default=0)
+
+
+def _depth_note(records: list[dict], task: str) -> str:
+    depths = sorted({r["depth"] for r in records if r["task"] == task and r.get("depth") is not None})
+    return f" over depths {', '.join(f'{d:g}' for d in depths)}" if depths else ""
+
+
+def _ordered(items) -> list:
+    """Distinct items in order of first appearance."""
+    return list(dict.fromkeys(items))
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()

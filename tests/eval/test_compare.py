@@ -1,0 +1,144 @@
+"""The compare command: the matrix runs once, every cell lands in the JSON lines as it finishes,
+an interrupted run resumes with only the missing cells, and the report is rebuilt from the
+JSON lines alone."""
+
+import json
+
+import pytest
+
+import longreach.eval.compare as compare
+from longreach.cli import main
+
+METHODS = ["vanilla", "self-extend:group_size=2,window=64"]
+TASKS = "passkey,niah,ruler:niah_single_1,ppl"
+GENERATE_CELL = compare._generate_cell
+
+
+@pytest.fixture(scope="module")
+def novel(tmp_path_factory):
+    path = tmp_path_factory.mktemp("text") / "novel.txt"
+    sentences = [f"Chapter {n}. The captain walked to the harbour and counted {n * 7} ships. " for n in range(120)]
+    path.write_text("".join(sentences))
+    return path
+
+
+def compare_argv(model_dir, out, novel, *, tasks=TASKS, methods=METHODS, lengths="200,400"):
+    argv = ["compare", "--model", str(model_dir), "--tasks", tasks, "--lengths", lengths, "--depths", "0.2,0.8",
+            "--samples", "1", "--text", str(novel), "--out", str(out)]
+    for spec in methods:
+        argv += ["--method", spec]
+    return argv
+
+
+def counting(monkeypatch, fail_after=None):
+    """Count generated cells; with ``fail_after``, die like a killed process after that many."""
+    calls = []
+
+    def generate_cell(*args, **kwargs):
+        if fail_after is not None and len(calls) == fail_after:
+            raise RuntimeError("killed")
+        calls.append(1)
+        return GENERATE_CELL(*args, **kwargs)
+
+    monkeypatch.setattr(compare, "_generate_cell", generate_cell)
+    return calls
+
+
+def records(out):
+    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+
+
+def test_interrupted_compare_resumes_with_only_missing_cells_and_writes_the_report(
+    tiny_model_dir, tmp_path, novel, monkeypatch, capsys
+):
+    out = tmp_path / "cmp"
+    argv = compare_argv(tiny_model_dir, out, novel)
+    # 2 methods x 2 lengths x (passkey at 2 depths + niah at 2 depths + one RULER task) = 20 samples,
+    # plus ppl: one run per method at the longest length, recorded for both lengths.
+    generative, perplexity = 2 * 2 * (2 + 2 + 1), 2 * 2
+    calls = counting(monkeypatch, fail_after=7)
+    with pytest.raises(RuntimeError, match="killed"):
+        main(argv)
+    assert len(records(out)) == 7  # every finished cell was written at once
+
+    calls = counting(monkeypatch)
+    assert main(argv) == 0
+    assert len(calls) == generative - 7
+    found = records(out)
+    assert len(found) == generative + perplexity
+    cells = {compare.cell_key(r) for r in found}
+    assert len(cells) == len(found)  # nothing done twice
+    for r in found:
+        assert r["model"] == str(tiny_model_dir) and r["seed"] == 0 and r["versions"]["longreach"]
+        assert r["method"] in METHODS and r["settings"]
+    assert {r["task"] for r in found} == {"passkey", "niah", "ruler:niah_single_1", "ppl"}
+    ppl = [r for r in found if r["task"] == "ppl"]
+    assert {(r["method"], r["length"]) for r in ppl} == {(m, n) for m in METHODS for n in (200, 400)}
+    assert all(len(r["bucket_loss"]) == -(-r["length"] // r["bucket"]) for r in ppl)
+
+    report = (out / "report.md").read_text()
+    for title in ("## passkey: score", "## niah: score", "## RULER average", "## ppl: perplexity", "## Commands"):
+        assert title in report
+    assert "longreach compare --model" in report and "self-extend:group_size=2,window=64" in report
+    for png in ("passkey-heatmap.png", "niah-heatmap.png", "ruler.png", "ppl.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+        assert f"]({png})" in report
+    shown = capsys.readouterr().out
+    assert "niah: score (%)" in shown and "ppl: perplexity" in shown
+
+    calls = counting(monkeypatch)
+    assert main(argv) == 0  # a finished run has nothing left to do
+    assert calls == [] and len(records(out)) == len(found)
+
+    # The report is rebuilt from the JSON lines alone.
+    (out / "report.md").unlink()
+    for png in out.glob("*.png"):
+        png.unlink()
+    assert main(["report", str(out)]) == 0
+    assert (out / "report.md").read_text() == report
+    assert (out / "niah-heatmap.png").is_file()
+
+
+def test_same_seed_gives_the_same_results(tiny_model_dir, tmp_path, novel):
+    runs = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        argv = compare_argv(tiny_model_dir, out, novel, tasks="niah,ruler:niah_single_1", methods=METHODS[1:],
+                            lengths="300")
+        assert main(argv) == 0
+        runs.append([{k: v for k, v in r.items() if k != "seconds"} for r in records(out)])
+    assert runs[0] == runs[1]
+
+
+@pytest.mark.parametrize(
+    "tasks, text, message",
+    [
+        ("ppl", False, "the ppl task needs text: pass --text FILE"),
+        ("passkey,bogus", True, "bogus"),
+        ("niah-text", False, "niah-text needs --text FILE"),
+    ],
+)
+def test_bad_compare_input_is_a_one_line_error(tiny_model_dir, tmp_path, novel, tasks, text, message, capsys):
+    argv = ["compare", "--model", str(tiny_model_dir), "--tasks", tasks, "--lengths", "200", "--out", str(tmp_path)]
+    if text:
+        argv += ["--text", str(novel)]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_text_and_empty_report_folder_are_errors(tiny_model_dir, tmp_path, capsys):
+    argv = ["compare", "--model", str(tiny_model_dir), "--tasks", "ppl", "--text", str(tmp_path / "nope.txt"),
+            "--out", str(tmp_path)]
+    assert main(argv) == 2
+    assert "not found" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "empty")]) == 2
+    assert "holds no results" in capsys.readouterr().err
+
+
+def test_ppl_text_too_short_for_the_lengths_is_an_error(tiny_model_dir, tmp_path, capsys):
+    short = tmp_path / "short.txt"
+    short.write_text("A short text. " * 10)
+    argv = ["compare", "--model", str(tiny_model_dir), "--tasks", "ppl", "--text", str(short), "--lengths", "400",
+            "--out", str(tmp_path / "out")]
+    assert main(argv) == 2
+    assert "fewer than the 401 the ppl task needs" in capsys.readouterr().err
