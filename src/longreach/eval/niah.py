@@ -50,7 +50,15 @@ SENTENCE_ENDS = (".", "!", "?", '."', '!"', '?"', ".'", ".)")
 _WORDING = (NOISE + NEEDLE + HEAD_ONE + TAIL_ONE + HEAD_MANY + TAIL_MANY).format(
     kind="number", key="", value="", query=""
 )
+# Words of the prompts' own wording would blur the question.
 _RESERVED = frozenset(re.findall(r"[a-z]+", _WORDING.lower()))
+# Needle keys and word lists end up in published reports: keep distressing words out of them.
+_UNSUITABLE = frozenset(
+    "abortion abuse assault bomb bombing cancer corpse death dying genocide gun guns kill killer killing murder "
+    "murders naked porn rape racism racist slave slavery suicide terror terrorist torture victim violence weapon "
+    "weapons".split()
+)
+_EXCLUDED = _RESERVED | _UNSUITABLE
 
 
 def magic_number(rng: random.Random) -> str:
@@ -85,12 +93,12 @@ def tokenizer_words(tokenizer) -> tuple[str, ...]:
     Example:
         >>> words = tokenizer_words(tokenizer)  # doctest: +SKIP
         >>> len(words), words[:3]  # doctest: +SKIP
-        (3129, ('abnormal', 'abortion', 'abrupt'))
+        (3112, ('abnormal', 'abrupt', 'absolute'))
     """
     starts = {token[1:] for token in tokenizer.get_vocab() if token[:1] in ("Ġ", "▁")}
 
     def is_word(word: str) -> bool:
-        if not re.fullmatch(r"[a-z]{4,9}", word) or not re.search(r"[aeiouy]", word) or word in _RESERVED:
+        if not re.fullmatch(r"[a-z]{4,9}", word) or not re.search(r"[aeiouy]", word) or word in _EXCLUDED:
             return False
         sibilant = word.endswith(("ss", "x", "z", "ch", "sh"))
         return word + "s" in starts or (sibilant and word + "es" in starts) or word + "ly" in starts
