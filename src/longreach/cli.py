@@ -170,7 +170,7 @@ def _print_table(table, lengths, *, title: str, show=_accuracy) -> None:
     from longreach.eval.plots import length_label
 
     grid = Table(title=title)
-    grid.add_column("method")
+    grid.add_column("method", no_wrap=True)
     for n in lengths:
         grid.add_column(length_label(n), justify="right")
     for method, cells in table.items():

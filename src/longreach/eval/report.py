@@ -38,6 +38,15 @@ class Table:
     figures: list[Path] = field(default_factory=list)
 
 
+def counts(records: list[dict], task: str) -> dict[str, dict[int, int]]:
+    """Samples per method and length of a task."""
+    found: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
+    for r in records:
+        if r["task"] == task:
+            found[r["method"]][r["length"]] += 1
+    return found
+
+
 def scores(records: list[dict], task: str) -> dict[str, dict[int, float]]:
     """Mean score in percent per method and length of a generative task.
 
@@ -76,10 +85,8 @@ def build_tables(records: list[dict], folder: Path | None = None, *, trained_len
     for task in _ordered(r["task"] for r in records):
         if task == PPL or task.startswith(RULER_PREFIX):
             continue
-        table = scores(records, task)
-        count = _samples_per_cell(records, task)
-        entry = Table(f"{task}: score (%)", lengths, _format(table, "{:.0f}"),
-                      note=f"{count} samples per cell" + _depth_note(records, task))
+        entry = Table(f"{task}: score (%)", lengths, _format_scores(records, task, "{:.0f}"),
+                      note=f"{_samples_per_cell(records, task)} samples per cell" + _depth_note(records, task))
         grids = _depth_grids(records, task)
         if folder is not None and grids:
             entry.figures.append(plot_heatmaps(grids, folder / f"{_slug(task)}-heatmap.png",
@@ -96,7 +103,7 @@ def build_tables(records: list[dict], folder: Path | None = None, *, trained_len
                                                       trained_length=trained_length, ylabel="score (%)"))
         tables.append(entry)
         for task in ruler_tasks:
-            tables.append(Table(f"{task}: score (%)", lengths, _format(scores(records, task), "{:.1f}"),
+            tables.append(Table(f"{task}: score (%)", lengths, _format_scores(records, task, "{:.1f}"),
                                 note=f"{_samples_per_cell(records, task)} samples per cell"))
     ppl = [r for r in records if r["task"] == PPL]
     if ppl:
@@ -144,10 +151,14 @@ def write_report(folder: Path) -> Path:
         lines += [f"![{table.title}]({figure.name})" for figure in table.figures]
         if table.figures:
             lines.append("")
-    settings = sorted({(r["method"], r["length"], r["settings"]) for r in records if r["settings"] != r["method"]})
+    settings: dict[tuple[str, str], set[int]] = defaultdict(set)
+    for r in records:
+        if r["settings"] != r["method"]:
+            settings[r["method"], r["settings"]].add(r["length"])
     if settings:
-        lines += ["## Settings used", "", "| method | length | settings |", "| --- | ---: | --- |"]
-        lines += [f"| {m} | {length_label(n)} | `{s}` |" for m, n, s in settings]
+        lines += ["## Settings used", "", "| method | lengths | settings |", "| --- | --- | --- |"]
+        for (method, spec), used in sorted(settings.items(), key=lambda item: (item[0][0], min(item[1]))):
+            lines.append(f"| {method} | {', '.join(length_label(n) for n in sorted(used))} | `{spec}` |")
         lines.append("")
     if run.get("commands"):
         lines += ["## Commands", "", "```", *run["commands"], "```", ""]
@@ -168,6 +179,14 @@ def markdown_table(table: Table) -> list[str]:
     return [head, rule, *rows]
 
 
+def _format_scores(records: list[dict], task: str, pattern: str) -> dict[str, dict[int, str]]:
+    """Scores formatted, with the sample count added where a cell has fewer than the fullest."""
+    table, count = scores(records, task), counts(records, task)
+    full = _samples_per_cell(records, task)
+    return {m: {n: pattern.format(v) + ("" if count[m][n] == full else f" ({count[m][n]} of {full})")
+                for n, v in cells.items()} for m, cells in table.items()}
+
+
 def _format(table: dict[str, dict[int, float]], pattern: str) -> dict[str, dict[int, str]]:
     return {m: {n: pattern.format(v) for n, v in cells.items()} for m, cells in table.items()}
 
@@ -184,11 +203,7 @@ def _depth_grids(records: list[dict], task: str) -> dict[str, dict[tuple[float, 
 
 
 def _samples_per_cell(records: list[dict], task: str) -> int:
-    counts: dict[tuple, int] = defaultdict(int)
-    for r in records:
-        if r["task"] == task:
-            counts[(r["method"], r["length"])] += 1
-    return max(counts.values(), default=0)
+    return max((n for by in counts(records, task).values() for n in by.values()), default=0)
 
 
 def _depth_note(records: list[dict], task: str) -> str:

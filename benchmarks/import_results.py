@@ -1,0 +1,64 @@
+"""Bring the methods benchmark's passkey and perplexity records into a compare folder.
+
+The passkey command and compare's ``passkey`` task build the same prompts for the same seed, and
+compare's ``ppl`` over one ``--text`` file reads the same tokens as the perplexity command over
+it, so hours of CPU already spent need not be spent again: converted records carry the cell
+keys compare skips on, and ``source`` says where they came from. Records already in the folder
+are left alone.
+
+    .venv/bin/python benchmarks/import_results.py docs/benchmarks/compare \\
+        docs/benchmarks/passkey-methods/passkey.jsonl docs/benchmarks/perplexity-methods/perplexity.jsonl
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from longreach.eval.compare import PPL, RESULTS, cell_key
+from longreach.eval.records import append_record, read_records
+
+
+def from_passkey(record: dict, source: str) -> dict:
+    return {
+        "task": "passkey", "length": record["length"], "depth": record["depth"], "sample": record["sample"],
+        "expected": [record["key"]], "answer": record["answer"], "score": 1.0 if record["correct"] else 0.0,
+        "method": record["method"], "settings": record["settings"], "model": record["model"],
+        "seed": record["seed"], "versions": {}, "seconds": record["seconds"], "source": source,
+    }
+
+
+def from_perplexity(record: dict, source: str) -> list[dict]:
+    """One compare record per length the run covers (bucket losses from its bucket perplexities)."""
+    import math
+
+    bucket = record["bucket"]
+    losses = [math.log(p) for p in record["bucket_perplexity"]]
+    return [
+        {
+            "task": PPL, "length": int(n), "depth": None, "sample": 0, "texts": [record["text"]],
+            "perplexity": value, "bucket": bucket, "bucket_loss": [round(x, 5) for x in losses[: -(-int(n) // bucket)]],
+            "method": record["method"], "settings": record["settings"], "model": record["model"], "seed": 0,
+            "versions": {}, "seconds": record["seconds"], "source": source,
+        }
+        for n, value in record["perplexity"].items()
+    ]
+
+
+def main(folder: str, *sources: str) -> None:
+    results = Path(folder) / RESULTS
+    done = {cell_key(r) for r in read_records(results) if "task" in r}
+    added = 0
+    for source in sources:
+        for record in read_records(Path(source)):
+            converted = from_perplexity(record, source) if "perplexity" in record else [from_passkey(record, source)]
+            for entry in converted:
+                if cell_key(entry) not in done:
+                    append_record(results, entry)
+                    done.add(cell_key(entry))
+                    added += 1
+    print(f"added {added} records to {results}")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
