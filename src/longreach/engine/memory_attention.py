@@ -192,14 +192,18 @@ def _add_scores(state, queries, keys, positions, resident_positions, index, meth
     received = torch.zeros(batch * kv_heads, n_window, dtype=torch.float32, device=keys.device)
     for a in range(0, group * rows, SCORE_ROWS):
         b = min(a + SCORE_ROWS, group * rows)
-        # exp(q.k * scale - lse) in one fused product and one pass.
-        weights = torch.baddbmm(-packed_lse[:, a:b], packed[:, a:b], window_keys.transpose(1, 2)).exp_()
         lo_max, hi_min = int(lo[a:b].max()), int(hi[a:b].min())
-        if lo_max > 0:
-            weights[:, :, :lo_max].masked_fill_(columns[:lo_max][None] < lo[a:b, None], 0.0)
-        if hi_min < n_window:
-            weights[:, :, hi_min:].masked_fill_(columns[hi_min:][None] >= hi[a:b, None], 0.0)
-        received += weights.sum(dim=1)
+        before = columns[:lo_max][None] < lo[a:b, None] if lo_max > 0 else None
+        after = columns[hi_min:][None] >= hi[a:b, None] if hi_min < n_window else None
+        # One 2-D product per (row, KV head): on CPU, MKL runs these ~1.7x faster than one batched
+        # product of the same shapes. exp(q.k * scale - lse) in one fused product and one pass.
+        for h in range(batch * kv_heads):
+            weights = torch.addmm(-packed_lse[h, a:b], packed[h, a:b], window_keys[h].T).exp_()
+            if before is not None:
+                weights[:, :lo_max].masked_fill_(before, 0.0)
+            if after is not None:
+                weights[:, hi_min:].masked_fill_(after, 0.0)
+            received[h] += weights.sum(dim=0)
     held_index = torch.arange(index.start, index.stop) if isinstance(index, slice) else index
     state.scores[:, :, held_index[first:].to(state.scores.device)] += received.view(batch, kv_heads, n_window)
 
