@@ -165,12 +165,12 @@ def _accuracy(cell: tuple[int, int]) -> str:
     return f"{100 * correct / total:.0f}% ({correct}/{total})"
 
 
-def _print_table(table, lengths, *, title: str, show=_accuracy) -> None:
+def _print_table(table, lengths, *, title: str, show=_accuracy, row_label: str = "method") -> None:
     """Methods x lengths, each cell through ``show``."""
     from longreach.eval.plots import length_label
 
     grid = Table(title=title)
-    grid.add_column("method", no_wrap=True)
+    grid.add_column(row_label, no_wrap=True)
     for n in lengths:
         grid.add_column(length_label(n), justify="right")
     for method, cells in table.items():
@@ -328,7 +328,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         finally:
             longreach.restore(model)
     for table in build_tables([r for r in records if r["method"] in specs and r["length"] in lengths]):
-        _print_table(table.cells, table.lengths, title=table.title, show=str)
+        _print_table(table.cells, table.lengths, title=table.title, show=str, row_label=table.row_label)
     report = write_report(output)
     console.print(f"wrote {output / 'results.jsonl'} and {report}")
     return 0
@@ -344,7 +344,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise UsageError(str(error)) from None
     for table in build_tables(read_records(folder / "results.jsonl")):
-        _print_table(table.cells, table.lengths, title=table.title, show=str)
+        _print_table(table.cells, table.lengths, title=table.title, show=str, row_label=table.row_label)
     console.print(f"wrote {report}")
     return 0
 

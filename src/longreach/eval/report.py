@@ -36,6 +36,7 @@ class Table:
     cells: dict[str, dict[int, str]]
     note: str = ""
     figures: list[Path] = field(default_factory=list)
+    row_label: str = "method"
 
 
 def counts(records: list[dict], task: str) -> dict[str, dict[int, int]]:
@@ -86,7 +87,7 @@ def build_tables(records: list[dict], folder: Path | None = None, *, trained_len
         if task == PPL or task.startswith(RULER_PREFIX):
             continue
         entry = Table(f"{task}: score (%)", lengths, _format_scores(records, task, "{:.0f}"),
-                      note=f"{_samples_per_cell(records, task)} samples per cell" + _depth_note(records, task))
+                      note=_per_cell(_samples_per_cell(records, task)) + _depth_note(records, task))
         grids = _depth_grids(records, task)
         if folder is not None and grids:
             entry.figures.append(plot_heatmaps(grids, folder / f"{_slug(task)}-heatmap.png",
@@ -102,9 +103,11 @@ def build_tables(records: list[dict], folder: Path | None = None, *, trained_len
             entry.figures.append(plot_score_by_length(average, folder / "ruler.png", title="RULER-style tasks, average",
                                                       trained_length=trained_length, ylabel="score (%)"))
         tables.append(entry)
-        for task in ruler_tasks:
-            tables.append(Table(f"{task}: score (%)", lengths, _format_scores(records, task, "{:.1f}"),
-                                note=f"{_samples_per_cell(records, task)} samples per cell"))
+        by_task = {f"{task[len(RULER_PREFIX):]} · {method}": cells for task in ruler_tasks
+                   for method, cells in _format_scores(records, task, "{:.1f}").items()}
+        samples = _samples_per_cell(records, ruler_tasks[0])
+        tables.append(Table("RULER tasks: score (%)", lengths, by_task, note=_per_cell(samples),
+                            row_label="task · method"))
     ppl = [r for r in records if r["task"] == PPL]
     if ppl:
         table = {m: {r["length"]: r["perplexity"] for r in ppl if r["method"] == m}
@@ -172,7 +175,7 @@ def write_report(folder: Path) -> Path:
 
 def markdown_table(table: Table) -> list[str]:
     """The lines of a markdown table: methods x lengths."""
-    head = "| method | " + " | ".join(length_label(n) for n in table.lengths) + " |"
+    head = f"| {table.row_label} | " + " | ".join(length_label(n) for n in table.lengths) + " |"
     rule = "| --- |" + " ---: |" * len(table.lengths)
     rows = [f"| {m} | " + " | ".join(cells.get(n, "-") for n in table.lengths) + " |"
             for m, cells in table.cells.items()]
@@ -200,6 +203,10 @@ def _depth_grids(records: list[dict], task: str) -> dict[str, dict[tuple[float, 
     if len({d for by in sums.values() for d, _ in by}) < 2:
         return {}
     return {m: {cell: 100.0 * sum(v) / len(v) for cell, v in by.items()} for m, by in sums.items()}
+
+
+def _per_cell(samples: int) -> str:
+    return f"{samples} sample{'s' if samples != 1 else ''} per cell"
 
 
 def _samples_per_cell(records: list[dict], task: str) -> int:
