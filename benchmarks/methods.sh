@@ -10,6 +10,7 @@
 #   benchmarks/methods.sh speed
 #   benchmarks/methods.sh infllm-passkey           # InfLLM at 16k-128k
 #   benchmarks/methods.sh infllm-stream            # 256k tokens of novels through InfLLM
+#   benchmarks/methods.sh compare [METHOD ...]     # issue 5: every task, one method at a time
 #
 # EXTRA="--samples 2" adds CLI arguments to every call.
 set -euo pipefail
@@ -64,8 +65,19 @@ case "$step" in
       --length 256k --checkpoints 32k,64k,128k,256k --method infllm:n_local=4096,storage=mmap \
       --out docs/benchmarks/infllm-stream $EXTRA
     ;;
+  compare)
+    # Passkey and perplexity cells already measured by the steps above are imported, not rerun
+    # (same prompts, same text). Tens of CPU hours in all: a GPU job where one is lent.
+    .venv/bin/python benchmarks/import_results.py docs/benchmarks/compare \
+      docs/benchmarks/passkey-methods/passkey.jsonl docs/benchmarks/perplexity-methods/perplexity.jsonl
+    for m in ${*:-vanilla self-extend:auto dual-chunk:auto lm-infinite:auto streaming-llm:auto rerope:auto infllm:auto}; do
+      # shellcheck disable=SC2086
+      $LONGREACH compare --model smollm2-135m --method "$m" --tasks passkey,niah,niah-text,ruler,ppl \
+        --lengths 4k,8k,16k,32k --depths "$DEPTHS" --text "$TEXT" --out docs/benchmarks/compare $EXTRA
+    done
+    ;;
   *)
-    echo "usage: benchmarks/methods.sh passkey|perplexity|speed|infllm-passkey|infllm-stream [METHOD ...]" >&2
+    echo "usage: benchmarks/methods.sh passkey|perplexity|speed|infllm-passkey|infllm-stream|compare [METHOD ...]" >&2
     exit 2
     ;;
 esac
