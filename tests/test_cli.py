@@ -48,6 +48,21 @@ def test_passkey_too_long_for_settings_is_a_clear_error(tiny_model_dir, tmp_path
     assert "longer than SelfExtend(group_size=2, window=200) covers" in capsys.readouterr().err
 
 
+def test_settings_that_cover_the_prompt_but_not_the_answer_fail_before_running(tiny_model_dir, tmp_path, capsys):
+    # group 2, window 64 covers 448 tokens on this model: a 445-token prompt fits, its 8-token answer does not.
+    argv = ["passkey", "--model", str(tiny_model_dir), "--method", "self-extend:group_size=2,window=64",
+            "--lengths", "445", "--depths", "0.5", "--out", str(tmp_path / "a")]
+    assert main(argv) == 2
+    assert "input of 453 tokens is longer than SelfExtend(group_size=2, window=64) covers" in capsys.readouterr().err
+    argv = ["compare", "--model", str(tiny_model_dir), "--method", "self-extend:group_size=2,window=64",
+            "--tasks", "ruler:niah_single_1", "--lengths", "440", "--out", str(tmp_path / "b")]
+    assert main(argv) == 2
+    assert "input of 472 tokens is longer than" in capsys.readouterr().err
+    assert not (tmp_path / "b" / "results.jsonl").exists()
+    argv[4] = "self-extend:auto"  # auto settings reach the end of the answer
+    assert main(argv) == 0
+
+
 def test_info_and_generate(tiny_model_dir, tmp_path, capsys):
     assert main(["info", "--model", str(tiny_model_dir), "--target-length", "1k"]) == 0
     shown = capsys.readouterr().out

@@ -58,6 +58,18 @@ def _method(spec: str, target_length: int, trained: int):
         raise UsageError(str(error)) from None
 
 
+def _resolve(spec: str, length: int, total: int, trained: int):
+    """The method of ``spec`` for inputs of ``length`` tokens that must still cover ``total``
+    (the prompt plus the tokens to generate): ``NAME:auto`` picks its settings for the input
+    length, and for the total when those would not reach the end of the answer."""
+    method = _method(spec, length, trained)
+    limit = method.max_length(trained)
+    if limit is not None and limit < total and spec.strip().endswith(":auto"):
+        method = _method(spec, total, trained)
+    _check_covers(method, total, trained)
+    return method
+
+
 def _check_covers(method, length: int, trained: int) -> None:
     from longreach.integration import check_length
     from longreach.methods import InputTooLongError
@@ -94,7 +106,7 @@ def _apply(model, method):
 
 def cmd_passkey(args: argparse.Namespace) -> int:
     import longreach
-    from longreach.eval.passkey import DEFAULT_DEPTHS, FILLER, accuracy_table, run_passkey
+    from longreach.eval.passkey import DEFAULT_DEPTHS, FILLER, PASSKEY_NEW_TOKENS, accuracy_table, run_passkey
     from longreach.eval.plots import plot_accuracy_by_length
     from longreach.integration import trained_length
 
@@ -108,10 +120,7 @@ def cmd_passkey(args: argparse.Namespace) -> int:
     model, tokenizer = _load(args.model, args.dtype, args.device)
     trained = trained_length(model.config)
     # NAME:auto picks settings per length, as a user would for each input.
-    plans = {spec: {n: _method(spec, n, trained) for n in lengths} for spec in specs}
-    for by_length in plans.values():
-        for n, method in by_length.items():
-            _check_covers(method, n, trained)
+    plans = {spec: {n: _resolve(spec, n, n + PASSKEY_NEW_TOKENS, trained) for n in lengths} for spec in specs}
     output = Path(args.out)
     output.mkdir(parents=True, exist_ok=True)
     jsonl = output / "passkey.jsonl"
@@ -278,9 +287,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise UsageError(str(error)) from None
     model, tokenizer = _load(args.model, args.dtype, args.device)
     trained = trained_length(model.config)
-    resolved = {(spec, n): _method(spec, n, trained) for spec in specs for n in lengths}
-    for (_, n), method in resolved.items():
-        _check_covers(method, n, trained)
+    resolved = {}
+
+    def check(spec: str, length: int, total: int) -> None:
+        resolved[spec, length] = _resolve(spec, length, total, trained)
 
     def apply(spec: str, length: int) -> str:
         method = resolved[spec, length]
@@ -318,9 +328,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
         try:
             records = run_compare(
-                model, tokenizer, methods=specs, tasks=tasks, lengths=lengths, out=output, apply=apply,
+                model, tokenizer, methods=specs, tasks=tasks, lengths=lengths, out=output, check=check, apply=apply,
                 samples=args.samples, seed=args.seed, texts=texts, ppl=PPL in names,
-                depends_on_length=lambda spec: resolved[spec, lengths[0]].depends_on_length,
+                depends_on_length=lambda spec: _method(spec, lengths[0], trained).depends_on_length,
                 model_name=args.model, versions=_versions(), on_start=start, on_cell=finished,
             )
         except ValueError as error:

@@ -97,6 +97,7 @@ def run_compare(
     lengths: Sequence[int],
     out: Path,
     apply: Apply,
+    check: Callable[[str, int, int], None] | None = None,
     samples: int = 1,
     seed: int = 0,
     texts: Sequence[Path] = (),
@@ -111,7 +112,9 @@ def run_compare(
     each to ``out/results.jsonl`` as it finishes; returns all records of the folder.
 
     ``apply(method, length)`` puts the model in that method's state for inputs of ``length``
-    tokens (settings of ``NAME:auto`` depend on it) and returns the resolved settings.
+    tokens (settings of ``NAME:auto`` depend on it) and returns the resolved settings. Before
+    any work, ``check(method, length, total)`` is called for every (method, length) with the
+    tokens it must cover, prompt plus answer, so settings that fall short fail at once.
     ``on_start(total_tokens)`` and ``on_cell(record, tokens)`` report progress, weighted by
     the tokens each cell reads.
 
@@ -134,6 +137,13 @@ def run_compare(
         )
     work = plan(tokenizer, methods=methods, tasks=tasks, lengths=lengths, samples=samples, seed=seed, ppl=ppl,
                 depends_on_length=depends_on_length, done=done)
+    if check is not None:
+        needed: dict[tuple[str, int], int] = {}
+        for item in work:
+            total = item.length + (item.sample.max_new_tokens if item.sample is not None else 0)
+            needed[item.method, item.length] = max(needed.get((item.method, item.length), 0), total)
+        for (method, length), total in needed.items():
+            check(method, length, total)
     if on_start:
         on_start(sum(w.tokens for w in work))
     common = {"model": model_name, "seed": seed, "versions": versions or {}}

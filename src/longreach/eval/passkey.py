@@ -26,6 +26,8 @@ FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. Th
 NEEDLE = "The pass key is {key}. Remember it. {key} is the pass key. "
 QUESTION = "\n\nWhat is the pass key? The pass key is"
 DEFAULT_DEPTHS = (0.1, 0.5, 0.9)
+#: Tokens generated per answer: a 5-digit key and a little more.
+PASSKEY_NEW_TOKENS = 8
 
 
 @dataclass(frozen=True)
@@ -115,7 +117,7 @@ def run_passkey(
     model_name: str = "",
     out: Path | None = None,
     on_result: Callable[[PasskeyResult], None] | None = None,
-    max_new_tokens: int = 8,
+    max_new_tokens: int = PASSKEY_NEW_TOKENS,
     settings: str = "",
 ) -> list[PasskeyResult]:
     """Score the model (as it is, extended or not) on passkey retrieval.

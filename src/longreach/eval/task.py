@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from longreach.eval.passkey import passkey_key, passkey_prompt, score_answer
+from longreach.eval.passkey import PASSKEY_NEW_TOKENS, passkey_key, passkey_prompt, score_answer
 
 DEFAULT_DEPTHS = (0.1, 0.3, 0.5, 0.7, 0.9)
 
@@ -92,7 +92,7 @@ class PasskeyTask:
             for index in range(count):
                 key = passkey_key(seed, length, float(depth), index)
                 ids = passkey_prompt(tokenizer, length, float(depth), key)
-                samples.append(Sample(self.name, length, float(depth), index, ids, (key,), max_new_tokens=8))
+                samples.append(Sample(self.name, length, float(depth), index, ids, (key,), PASSKEY_NEW_TOKENS))
         return samples
 
     def score(self, sample: Sample, answer: str) -> float:
