@@ -12,6 +12,7 @@ are left alone.
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -30,8 +31,6 @@ def from_passkey(record: dict, source: str) -> dict:
 
 def from_perplexity(record: dict, source: str) -> list[dict]:
     """One compare record per length the run covers (bucket losses from its bucket perplexities)."""
-    import math
-
     bucket = record["bucket"]
     losses = [math.log(p) for p in record["bucket_perplexity"]]
     return [

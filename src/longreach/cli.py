@@ -259,6 +259,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     import longreach
     from longreach.eval.compare import PPL, run_compare
+    from longreach.eval.niah import check_texts
     from longreach.eval.report import RUN, build_tables, write_report
     from longreach.eval.task import build_tasks, known_task_names
     from longreach.integration import trained_length
@@ -273,9 +274,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise UsageError(f"--samples must be >= 1, got {args.samples}")
     if PPL in names and not texts:
         raise UsageError("the ppl task needs text: pass --text FILE (repeatable), e.g. a public-domain novel")
-    missing = [str(t) for t in texts if not t.is_file()]
-    if missing:
-        raise UsageError(f"text file(s) not found: {', '.join(missing)}")
+    if texts:
+        try:
+            check_texts(texts)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
     known = [*known_task_names(), PPL]
     unknown = [n for n in names if n not in known and not n.startswith("ruler:")]
     if unknown or not names:

@@ -130,7 +130,7 @@ def test_missing_text_and_empty_report_folder_are_errors(tiny_model_dir, tmp_pat
     argv = ["compare", "--model", str(tiny_model_dir), "--tasks", "ppl", "--text", str(tmp_path / "nope.txt"),
             "--out", str(tmp_path)]
     assert main(argv) == 2
-    assert "not found" in capsys.readouterr().err
+    assert f"text file {tmp_path / 'nope.txt'} does not exist" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "empty")]) == 2
     assert "holds no results" in capsys.readouterr().err
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from longreach.eval.niah import check_texts
 from longreach.eval.perplexity import BUCKET, token_losses
 from longreach.eval.records import append_record, read_records
 from longreach.eval.task import Sample, Task
@@ -51,10 +52,7 @@ def cell_key(record: dict) -> tuple:
 
 def text_stream(tokenizer, texts: Sequence[Path]) -> torch.Tensor:
     """Token ids (1, n) of the text files read one after another, separated by a blank line."""
-    missing = [str(p) for p in texts if not Path(p).is_file()]
-    if missing:
-        raise ValueError(f"text file(s) not found: {', '.join(missing)}")
-    joined = "\n\n".join(Path(p).read_text() for p in texts)
+    joined = "\n\n".join(p.read_text() for p in check_texts(texts))
     return tokenizer(joined, return_tensors="pt").input_ids
 
 

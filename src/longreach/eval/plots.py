@@ -82,10 +82,7 @@ def plot_heatmaps(
         axes.set_ylabel("needle depth", fontsize=8)
     figure.suptitle(title, fontsize=10)
     figure.colorbar(image, ax=panels.ravel().tolist(), shrink=0.8, label="score (%)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    plt.close(figure)
-    return path
+    return _write(figure, path)
 
 
 def plot_loss_by_position(
@@ -98,14 +95,8 @@ def plot_loss_by_position(
 ) -> Path:
     """Mean loss (nats per token) of each ``bucket`` of positions, one line per method: where a
     method stops using its context, its curve turns up."""
-    figure, axes = plt.subplots(figsize=(7, 4.2), dpi=110)
-    for method, values in curves.items():
-        axes.plot([bucket * (k + 1) for k in range(len(values))], values, linewidth=1.8, label=method)
-    if trained_length:
-        axes.axvline(trained_length, color="grey", linestyle="--", linewidth=1)
-    axes.set_xlabel(f"position (end of each {bucket}-token bucket)")
-    axes.set_ylabel("loss (nats per token)")
-    return _save(figure, axes, path, title=title, legend="upper left")
+    return _plot_by_position(curves, path, bucket=bucket, title=title, trained_length=trained_length,
+                             ylabel="loss (nats per token)")
 
 
 def length_label(n: int) -> str:
@@ -122,15 +113,22 @@ def plot_perplexity_by_position(
     trained_length: int | None = None,
 ) -> Path:
     """Perplexity of each ``bucket`` of positions, one line per method (log scale)."""
+    return _plot_by_position(curves, path, bucket=bucket, title=title, trained_length=trained_length,
+                             ylabel="perplexity", log=True)
+
+
+def _plot_by_position(curves, path: Path, *, bucket: int, title: str, trained_length: int | None, ylabel: str,
+                      log: bool = False) -> Path:
+    """One line per method of a value per ``bucket`` of positions; a dashed line at the trained length."""
     figure, axes = plt.subplots(figsize=(7, 4.2), dpi=110)
     for method, values in curves.items():
-        ends = [bucket * (k + 1) for k in range(len(values))]
-        axes.plot(ends, values, linewidth=1.8, label=method)
+        axes.plot([bucket * (k + 1) for k in range(len(values))], values, linewidth=1.8, label=method)
     if trained_length:
         axes.axvline(trained_length, color="grey", linestyle="--", linewidth=1)
-    axes.set_yscale("log")
+    if log:
+        axes.set_yscale("log")
     axes.set_xlabel(f"position (end of each {bucket}-token bucket)")
-    axes.set_ylabel("perplexity")
+    axes.set_ylabel(ylabel)
     return _save(figure, axes, path, title=title, legend="upper left")
 
 
@@ -139,6 +137,10 @@ def _save(figure, axes, path: Path, *, title: str, legend: str) -> Path:
     axes.grid(alpha=0.3, which="both")
     axes.legend(fontsize=8, loc=legend)
     figure.tight_layout()
+    return _write(figure, path)
+
+
+def _write(figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)
     plt.close(figure)
