@@ -226,3 +226,24 @@ def test_decoding_rotates_only_new_keys_and_beam_search_stays_exact(monkeypatch)
     assert beams.tolist() == uncached.tolist()
     longreach.restore(model)
     assert not model.base_model._forward_pre_hooks
+
+
+def test_decoding_appends_to_the_cache_in_place():
+    """A decoding step writes its token into the cache's buffers instead of copying every key."""
+    from longreach.cache import AppendingLayer
+
+    model = tiny_model("llama")
+    longreach.extend(model, longreach.SelfExtend(group_size=3, window=6))
+    ids = torch.randint(3, 128, (2, 40))
+    cache = DynamicCache(config=model.config)
+    sequence, pointers = ids, []
+    with torch.no_grad():
+        out = model(ids, past_key_values=cache, use_cache=True)
+        for _ in range(4):
+            sequence = torch.cat((sequence, out.logits[:, -1:].argmax(-1)), dim=1)
+            out = model(sequence[:, -1:], past_key_values=cache, use_cache=True)
+            pointers.append([(layer.keys.data_ptr(), layer.values.data_ptr()) for layer in cache.layers])
+    assert all(type(layer) is AppendingLayer for layer in cache.layers)
+    assert pointers[1] == pointers[2] == pointers[3]  # copied once (at the first step), then in place
+    assert cache.get_seq_length() == 44
+    torch.testing.assert_close(out.logits[:, -1], logits(model, sequence)[:, -1], atol=1e-5, rtol=1e-5)

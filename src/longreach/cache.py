@@ -14,6 +14,26 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from longreach.engine.append import append_tokens
+
+
+class AppendingLayer(DynamicLayer):
+    """A ``DynamicLayer`` that appends in place (:func:`~longreach.engine.append.append_tokens`):
+    a decoding step writes its token instead of copying every held key and value."""
+
+    @classmethod
+    def adopt(cls, layer: DynamicLayer) -> AppendingLayer:
+        """Turn a plain ``DynamicLayer`` (possibly holding keys) into an appending one, in place."""
+        layer.__class__ = cls
+        return layer
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized or self.keys.dim() != key_states.dim():  # nothing held yet
+            return super().update(key_states, value_states, *args, **kwargs)
+        self.keys = append_tokens(self.keys, key_states)
+        self.values = append_tokens(self.values, value_states)
+        return self.keys, self.values
+
 
 class EvictingLayer(DynamicLayer):
     """A cache layer holding only the tokens its method can still attend to.
@@ -115,7 +135,8 @@ class LongReachCache(DynamicCache):
 
     ``extend()`` adopts the plain ``DynamicCache`` that ``generate()`` or the user passes (its
     class becomes this subclass; contents and behaviour are unchanged), so nothing needs to be
-    passed by hand. For evicting methods its layers become :class:`EvictingLayer`.
+    passed by hand. Its plain layers become :class:`AppendingLayer`, or :class:`EvictingLayer` for
+    methods that drop keys.
 
     Example:
         >>> cache = LongReachCache()
@@ -129,9 +150,9 @@ class LongReachCache(DynamicCache):
         self.memory_states: dict = {}
 
     @classmethod
-    def adopt(cls, cache: object, *, layer_class: type[EvictingLayer] | None = None) -> LongReachCache | None:
+    def adopt(cls, cache: object, *, layer_class: type[DynamicLayer] | None = None) -> LongReachCache | None:
         """Turn a plain ``DynamicCache`` into a ``LongReachCache`` in place; None for other caches.
-        With ``layer_class`` (for methods that drop keys) its plain layers become that class."""
+        With ``layer_class`` its plain (or merely appending) layers become that class."""
         if type(cache) is DynamicCache:
             cache.__class__ = cls
             cache.rotated_keys = {}
@@ -140,9 +161,9 @@ class LongReachCache(DynamicCache):
             return None
         if layer_class is not None:
             for layer in cache.layers:
-                if type(layer) is DynamicLayer:
+                if type(layer) in (DynamicLayer, AppendingLayer):
                     layer_class.adopt(layer)
-            if cache.layer_class_to_replicate is DynamicLayer:
+            if cache.layer_class_to_replicate in (DynamicLayer, AppendingLayer):
                 cache.layer_class_to_replicate = layer_class
         return cache
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from longreach.engine.append import append_tokens
 from longreach.engine.kernels import attention_with_lse, merge_by_lse
 from longreach.engine.rotary import RotaryLayout
 from longreach.methods.base import Part
@@ -155,23 +156,15 @@ def _rotated_keys(part, key, key_positions, start, stop, layout, store) -> torch
 
     if store is None:
         return rotate(start, stop)
-    # The store holds keys [held_start, held_start + length) in a buffer with spare room that
-    # doubles when full, so appending one key per decoding step does not copy the rest.
-    held_start, buffer, length = store.get(part, (start, None, 0))
-    held_stop = held_start + length
-    if buffer is None or held_start > start or held_stop > stop:
-        held_start, buffer, length = start, rotate(start, stop), stop - start
+    # The store holds keys [held_start, held_start + held), appended in place while decoding.
+    held_start, held = store.get(part, (start, None))
+    held_stop = held_start + (held.shape[2] if held is not None else 0)
+    if held is None or held_start > start or held_stop > stop:
+        held_start, held = start, rotate(start, stop)
     elif held_stop < stop:
-        new = rotate(held_stop, stop)
-        if length + new.shape[2] > buffer.shape[2]:
-            grown = buffer.new_empty((*buffer.shape[:2], max(2 * buffer.shape[2], length + new.shape[2]),
-                                      buffer.shape[3]))
-            grown[:, :, :length] = buffer[:, :, :length]
-            buffer = grown
-        buffer[:, :, length : length + new.shape[2]] = new
-        length += new.shape[2]
-    store[part] = (held_start, buffer, length)
-    return buffer[:, :, start - held_start : length]
+        held = append_tokens(held, rotate(held_stop, stop))
+    store[part] = (held_start, held)
+    return held[:, :, start - held_start :]
 
 
 def _tiles(views: list[_PartView], n_query: int, tile: int) -> list[tuple[int, int]]:

@@ -1,0 +1,41 @@
+"""append_tokens: torch.cat in value, without copying what is held while there is room."""
+
+import torch
+
+from longreach.engine.append import append_tokens
+
+
+def test_appending_equals_cat_and_writes_in_place_while_there_is_room():
+    held = torch.randn(2, 3, 16, 4)
+    expected = held
+    pointers = []
+    for step in range(12):
+        new = torch.randn(2, 3, 1 + step % 2, 4)
+        held = append_tokens(held, new)
+        expected = torch.cat((expected, new), dim=-2)
+        assert torch.equal(held, expected)
+        pointers.append(held.data_ptr())
+    # One copy into a buffer with room, then appends in place until the room runs out.
+    assert len(set(pointers)) < len(pointers) // 2
+    assert held._base.shape[-2] <= 2 * held.shape[-2]
+
+
+def test_a_cropped_prefix_is_overwritten_and_a_foreign_tensor_is_copied():
+    held = append_tokens(torch.randn(1, 2, 8, 4), torch.randn(1, 2, 1, 4))
+    cropped = held[..., :5, :]  # what DynamicLayer.crop leaves
+    new = torch.randn(1, 2, 2, 4)
+    grown = append_tokens(cropped, new)
+    assert grown.data_ptr() == held.data_ptr()
+    assert torch.equal(grown, torch.cat((cropped, new), dim=-2))
+    selected = grown[[0]]  # batch selection makes a new tensor: never written after
+    before = selected.clone()
+    again = append_tokens(selected, new)
+    assert again.data_ptr() != selected.data_ptr() and torch.equal(selected, before)
+    assert torch.equal(again, torch.cat((before, new), dim=-2))
+
+
+def test_tensors_that_need_gradients_are_concatenated():
+    held = append_tokens(torch.randn(1, 1, 4, 2), torch.randn(1, 1, 1, 2)).requires_grad_()
+    out = append_tokens(held, torch.randn(1, 1, 1, 2))
+    out.sum().backward()
+    assert torch.equal(held.grad, torch.ones_like(held))
