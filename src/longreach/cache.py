@@ -70,16 +70,19 @@ class EvictingLayer(DynamicLayer):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         new = torch.arange(self.seen, self.seen + key_states.shape[-2], device=key_states.device)
-        if self.keys.dim() < 2:  # nothing held yet
-            runs = []
-        else:
-            runs = _runs(self.pending) if self.pending is not None else [(0, self.keys.shape[-2])]
-        self.pending = None
-        # One copy: the kept runs and the new keys, concatenated.
-        self.keys = torch.cat([self.keys[..., a:b, :] for a, b in runs] + [key_states], dim=-2)
-        self.values = torch.cat([self.values[..., a:b, :] for a, b in runs] + [value_states], dim=-2)
         index = self.token_index.to(key_states.device)
-        self.token_index = torch.cat([index[a:b] for a, b in runs] + [new])
+        if self.keys.dim() < 2:  # nothing held yet
+            self.keys, self.values, self.token_index = key_states, value_states, new
+        elif self.pending is None:  # nothing dropped since the last update: append in place
+            self.keys = append_tokens(self.keys, key_states)
+            self.values = append_tokens(self.values, value_states)
+            self.token_index = torch.cat((index, new))
+        else:  # one copy: the kept runs and the new keys, concatenated
+            runs = _runs(self.pending)
+            self.keys = torch.cat([self.keys[..., a:b, :] for a, b in runs] + [key_states], dim=-2)
+            self.values = torch.cat([self.values[..., a:b, :] for a, b in runs] + [value_states], dim=-2)
+            self.token_index = torch.cat([index[a:b] for a, b in runs] + [new])
+        self.pending = None
         self.seen += key_states.shape[-2]
         return self.keys, self.values
 

@@ -39,3 +39,10 @@ def test_tensors_that_need_gradients_are_concatenated():
     out = append_tokens(held, torch.randn(1, 1, 1, 2))
     out.sum().backward()
     assert torch.equal(held.grad, torch.ones_like(held))
+
+
+def test_a_view_of_someone_elses_tensor_is_never_written_after():
+    theirs = torch.randn(1, 2, 10, 4)
+    before = theirs.clone()
+    grown = append_tokens(theirs[..., :6, :], torch.randn(1, 2, 1, 4))
+    assert torch.equal(theirs, before) and grown.data_ptr() != theirs.data_ptr()

@@ -14,14 +14,16 @@ import torch
 
 #: Room added when a buffer is full, as a fraction of the tokens it then holds.
 SPARE = 0.125
+#: Marks the buffers made here: only those are ever written in place, never a tensor of the user's.
+_OWNED = "_longreach_append_buffer"
 
 
 def append_tokens(held: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
     """``held`` (..., n, d) followed by ``new`` (..., m, d), as a view of a buffer with room to grow.
 
-    The result is ``torch.cat((held, new), dim=-2)`` in value. ``held`` is written after in place
-    when it is a prefix view of a buffer from an earlier call (the storage past its end belongs
-    to no other view), so do not keep views of positions past ``n`` and expect them unchanged.
+    The result is ``torch.cat((held, new), dim=-2)`` in value. When ``held`` is a prefix view of
+    a buffer an earlier call made, ``new`` is written into that buffer after it: do not keep
+    views of positions past ``n`` (say, from before a crop) and expect them unchanged.
 
     Example:
         >>> a = append_tokens(torch.zeros(1, 2, 3, 4), torch.ones(1, 2, 1, 4))
@@ -35,6 +37,7 @@ def append_tokens(held: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
     buffer = held._base
     if (
         buffer is not None
+        and getattr(buffer, _OWNED, False)
         and buffer.shape[:-2] == held.shape[:-2]
         and buffer.shape[-1] == held.shape[-1]
         and buffer.stride() == held.stride()
@@ -45,6 +48,7 @@ def append_tokens(held: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
         return buffer[..., : n + m, :]
     capacity = n + m + max(m, int((n + m) * SPARE))
     buffer = held.new_empty((*held.shape[:-2], capacity, held.shape[-1]))
+    setattr(buffer, _OWNED, True)
     buffer[..., :n, :] = held
     buffer[..., n : n + m, :] = new
     return buffer[..., : n + m, :]
