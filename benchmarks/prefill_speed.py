@@ -26,8 +26,14 @@ from rich.table import Table
 
 
 def kv_bytes(cache) -> int:
-    return sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values)
-               if t is not None)
+    """Bytes allocated for the cache's keys and values, spare room of appending buffers included."""
+    storages = {}
+    for layer in cache.layers:
+        for tensor in (layer.keys, layer.values):
+            if tensor is not None:
+                storage = tensor.untyped_storage()
+                storages[storage.data_ptr()] = storage.nbytes()
+    return sum(storages.values())
 
 
 def measure(model_name: str, spec: str, length: int, decode_steps: int, seed: int = 0) -> dict:
