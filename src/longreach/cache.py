@@ -14,7 +14,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from longreach.engine.append import append_tokens
+from longreach.engine.append import append_tokens, can_drop_in_place, drop_run
 
 
 class AppendingLayer(DynamicLayer):
@@ -47,14 +47,9 @@ class EvictingLayer(DynamicLayer):
         super().__init__()
         self._start_tracking(0)
 
-    #: Dropping more keys than this copies the layer at once; a few (one per decoding step) are
-    #: dropped by the next update's concatenation, which copies the layer anyway.
-    DEFERRED_DROP = 8
-
     def _start_tracking(self, held: int) -> None:
         self.seen = held
         self.token_index = torch.arange(held)
-        self.pending: torch.Tensor | None = None  # keys to keep at the next update
 
     @classmethod
     def adopt(cls, layer: DynamicLayer) -> EvictingLayer:
@@ -70,29 +65,26 @@ class EvictingLayer(DynamicLayer):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         new = torch.arange(self.seen, self.seen + key_states.shape[-2], device=key_states.device)
-        index = self.token_index.to(key_states.device)
         if self.keys.dim() < 2:  # nothing held yet
             self.keys, self.values, self.token_index = key_states, value_states, new
-        elif self.pending is None:  # nothing dropped since the last update: append in place
+        else:
             self.keys = append_tokens(self.keys, key_states)
             self.values = append_tokens(self.values, value_states)
-            self.token_index = torch.cat((index, new))
-        else:  # one copy: the kept runs and the new keys, concatenated
-            runs = _runs(self.pending)
-            self.keys = torch.cat([self.keys[..., a:b, :] for a, b in runs] + [key_states], dim=-2)
-            self.values = torch.cat([self.values[..., a:b, :] for a, b in runs] + [value_states], dim=-2)
-            self.token_index = torch.cat([index[a:b] for a, b in runs] + [new])
-        self.pending = None
+            self.token_index = torch.cat((self.token_index.to(key_states.device), new))
         self.seen += key_states.shape[-2]
         return self.keys, self.values
 
     def keep(self, kept: torch.Tensor) -> None:
         """Keep only the keys where ``kept`` (N,) bool is True."""
-        dropped = int((~kept).sum())
-        if dropped == 0:
+        if bool(kept.all()):
             return
-        if dropped <= self.DEFERRED_DROP:
-            self.pending = kept
+        runs = _runs(~kept)
+        # A sliding window drops its oldest keys, just after the first tokens it keeps: moving
+        # those few, in place, is cheaper than copying the window.
+        if len(runs) == 1 and all(can_drop_in_place(tensor, *runs[0]) for tensor in (self.keys, self.values)):
+            start, stop = runs[0]
+            self.keys, self.values = drop_run(self.keys, start, stop), drop_run(self.values, start, stop)
+            self.token_index = torch.cat((self.token_index[:start], self.token_index[stop:]))
             return
         index = torch.nonzero(kept).flatten().to(self.keys.device)
         self.keys = self.keys.index_select(2, index)
@@ -114,14 +106,6 @@ class EvictingLayer(DynamicLayer):
             "this cache has evicted tokens its method no longer attends to, so it cannot be rolled back "
             "(crop, as used by assisted decoding); run assisted decoding without an evicting method"
         )
-
-
-class MemoryLayer(EvictingLayer):
-    """InfLLM's cache layer: the first tokens, the tokens not yet in a block, and the local
-    window; whole blocks move to the method's block memory. Drops happen at once, so per-key
-    state kept beside the layer (attention scores) stays aligned with its keys."""
-
-    DEFERRED_DROP = 0
 
 
 def _runs(kept: torch.Tensor) -> list[tuple[int, int]]:

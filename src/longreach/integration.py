@@ -14,7 +14,7 @@ import torch
 from transformers import AttentionInterface, PreTrainedModel
 from transformers.masking_utils import AttentionMaskInterface, prepare_padding_mask
 
-from longreach.cache import AppendingLayer, EvictingLayer, LongReachCache, MemoryLayer
+from longreach.cache import AppendingLayer, EvictingLayer, LongReachCache
 from longreach.engine.attention import attend
 from longreach.engine.memory_attention import MemoryState, attend_with_memory
 from longreach.engine.rotary import RotaryLayout
@@ -100,7 +100,7 @@ def extend(model: PreTrainedModel, method: Method) -> PreTrainedModel:
             # The model would create its cache inside the forward, out of our sight: the first
             # forward (the prefill) could then neither evict nor keep re-rotated keys.
             cache = kwargs["past_key_values"] = LongReachCache(config=model.config)
-        layer_class = MemoryLayer if extension.memory else EvictingLayer if extension.evicting else AppendingLayer
+        layer_class = EvictingLayer if extension.memory or extension.evicting else AppendingLayer
         extension.active_cache = LongReachCache.adopt(cache, layer_class=layer_class)
         extension.forward_memo = {}
         return args, kwargs

@@ -1,8 +1,9 @@
-"""append_tokens: torch.cat in value, without copying what is held while there is room."""
+"""append_tokens and drop_run: torch.cat and dropping in value, without copying what is held."""
 
+import pytest
 import torch
 
-from longreach.engine.append import append_tokens
+from longreach.engine.append import append_tokens, can_drop_in_place, drop_run
 
 
 def test_appending_equals_cat_and_writes_in_place_while_there_is_room():
@@ -46,3 +47,22 @@ def test_a_view_of_someone_elses_tensor_is_never_written_after():
     before = theirs.clone()
     grown = append_tokens(theirs[..., :6, :], torch.randn(1, 2, 1, 4))
     assert torch.equal(theirs, before) and grown.data_ptr() != theirs.data_ptr()
+
+
+def test_dropping_a_run_moves_the_tokens_before_it_in_place():
+    held = append_tokens(torch.randn(1, 2, 30, 4), torch.randn(1, 2, 1, 4))
+    expected = torch.cat((held[..., :3, :], held[..., 5:, :]), dim=-2)
+    assert can_drop_in_place(held, 3, 5)
+    dropped = drop_run(held, 3, 5)
+    assert torch.equal(dropped, expected) and dropped._base is held._base
+    # Moving 20 tokens to keep 10 is dearer than copying them; a foreign tensor is never touched.
+    assert not can_drop_in_place(dropped, 20, 22)
+    assert not can_drop_in_place(torch.randn(1, 2, 30, 4), 3, 5)
+    with pytest.raises(ValueError, match="cannot be dropped in place"):
+        drop_run(dropped, 20, 22)
+
+
+def test_a_view_that_would_pin_a_mostly_empty_buffer_is_not_kept():
+    held = append_tokens(torch.randn(1, 1, 64, 2), torch.randn(1, 1, 1, 2))
+    assert not can_drop_in_place(held, 2, 50)  # 17 tokens left of a 73-token buffer: copy them
+
