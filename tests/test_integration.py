@@ -210,8 +210,8 @@ def test_decoding_rotates_only_new_keys_and_beam_search_stays_exact(monkeypatch)
         first = model(ids, past_key_values=cache, use_cache=True)
     assert type(cache) is LongReachCache and cache.get_seq_length() == 40  # adopted in place
     rotated = []
-    original = RotaryLayout.rotate
-    monkeypatch.setattr(RotaryLayout, "rotate", lambda self, x, d: rotated.append(x.shape[2]) or original(self, x, d))
+    original = RotaryLayout.apply
+    monkeypatch.setattr(RotaryLayout, "apply", lambda self, x, a: rotated.append(x.shape[2]) or original(self, x, a))
     step = first.logits[:, -1:].argmax(-1)
     with torch.no_grad():
         cached = model(step, past_key_values=cache, use_cache=True).logits

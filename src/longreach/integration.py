@@ -360,7 +360,7 @@ def longreach_attention(
             query_positions=query_positions, key_positions=token_index - offset, scale=scale,
             key_valid=valid, sliding_window=kwargs.get("sliding_window"), key_store=store,
             query_scale=query_scale,
-            span_memo=memo.setdefault(("spans", tuple(rows), offset, n_query, n_key, total, layer_kind,
+            position_memo=memo.setdefault(("spans", tuple(rows), offset, n_query, n_key, total, layer_kind,
                                        kwargs.get("sliding_window")), {}),
         )
 

@@ -50,7 +50,7 @@ def attend(
     tile: int = TILE,
     key_store: dict | None = None,
     query_scale: torch.Tensor | None = None,
-    span_memo: dict | None = None,
+    position_memo: dict | None = None,
     return_lse: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Attention of ``query`` over ``key``/``value`` under a position plan.
@@ -61,8 +61,8 @@ def attend(
     ``key_store`` (a dict owned by the cache, per layer) keeps re-rotated keys between calls
     whose keys only grew by appending, so decoding rotates only the new keys.
     ``query_scale`` (Nq,) multiplies each query's scores (log-n scaling, attention temperature).
-    ``span_memo`` (a dict the caller keeps for calls with the same positions, e.g. the layers of
-    one forward) saves recomputing each part's key spans.
+    ``position_memo`` (a dict the caller keeps for calls with the same positions, e.g. the layers
+    of one forward) saves recomputing each part's key spans and rotation angles.
     Returns (B, Hq, Nq, D) in the query's dtype; a query that sees no key gets zeros. With
     ``return_lse`` returns (out in float32, lse (B, Hq, Nq)), for merging with more keys.
 
@@ -82,19 +82,22 @@ def attend(
         query = query * query_scale.to(query.device, torch.float32)[:, None].to(query.dtype)
     prepared = (
         _prepare(part, query, key, value, layout, query_positions, key_positions, sliding_window, key_store,
-                 span_memo)
+                 position_memo)
         for part in parts
     )
     views = [view for view in prepared if view is not None]
     out = torch.zeros(batch, kv_heads, group, n_query, head_dim, dtype=torch.float32, device=query.device)
     lse = torch.full((batch, kv_heads, group, n_query), float("-inf"), dtype=torch.float32, device=query.device)
     for start, stop in _tiles(views, n_query, tile):
+        rows, first = slice(start, stop), True
         for view in views:
             for piece in _pieces(view, start, stop, key_valid is not None):
-                rows = slice(piece.query_start, piece.query_stop)
                 piece_out, piece_lse = _attend_piece(view, piece, key_valid, scale, group)
-                merged = merge_by_lse(out[..., rows, :], lse[..., rows], piece_out, piece_lse)
-                out[..., rows, :], lse[..., rows] = merged
+                if first:  # every piece covers the tile's rows: the first needs no merge
+                    out[..., rows, :], lse[..., rows], first = piece_out, piece_lse, False
+                else:
+                    out[..., rows, :], lse[..., rows] = merge_by_lse(out[..., rows, :], lse[..., rows],
+                                                                     piece_out, piece_lse)
     out = out.reshape(batch, q_heads, n_query, head_dim)
     if return_lse:
         return out, lse.reshape(batch, q_heads, n_query)
@@ -102,15 +105,10 @@ def attend(
 
 
 def _prepare(
-    part, query, key, value, layout, query_positions, key_positions, sliding_window, key_store, span_memo
+    part, query, key, value, layout, query_positions, key_positions, sliding_window, key_store, position_memo
 ) -> _PartView | None:
     """The part's spans as key indices and its re-rotated q and k; None when no query sees a key."""
-    if span_memo is None:
-        spans = _spans(part, query_positions, key_positions, sliding_window)
-    else:
-        if part not in span_memo:
-            span_memo[part] = _spans(part, query_positions, key_positions, sliding_window)
-        spans = span_memo[part]
+    spans = _memoized(position_memo, part, lambda: _spans(part, query_positions, key_positions, sliding_window))
     if spans is None:
         return None
     lo, hi, jumps = spans
@@ -118,11 +116,12 @@ def _prepare(
 
     queries = query
     if part.query_position is not None:
-        delta = part.query_position(query_positions) - query_positions
-        queries = layout.rotate(query, delta)
+        angles = _memoized(position_memo, ("query angles", part),
+                           lambda: layout.angles(part.query_position(query_positions) - query_positions))
+        queries = layout.apply(query, angles)
     keys = key[:, :, key_start:key_stop]
     if part.key_position is not None:
-        keys = _rotated_keys(part, key, key_positions, key_start, key_stop, layout, key_store)
+        keys = _rotated_keys(part, key, key_positions, key_start, key_stop, layout, key_store, position_memo)
     batch, q_heads, n_query, head_dim = query.shape
     kv_heads = key.shape[1]
     queries = queries.reshape(batch, kv_heads, q_heads // kv_heads, n_query, head_dim)
@@ -147,12 +146,24 @@ def _spans(part, query_positions, key_positions, sliding_window) -> tuple[list[i
     return lo_idx.tolist(), hi_idx.tolist(), jumps.tolist()
 
 
-def _rotated_keys(part, key, key_positions, start, stop, layout, store) -> torch.Tensor:
+def _memoized(memo: dict | None, key, make):
+    """``make()``, kept in ``memo`` (the layers of one forward share it) under ``key``."""
+    if memo is None:
+        return make()
+    if key not in memo:
+        memo[key] = make()
+    return memo[key]
+
+
+def _rotated_keys(part, key, key_positions, start, stop, layout, store, memo) -> torch.Tensor:
     """Keys [start, stop) at the part's key positions, reusing what ``store`` already holds."""
 
     def rotate(a: int, b: int) -> torch.Tensor:
-        positions = key_positions[a:b]
-        return layout.rotate(key[:, :, a:b], part.key_position(positions) - positions)
+        def angles():
+            positions = key_positions[a:b]
+            return layout.angles(part.key_position(positions) - positions)
+
+        return layout.apply(key[:, :, a:b], _memoized(memo, ("key angles", part, a, b), angles))
 
     if store is None:
         return rotate(start, stop)
@@ -262,4 +273,5 @@ def _attend_piece(view: _PartView, piece: _Piece, key_valid, scale, group):
     if mask is not None:
         empty = ~allowed.any(dim=-1)
         lse = lse.masked_fill(empty, float("-inf"))
+        out = out.masked_fill(empty[..., None], 0.0)
     return out, lse

@@ -36,16 +36,28 @@ class RotaryLayout:
     def rotary_dims(self) -> int:
         return 2 * self.inv_freq.numel()
 
-    def rotate(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-        """Rotate ``x`` (..., N, head_dim) forward by ``delta`` positions (N,), float or int.
+    def angles(self, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, sin) float32 (N, rotary_dims / 2) of a rotation by ``delta`` positions (N,).
 
-        Angles are formed and reduced modulo 2 pi in float64 (positions up to millions times
-        inv_freq up to 1 lose precision in float32); the rotation runs in float32, in place on
-        one output buffer (several times faster on CPU than building it from temporaries).
+        Angles are formed and reduced modulo 2 pi in float64: positions up to millions times
+        inv_freq up to 1 lose precision in float32.
         """
         angles = delta.to(torch.float64)[:, None] * self.inv_freq.to(delta.device, torch.float64)[None, :]
         angles = angles.remainder_(2 * math.pi).to(torch.float32)
-        cos, sin = angles.cos(), angles.sin()
+        return angles.cos(), angles.sin()
+
+    def rotate(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """Rotate ``x`` (..., N, head_dim) forward by ``delta`` positions (N,), float or int."""
+        return self.apply(x, self.angles(delta))
+
+    def apply(self, x: torch.Tensor, angles: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Rotate ``x`` (..., N, head_dim) by :meth:`angles` of some delta (computed once, they
+        serve every layer of a forward).
+
+        The rotation runs in float32, in place on one output buffer (several times faster on CPU
+        than building it from temporaries).
+        """
+        cos, sin = angles
         rot = self.rotary_dims
         source = x.to(torch.float32)
         out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
