@@ -124,17 +124,23 @@ class BlockStore:
         tensors: keys and values (M, block_size, head_dim), on the storage's device. Each segment
         is read once and, when memory-mapped, released after."""
         segment_of, slot_of = blocks // SEGMENT_BLOCKS, blocks % SEGMENT_BLOCKS
-        first = self._segments[0][0]
-        keys = first.new_empty((blocks.numel(), self.block_size, self.head_dim))
-        values = first.new_empty((blocks.numel(), self.block_size, self.head_dim))
+        # Entries of a segment viewed as (rows * kv_heads * SEGMENT_BLOCKS, block_size, head_dim).
+        flat = ((rows * self.kv_heads + heads) * SEGMENT_BLOCKS + slot_of).to(self._segments[0][0].device)
+        keys, values, order = [], [], []
         for segment in torch.unique(segment_of).tolist():
-            chosen = segment_of == segment
-            seg_keys, seg_values = self._segments[segment]
-            index = (rows[chosen], heads[chosen], slot_of[chosen])
-            keys[chosen] = seg_keys[index]
-            values[chosen] = seg_values[index]
+            chosen = torch.nonzero(segment_of == segment).flatten()
+            index = flat[chosen]
+            for read, stored in zip((keys, values), self._segments[segment], strict=True):
+                read.append(stored.view(-1, self.block_size, self.head_dim).index_select(0, index))
+            order.append(chosen)
             self._release(segment)
-        return keys, values
+        if len(order) == 1:  # one segment: already in the order asked
+            return keys[0], values[0]
+        # Back to the order asked: position of each entry in the concatenation.
+        where = torch.empty_like(blocks)
+        where[torch.cat(order)] = torch.arange(blocks.numel())
+        where = where.to(keys[0].device)
+        return torch.cat(keys).index_select(0, where), torch.cat(values).index_select(0, where)
 
     def _load(self, block_ids: torch.Tensor) -> torch.Tensor:
         """Make the blocks resident in the device cache; returns their slots (rows, kv_heads, k)."""

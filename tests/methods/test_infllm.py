@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from transformers import DynamicCache
 
 import longreach
+from longreach.engine import memory_attention
 from longreach.engine.memory_attention import MemoryState, attend_with_memory, select_blocks
 from longreach.engine.reference import rope
 from longreach.engine.rotary import RotaryLayout
@@ -106,15 +107,20 @@ def test_cached_storage_holds_at_most_max_cached_blocks_and_reads_what_ram_reads
     ram = BlockStore(**shape, storage="ram", max_cached_blocks=3)
     cached = BlockStore(**shape, storage=storage, max_cached_blocks=3,
                         directory=str(tmp_path) if storage == "mmap" else None)
+    added = []
     for _ in range(70):  # more than one storage segment
         keys, values = torch.randn(2, 3, 4, 8), torch.randn(2, 3, 4, 8)
+        added.append((keys, values))
         for store in (ram, cached):
             store.add(keys, values, keys.mean(dim=2))
     generator = torch.Generator().manual_seed(2)
     for _ in range(40):
         ids = torch.stack([torch.randperm(70, generator=generator)[:3] for _ in range(6)]).view(2, 3, 3).sort().values
-        for expected, got in zip(ram.gather(ids), cached.gather(ids), strict=True):
-            assert torch.equal(expected, got)
+        for kind in (0, 1):  # keys, values: each (row, head) reads its own blocks, in the order asked
+            expected = torch.stack([torch.stack([torch.cat([added[b][kind][r, h] for b in ids[r, h].tolist()])
+                                                 for h in range(3)]) for r in range(2)])
+            assert torch.equal(ram.gather(ids)[kind], expected)
+            assert torch.equal(cached.gather(ids)[kind], expected)
         assert max(cached.cached_blocks()) <= 3
     assert cached.loads > 3 * 6  # the cache really evicted and reloaded
     assert list(tmp_path.iterdir()) == []  # memory-mapped files are unlinked at once
@@ -225,14 +231,18 @@ def test_for_model_scales_with_the_trained_length():
         longreach.InfLLM(n_local=4096)
 
 
+@pytest.mark.parametrize("heads_at_once", [True, False], ids=["heads-at-once", "head-by-head"])
 @pytest.mark.parametrize("n_local", [40, 7])
-def test_window_keys_accumulate_the_attention_they_receive(n_local):
-    """Scores equal the dense softmax weights of local pairs, summed over queries and the group."""
+def test_window_keys_accumulate_the_attention_they_receive(n_local, heads_at_once, monkeypatch):
+    """Scores equal the dense softmax weights of local pairs, summed over queries and the group;
+    whether the window's products run for all heads at once (decoding) or head by head (prefill)."""
+    monkeypatch.setattr(memory_attention, "SMALL_SCORES", 1 << 30 if heads_at_once else 0)
     method = longreach.InfLLM(n_init=3, n_local=n_local, block_size=64, topk=1, repr_topk=1,
                               exec_block=min(5, n_local), max_cached_blocks=1)
     case = dict(batch=2, kv_heads=2, group=2, head_dim=8, rotary_fraction=1.0, interleaved=False, n_key=40,
                 n_query=40, pad=0, seed=5, cuts=[9, 23, 24])
-    _, _, state, held = run_calls(case, method)
+    got, expected_out, state, held = run_calls(case, method)
+    torch.testing.assert_close(got.double(), expected_out, atol=3e-5, rtol=1e-4)
     x = attention_inputs(case)
     positions = x["key_positions"]
     identity = torch.eye(40, dtype=torch.float64).expand(2, 2, 40, 40)  # values that return the weights

@@ -108,7 +108,7 @@ def _prepare(
     part, query, key, value, layout, query_positions, key_positions, sliding_window, key_store, position_memo
 ) -> _PartView | None:
     """The part's spans as key indices and its re-rotated q and k; None when no query sees a key."""
-    spans = _memoized(position_memo, part, lambda: _spans(part, query_positions, key_positions, sliding_window))
+    spans = memoized(position_memo, part, lambda: _spans(part, query_positions, key_positions, sliding_window))
     if spans is None:
         return None
     lo, hi, jumps = spans
@@ -116,7 +116,7 @@ def _prepare(
 
     queries = query
     if part.query_position is not None:
-        angles = _memoized(position_memo, ("query angles", part),
+        angles = memoized(position_memo, ("query angles", part),
                            lambda: layout.angles(part.query_position(query_positions) - query_positions))
         queries = layout.apply(query, angles)
     keys = key[:, :, key_start:key_stop]
@@ -146,7 +146,7 @@ def _spans(part, query_positions, key_positions, sliding_window) -> tuple[list[i
     return lo_idx.tolist(), hi_idx.tolist(), jumps.tolist()
 
 
-def _memoized(memo: dict | None, key, make):
+def memoized(memo: dict | None, key, make):
     """``make()``, kept in ``memo`` (the layers of one forward share it) under ``key``."""
     if memo is None:
         return make()
@@ -163,7 +163,7 @@ def _rotated_keys(part, key, key_positions, start, stop, layout, store, memo) ->
             positions = key_positions[a:b]
             return layout.angles(part.key_position(positions) - positions)
 
-        return layout.apply(key[:, :, a:b], _memoized(memo, ("key angles", part, a, b), angles))
+        return layout.apply(key[:, :, a:b], memoized(memo, ("key angles", part, a, b), angles))
 
     if store is None:
         return rotate(start, stop)
