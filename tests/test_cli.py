@@ -39,6 +39,10 @@ def test_passkey_writes_jsonl_summary_and_plot(tiny_model_dir, tmp_path, capsys)
     assert "self-extend:group_size=2,window=64" in capsys.readouterr().out
     assert main(argv) == 0  # a rerun resumes: nothing new to write
     assert len((out / "passkey.jsonl").read_text().splitlines()) == 4
+    # A method run on its own into the same folder joins the summary and the plot.
+    assert main(argv[:3] + ["--method", "rerope:window=64"] + argv[7:]) == 0
+    summary = json.loads((out / "passkey.json").read_text())
+    assert set(summary["accuracy"]) == {"vanilla", "self-extend:group_size=2,window=64", "rerope:window=64"}
 
 
 def test_passkey_too_long_for_settings_is_a_clear_error(tiny_model_dir, tmp_path, capsys):

@@ -106,7 +106,14 @@ def _apply(model, method):
 
 def cmd_passkey(args: argparse.Namespace) -> int:
     import longreach
-    from longreach.eval.passkey import DEFAULT_DEPTHS, FILLER, PASSKEY_NEW_TOKENS, accuracy_table, run_passkey
+    from longreach.eval.passkey import (
+        DEFAULT_DEPTHS,
+        FILLER,
+        PASSKEY_NEW_TOKENS,
+        accuracy_table,
+        read_results,
+        run_passkey,
+    )
     from longreach.eval.plots import plot_accuracy_by_length
     from longreach.integration import trained_length
 
@@ -149,14 +156,18 @@ def cmd_passkey(args: argparse.Namespace) -> int:
                     out=jsonl, on_result=advance,
                 )
         longreach.restore(model)
-    table = accuracy_table(results)
-    _print_table(table, lengths, title=f"Passkey retrieval, {args.model} (trained to {trained} tokens)")
+    # The summary and plot cover every sample of this model and seed in the folder, so methods run
+    # one command at a time into one folder end up side by side.
+    folder = [r for r in read_results(jsonl) if r.model == args.model and r.seed == args.seed] or results
+    table = accuracy_table(folder)
+    _print_table(table, sorted({r.length for r in folder}),
+                 title=f"Passkey retrieval, {args.model} (trained to {trained} tokens)")
     summary = {
         "model": args.model,
         "trained_length": trained,
         "seed": args.seed,
-        "depths": depths,
-        "samples": args.samples,
+        "depths": sorted({r.depth for r in folder}),
+        "samples": len({r.sample for r in folder}),
         "accuracy": {
             m: {str(n): {"correct": c, "total": t} for n, (c, t) in cells.items()} for m, cells in table.items()
         },

@@ -142,3 +142,15 @@ def test_ppl_text_too_short_for_the_lengths_is_an_error(tiny_model_dir, tmp_path
             "--out", str(tmp_path / "out")]
     assert main(argv) == 2
     assert "fewer than the 401 the ppl task needs" in capsys.readouterr().err
+
+
+def test_a_folder_with_another_models_results_is_refused(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    foreign = {"task": "passkey", "method": "vanilla", "length": 200, "depth": 0.5, "sample": 0, "seed": 0,
+               "model": "some-other-model", "score": 1.0}
+    (out / "results.jsonl").write_text(json.dumps(foreign) + "\n")
+    argv = ["compare", "--model", str(tiny_model_dir), "--tasks", "passkey", "--lengths", "200", "--out", str(out)]
+    assert main(argv) == 2
+    assert "holds results of another model (some-other-model)" in capsys.readouterr().err
+    assert (out / "results.jsonl").read_text() == json.dumps(foreign) + "\n"  # left as it was

@@ -74,6 +74,12 @@ def test_results_stream_to_jsonl_and_a_rerun_resumes(tmp_path, smollm_tokenizer)
     assert len(read_results(out)) == 4
     table = accuracy_table(again)
     assert table["vanilla"][160][1] == 2 and table["vanilla"][200][1] == 2
+    # Another model's results in the same file are not taken for this one's; a sample recorded
+    # twice counts once.
+    run_passkey(model, smollm_tokenizer, **settings, model_name="another")
+    assert len(calls) == 6 + 4
+    mine = [r for r in read_results(out) if r.model == ""]
+    assert accuracy_table(mine + again)["vanilla"] == table["vanilla"]
 
 
 @pytest.mark.model

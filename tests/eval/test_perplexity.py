@@ -46,6 +46,10 @@ def test_shorter_lengths_come_from_the_longest_run_exactly(novel, tmp_path):
     # A rerun resumes from the JSON lines file without computing again.
     again = run_perplexity(None, CharTokenizer(), method="dual-chunk", text_path=novel, lengths=[64, 200], out=out)
     assert again == [long_run]
+    # Another model's run in the same file is not taken for this one's: it is computed.
+    [other] = run_perplexity(model, CharTokenizer(), method="dual-chunk", text_path=novel, lengths=[64, 200],
+                             out=out, model_name="another")
+    assert other.model == "another" and other.perplexity == pytest.approx(long_run.perplexity)
 
 
 def test_length_dependent_methods_run_each_length(novel):

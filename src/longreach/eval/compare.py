@@ -126,7 +126,14 @@ def run_compare(
     if ppl and not texts:
         raise ValueError("the ppl task needs text: pass --text FILE (repeatable)")
     results = Path(out) / RESULTS
-    done = {cell_key(r) for r in read_records(results) if "task" in r and "seed" in r}
+    records = [r for r in read_records(results) if "task" in r and "seed" in r]
+    others = sorted({str(r.get("model")) for r in records} - {model_name})
+    if others:
+        raise ValueError(
+            f"{out} holds results of another model ({others[0]}), and one report compares one model: "
+            "pass another --out"
+        )
+    done = {cell_key(r) for r in records}
     stream = text_stream(tokenizer, texts) if ppl else None
     if stream is not None and stream.shape[1] < max(lengths) + 1:
         raise ValueError(

@@ -133,11 +133,12 @@ def run_passkey(
     """
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
-    done = {r.cell: r for r in read_results(out)} if out is not None else {}
+    # Only this model's samples with this seed count as done: a folder may hold other runs.
+    done = {r.cell: r for r in read_results(out) if r.model == model_name and r.seed == seed} if out else {}
     results = []
     for length, depth, sample in _grid(lengths, depths, samples):
         previous = done.get((method, length, depth, sample))
-        if previous is not None and previous.seed == seed:
+        if previous is not None:
             results.append(previous)
             if on_result:
                 on_result(previous)
@@ -175,9 +176,10 @@ def _grid(lengths: Iterable[int], depths: Iterable[float], samples: int):
 
 
 def accuracy_table(results: Iterable[PasskeyResult]) -> dict[str, dict[int, tuple[int, int]]]:
-    """{method: {length: (correct, total)}}."""
+    """{method: {length: (correct, total)}}; a sample recorded twice counts once (the last)."""
+    latest = {(r.model, r.seed, *r.cell): r for r in results}
     table: dict[str, dict[int, tuple[int, int]]] = {}
-    for r in results:
+    for r in latest.values():
         correct, total = table.setdefault(r.method, {}).get(r.length, (0, 0))
         table[r.method][r.length] = (correct + int(r.correct), total + 1)
     return table

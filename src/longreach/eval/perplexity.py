@@ -112,7 +112,9 @@ def run_perplexity(
             f"{text_path.name} has {ids.shape[1]} tokens, fewer than the {longest + 1} needed for a "
             f"{longest}-token input; pass a longer text or shorter --lengths"
         )
-    done = {(r["method"], r["text"], r["length"]): r for r in read_records(out)} if out is not None else {}
+    # Only this model's runs count as done: a folder may hold other models' results.
+    records = read_records(out) if out is not None else []
+    done = {(r["method"], r["text"], r["length"]): r for r in records if r.get("model") == model_name}
     runs = sorted(lengths) if depends_on_length else [longest]
     results = []
     for run_length in runs:
