@@ -247,3 +247,23 @@ def test_decoding_appends_to_the_cache_in_place():
     assert pointers[1] == pointers[2] == pointers[3]  # copied once (at the first step), then in place
     assert cache.get_seq_length() == 44
     torch.testing.assert_close(out.logits[:, -1], logits(model, sequence)[:, -1], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:Using the model-agnostic default")  # the plain model's refused call
+@pytest.mark.parametrize("method", [longreach.SelfExtend(group_size=4, window=8), longreach.RopeScaling("linear", 4.0)],
+                         ids=lambda m: m.spec())
+def test_generate_without_a_length_reads_prompts_past_the_trained_length(method):
+    """transformers caps a call that names no length at max_position_embeddings (the trained
+    length), refusing any longer prompt; extended, such a call gets its 20 new tokens."""
+    model = tiny_model("llama", max_position_embeddings=32)
+    ids = torch.randint(3, 128, (1, 60))
+    with pytest.raises(ValueError, match="max_length"):
+        model.generate(ids, do_sample=False, pad_token_id=0)
+    longreach.extend(model, method)
+    with torch.no_grad():
+        default = model.generate(ids, do_sample=False, pad_token_id=0)
+        named = model.generate(ids, do_sample=False, pad_token_id=0, max_length=70)
+    assert default.shape == (1, 80) and named.shape == (1, 70)
+    assert torch.equal(default[:, :70], named)
+    longreach.restore(model)
+    assert "generate" not in model.__dict__

@@ -48,7 +48,7 @@ class _Extension:
     hook: object = None  # handle of the forward pre-hook that adopts the cache
     active_cache: LongReachCache | None = None  # the cache of the forward in progress
     undo_rope: object = None  # restores the model's rope parameters (RopeScaling)
-    undo_generation: object = None  # restores the generation config (InfLLM's prefill chunks)
+    undo_generation: object = None  # restores generate() and its config (InfLLM's prefill chunks)
     # What every layer of the forward in progress shares (row offsets, spans, kept keys): keyed
     # by the shapes it depends on, emptied by the pre-hook at the start of each forward.
     forward_memo: dict = field(default_factory=dict)
@@ -87,6 +87,8 @@ def extend(model: PreTrainedModel, method: Method) -> PreTrainedModel:
     for module in _attention_modules(model):
         setattr(module, _STATE, extension)
         extension.modules.append(module)
+    # InfLLM's generate() reads a long prompt in execution blocks: activations stay one block big.
+    extension.undo_generation = _adapt_generate(model, method.exec_block if extension.memory else None)
     if isinstance(method, RopeScaling):
         # A baseline: the model's own attention with its own rope parameters changed.
         extension.undo_rope, extension.hook = apply_rope_scaling(model, rotary, method, rope_type, layout)
@@ -108,22 +110,43 @@ def extend(model: PreTrainedModel, method: Method) -> PreTrainedModel:
     _register()
     # The base model receives past_key_values whether the user calls it or the LM head model.
     extension.hook = model.base_model.register_forward_pre_hook(adopt_cache, with_kwargs=True)
-    if extension.memory:
-        # generate() then reads a long prompt in execution blocks: activations stay one block big.
-        extension.undo_generation = _set_prefill_chunk(model, method.exec_block)
     model.set_attn_implementation(IMPLEMENTATION)
     return model
 
 
-def _set_prefill_chunk(model: PreTrainedModel, size: int):
+#: New tokens of a generate() call that names no length: transformers' own default.
+DEFAULT_NEW_TOKENS = 20
+
+
+def _adapt_generate(model: PreTrainedModel, prefill_chunk: int | None):
+    """Make ``model.generate`` fit an extended model; returns the undo.
+
+    A call that names no length gets transformers' default of 20 new tokens but capped at
+    ``config.max_position_embeddings``, the trained length, so every prompt longer than that
+    (the point of extending) would be refused: such calls get the 20 new tokens uncapped.
+    ``prefill_chunk`` sets the generation config's ``prefill_chunk_size``.
+    """
     config = getattr(model, "generation_config", None)
-    if config is None:
+    if config is None or not callable(getattr(model, "generate", None)):
         return None
-    before = config.prefill_chunk_size
-    config.prefill_chunk_size = size
+    original_generate, chunk_before = model.generate, config.prefill_chunk_size
+    if prefill_chunk is not None:
+        config.prefill_chunk_size = prefill_chunk
+
+    def generate(*args, **kwargs):
+        given = kwargs.get("generation_config", args[1] if len(args) > 1 else None) or model.generation_config
+        named = (kwargs.get("max_length"), kwargs.get("max_new_tokens"), given.max_length, given.max_new_tokens)
+        if all(length is None for length in named):
+            kwargs["max_new_tokens"] = DEFAULT_NEW_TOKENS
+        return original_generate(*args, **kwargs)
+
+    generate.__doc__ = original_generate.__doc__
+    model.generate = generate
 
     def undo() -> None:
-        config.prefill_chunk_size = before
+        config.prefill_chunk_size = chunk_before
+        if model.__dict__.get("generate") is generate:
+            del model.generate
 
     return undo
 
