@@ -158,7 +158,7 @@ def cmd_passkey(args: argparse.Namespace) -> int:
         longreach.restore(model)
     # The summary and plot cover every sample of this model and seed in the folder, so methods run
     # one command at a time into one folder end up side by side.
-    folder = [r for r in read_results(jsonl) if r.model == args.model and r.seed == args.seed] or results
+    folder = read_results(jsonl, model=args.model, seed=args.seed) or results
     table = accuracy_table(folder)
     _print_table(table, sorted({r.length for r in folder}),
                  title=f"Passkey retrieval, {args.model} (trained to {trained} tokens)")

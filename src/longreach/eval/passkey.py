@@ -93,14 +93,17 @@ def passkey_key(seed: int, length: int, depth: float, sample: int) -> str:
     return str(random.Random(f"{seed}:{length}:{depth}:{sample}").randint(10000, 99999))
 
 
-def read_results(path: Path) -> list[PasskeyResult]:
-    """Results already written to a JSON lines file (a torn last line is ignored)."""
+def read_results(path: Path, *, model: str | None = None, seed: int | None = None) -> list[PasskeyResult]:
+    """Results already written to a JSON lines file (a torn last line is ignored), only those of
+    ``model`` and ``seed`` when given: a folder may hold other runs."""
     results = []
     for record in read_records(path):
         try:
-            results.append(PasskeyResult(**record))
+            result = PasskeyResult(**record)
         except TypeError:
             continue
+        if (model is None or result.model == model) and (seed is None or result.seed == seed):
+            results.append(result)
     return results
 
 
@@ -133,8 +136,7 @@ def run_passkey(
     """
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
-    # Only this model's samples with this seed count as done: a folder may hold other runs.
-    done = {r.cell: r for r in read_results(out) if r.model == model_name and r.seed == seed} if out else {}
+    done = {r.cell: r for r in read_results(out, model=model_name, seed=seed)} if out is not None else {}
     results = []
     for length, depth, sample in _grid(lengths, depths, samples):
         previous = done.get((method, length, depth, sample))
