@@ -137,6 +137,41 @@ def test_infllm_reduces_to_the_model_up_to_n_init_plus_n_local():
 
 
 TRAINED = 32
+@pytest.mark.parametrize("pad", [0, 5])
+def test_decoding_one_query_equals_the_general_path_when_retrieval_picks_blocks(pad):
+    """Decoding takes its own path (slices of the cache, one softmax); with a sliding window too
+    wide to matter, the tiled general path runs instead and must give the same outputs and scores."""
+    method = longreach.InfLLM(n_init=3, n_local=8, block_size=4, topk=2, repr_topk=2, exec_block=4,
+                              max_cached_blocks=4)
+    case = dict(batch=2, kv_heads=2, group=3, head_dim=16, rotary_fraction=0.5, interleaved=False, n_key=70,
+                n_query=70, pad=pad, seed=11)
+    x = attention_inputs(case)
+    positions = x["key_positions"]
+    queries = rope(x["raw_q"], positions, x["inv_freq"], False).float()
+    keys = rope(x["raw_k"], positions, x["inv_freq"], False).float()
+    layout = RotaryLayout(x["inv_freq"])
+    runs = []
+    for sliding_window in (None, 1 << 30):
+        state, held, outputs = MemoryState(blocks_end=method.n_init), torch.zeros(0, dtype=torch.long), []
+        for a, b in [(0, 40), *((t, t + 1) for t in range(40, 70))]:
+            held = torch.cat((held, torch.arange(a, b)))
+            out, kept = attend_with_memory(
+                queries[:, :, a:b], keys[:, :, held], x["value"][:, :, held], method, layout, state,
+                query_positions=positions[a:b], key_positions=positions[held], scale=x["scale"],
+                sliding_window=sliding_window,
+            )
+            state.keep(kept)
+            held = held[kept]
+            outputs.append(out)
+        assert state.store.count > method.topk  # retrieval chose among blocks
+        runs.append((torch.cat(outputs, dim=2), state.scores, state.store.representatives, held))
+    (fast, fast_scores, fast_reprs, fast_held), (general, scores, reprs, general_held) = runs
+    torch.testing.assert_close(fast, general, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast_scores, scores, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast_reprs, reprs, atol=1e-5, rtol=1e-5)
+    assert torch.equal(fast_held, general_held)
+
+
 ACTIVE = longreach.InfLLM(n_init=2, n_local=8, block_size=4, topk=2, repr_topk=2, exec_block=4, max_cached_blocks=3)
 
 

@@ -93,6 +93,9 @@ def attend_with_memory(
     if state.scores.shape[2] < held:  # keys appended since the last call start unattended
         fresh = state.scores.new_zeros(batch, kv_heads, held - state.scores.shape[2])
         state.scores = torch.cat((state.scores, fresh), dim=2)
+    if n_query == 1 and sliding_window is None:
+        return _attend_one_query(query, key, value, method, layout, state, key_positions,
+                                 int(query_positions[0]), scale, position_memo)
     # One plan for every layer of the forward: memo entries are keyed by its parts.
     _, memory = memoized(position_memo, "parts", method.parts)
     outputs = []
@@ -117,6 +120,59 @@ def attend_with_memory(
         outputs.append(out.to(query.dtype))
     kept = (key_positions < method.n_init) | (key_positions >= state.blocks_end)
     return torch.cat(outputs, dim=2), kept
+
+
+def _attend_one_query(query, key, value, method, layout, state, key_positions, position, scale, memo):
+    """Decoding: the general path's result for one query at ``position``, in a dozen products.
+
+    Nothing is gathered or re-tiled: the first tokens, the leftovers and the window are slices
+    of the cache, and one softmax runs over the memory's, the blocks' and the window's scores
+    (the general path spends ~150 small operations per layer on its tiles and merges).
+    """
+    batch, q_heads, _, head_dim = query.shape
+    kv_heads = key.shape[1]
+    group = q_heads // kv_heads
+
+    def bounds():
+        local_start = int(method.local_start(torch.tensor(position)))
+        edges = torch.tensor([0, method.n_init, state.blocks_end, local_start, position + 1])
+        init_start, init_stop, rest_start, window_start, stop = torch.searchsorted(
+            key_positions.cpu(), edges).tolist()
+        # Memory held in the cache: the first tokens, then the leftovers, both before the window.
+        spans = [(init_start, min(init_stop, window_start)), (max(init_stop, rest_start), window_start)]
+        spans = [(a, b) for a, b in spans if b > a]
+        memory_positions = torch.cat([key_positions[a:b] for a, b in spans]) if spans else None
+        key_angles = layout.angles(-memory_positions) if spans else None
+        query_angles = layout.angles(torch.tensor([method.n_local - 1 - position], device=key_positions.device))
+        return spans, window_start, stop, key_angles, query_angles
+
+    # Every layer of a forward holds the same positions: the bounds and angles serve them all.
+    spans, window_start, stop, key_angles, query_angles = memoized(
+        memo, ("one query", position, state.blocks_end, key.shape[2]), bounds)
+    grouped = query.reshape(batch, kv_heads, group, head_dim)
+    memory_query = layout.apply(query, query_angles)
+    keys, values = [], []
+    if spans:  # keys sit at position 0 in the memory: rotate them back from their true positions
+        keys.append(layout.apply(torch.cat([key[:, :, a:b] for a, b in spans], dim=2), key_angles))
+        values.append(torch.cat([value[:, :, a:b] for a, b in spans], dim=2))
+    if state.store is not None and state.store.count:
+        block_keys, block_values = state.store.gather(select_blocks(memory_query, state.store, method.topk))
+        keys.append(block_keys.to(query.dtype))
+        values.append(block_values.to(query.dtype))
+    memory_query = memory_query.reshape(batch, kv_heads, group, head_dim)
+    scores = [torch.matmul(memory_query, k.transpose(2, 3)) for k in keys]
+    scores.append(torch.matmul(grouped, key[:, :, window_start:stop].transpose(2, 3)))
+    weights = torch.softmax(torch.cat(scores, dim=-1).to(torch.float32) * scale, dim=-1)
+    window_weights = weights[..., weights.shape[-1] - (stop - window_start):]
+    out = torch.matmul(window_weights.to(value.dtype), value[:, :, window_start:stop])
+    first = 0
+    for v in values:
+        out = out + torch.matmul(weights[..., first : first + v.shape[2]].to(v.dtype), v)
+        first += v.shape[2]
+    state.scores[:, :, window_start:stop] += window_weights.sum(dim=2)
+    _form_blocks(state, key, value, key_positions, method, layout, next_position=position + 1)
+    kept = (key_positions < method.n_init) | (key_positions >= state.blocks_end)
+    return out.reshape(batch, q_heads, 1, head_dim).to(query.dtype), kept
 
 
 def execution_blocks(query_positions: torch.Tensor, size: int) -> list[tuple[int, int]]:
