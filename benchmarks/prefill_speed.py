@@ -36,6 +36,13 @@ def kv_bytes(cache) -> int:
     return sum(storages.values())
 
 
+def block_bytes(cache) -> int:
+    """Bytes InfLLM's block stores hold outside the cache layers (storage, device cache and
+    representatives); 0 for every other method."""
+    stores = [state.store for state in getattr(cache, "memory_states", {}).values() if state.store is not None]
+    return sum(sum(store.nbytes().values()) for store in stores)
+
+
 def measure(model_name: str, spec: str, length: int, decode_steps: int, seed: int = 0) -> dict:
     import longreach
     from longreach.integration import trained_length
@@ -67,12 +74,14 @@ def measure(model_name: str, spec: str, length: int, decode_steps: int, seed: in
         "decode_ms_per_token": round(1000 * decode, 1),
         "kv_mib_after_prefill": round(after_prefill / 2**20, 1),
         "kv_mib_after_decode": round(kv_bytes(cache) / 2**20, 1),
+        "blocks_mib_after_decode": round(block_bytes(cache) / 2**20, 1),
         "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
     }
 
 
 COLUMNS = {"length": "length", "method": "method", "prefill_s": "prefill s", "decode_ms_per_token": "decode ms/token",
-           "kv_mib_after_decode": "KV MiB", "peak_rss_gib": "peak RSS GiB"}
+           "kv_mib_after_decode": "KV MiB",
+           "blocks_mib_after_decode": "blocks MiB", "peak_rss_gib": "peak RSS GiB"}
 
 
 def main() -> None:

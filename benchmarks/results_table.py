@@ -2,13 +2,16 @@
 
     .venv/bin/python benchmarks/results_table.py docs/benchmarks/passkey-methods/passkey.jsonl
     .venv/bin/python benchmarks/results_table.py docs/benchmarks/perplexity-methods/perplexity.jsonl
+    .venv/bin/python benchmarks/results_table.py docs/benchmarks/speed-methods.json
 
 Passkey cells are correct/total over every sample recorded for (method, length); perplexity cells
-the perplexity over the first `length` tokens.
+the perplexity over the first `length` tokens; speed rows (from benchmarks/prefill_speed.py) each
+method's prefill and decode against vanilla's at the same length.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -36,7 +39,25 @@ def perplexity_table(records: list[dict]) -> Table:
     return Table("perplexity", lengths, dict(cells))
 
 
+def speed_lines(rows: list[dict]) -> list[str]:
+    """One row per (length, method): times, the speed-up over vanilla at that length, KV and RSS."""
+    vanilla = {r["length"]: r for r in rows if r.get("spec") == "vanilla"}
+    lines = ["| length | method | prefill s | prefill vs vanilla | decode ms/token | decode vs vanilla | KV MiB | "
+             "blocks MiB | peak RSS GiB |", "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in sorted(rows, key=lambda r: r["length"]):
+        base = vanilla.get(r["length"])
+        prefill_ratio = f"{base['prefill_s'] / r['prefill_s']:.2f}x" if base else "-"
+        decode_ratio = f"{base['decode_ms_per_token'] / r['decode_ms_per_token']:.2f}x" if base else "-"
+        lines.append(f"| {r['length']} | {r['method']} | {r['prefill_s']:.1f} | {prefill_ratio} | "
+                     f"{r['decode_ms_per_token']:.1f} | {decode_ratio} | {r.get('kv_mib_after_decode', '-')} | "
+                     f"{r.get('blocks_mib_after_decode', '-')} | {r['peak_rss_gib']:.2f} |")
+    return lines
+
+
 def main(path: str) -> None:
+    if path.endswith(".json"):
+        print("\n".join(speed_lines(json.loads(Path(path).read_text())["rows"])))
+        return
     records = read_records(Path(path))
     table = perplexity_table(records) if records and "perplexity" in records[0] else passkey_table(records)
     print("\n".join(markdown_table(table)))

@@ -106,6 +106,8 @@ class BlockStore:
         """Keys and values of the blocks ``block_ids`` (rows, kv_heads, k) names, as
         (rows, kv_heads, k * block_size, head_dim) on the compute device."""
         rows, heads, k = block_ids.shape
+        if not self._cached and bool((block_ids == block_ids[:, :1]).all()):
+            return self._read_shared(block_ids[:, 0].tolist())
         if self._cached:
             slots = self._load(block_ids)
             r = torch.arange(rows, device=self.device)[:, None, None]
@@ -118,6 +120,16 @@ class BlockStore:
             keys, values = self._read(r.flatten(), h.flatten(), ids.flatten())
         shape = (rows, heads, k * self.block_size, self.head_dim)
         return keys.reshape(shape), values.reshape(shape)
+
+    def _read_shared(self, block_ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Blocks that every KV head of a row reads (retrieval ranks once per layer): each block is
+        a slice of its segment, so one copy joins a row's blocks."""
+        read = []
+        for which in (0, 1):
+            rows = [torch.cat([self._segments[b // SEGMENT_BLOCKS][which][r, :, b % SEGMENT_BLOCKS] for b in ids],
+                              dim=1) for r, ids in enumerate(block_ids)]
+            read.append(rows[0][None] if len(rows) == 1 else torch.stack(rows))
+        return read[0], read[1]
 
     def _read(self, rows: torch.Tensor, heads: torch.Tensor, blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Blocks straight from storage, one per (row, head, block) entry of the three (M,) CPU index
