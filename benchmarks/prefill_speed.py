@@ -80,8 +80,7 @@ def measure(model_name: str, spec: str, length: int, decode_steps: int, seed: in
 
 
 COLUMNS = {"length": "length", "method": "method", "prefill_s": "prefill s", "decode_ms_per_token": "decode ms/token",
-           "kv_mib_after_decode": "KV MiB",
-           "blocks_mib_after_decode": "blocks MiB", "peak_rss_gib": "peak RSS GiB"}
+           "kv_mib_after_decode": "KV MiB", "blocks_mib_after_decode": "blocks MiB", "peak_rss_gib": "peak RSS GiB"}
 
 
 def main() -> None:

@@ -94,8 +94,20 @@ def attend_with_memory(
         fresh = state.scores.new_zeros(batch, kv_heads, held - state.scores.shape[2])
         state.scores = torch.cat((state.scores, fresh), dim=2)
     if n_query == 1 and sliding_window is None:
-        return _attend_one_query(query, key, value, method, layout, state, key_positions,
-                                 int(query_positions[0]), scale, position_memo)
+        out = _attend_one_query(query, key, value, method, layout, state, key_positions, int(query_positions[0]),
+                                scale, position_memo)
+    else:
+        out = _attend_in_execution_blocks(query, key, value, method, layout, state, query_positions, key_positions,
+                                          scale, sliding_window, position_memo)
+    kept = (key_positions < method.n_init) | (key_positions >= state.blocks_end)
+    return out, kept
+
+
+def _attend_in_execution_blocks(query, key, value, method, layout, state, query_positions, key_positions, scale,
+                                sliding_window, position_memo) -> torch.Tensor:
+    """The general path: execution block by execution block, each part attended by the engine's
+    tiles and merged by LSE; the window's probabilities give the keys' scores."""
+    held = key.shape[2]
     # One plan for every layer of the forward: memo entries are keyed by its parts.
     _, memory = memoized(position_memo, "parts", method.parts)
     outputs = []
@@ -118,11 +130,11 @@ def attend_with_memory(
                                       scale, sliding_window, out, lse)
         _form_blocks(state, key, value, key_positions, method, layout, next_position=int(positions[-1]) + 1)
         outputs.append(out.to(query.dtype))
-    kept = (key_positions < method.n_init) | (key_positions >= state.blocks_end)
-    return torch.cat(outputs, dim=2), kept
+    return torch.cat(outputs, dim=2)
 
 
-def _attend_one_query(query, key, value, method, layout, state, key_positions, position, scale, memo):
+def _attend_one_query(query, key, value, method, layout, state, key_positions, position, scale,
+                      memo) -> torch.Tensor:
     """Decoding: the general path's result for one query at ``position``, in a dozen products.
 
     Nothing is gathered or re-tiled: the first tokens, the leftovers and the window are slices
@@ -171,8 +183,7 @@ def _attend_one_query(query, key, value, method, layout, state, key_positions, p
         first += v.shape[2]
     state.scores[:, :, window_start:stop] += window_weights.sum(dim=2)
     _form_blocks(state, key, value, key_positions, method, layout, next_position=position + 1)
-    kept = (key_positions < method.n_init) | (key_positions >= state.blocks_end)
-    return out.reshape(batch, q_heads, 1, head_dim).to(query.dtype), kept
+    return out.reshape(batch, q_heads, 1, head_dim).to(query.dtype)
 
 
 def execution_blocks(query_positions: torch.Tensor, size: int) -> list[tuple[int, int]]:
@@ -271,7 +282,8 @@ def _attend_local_and_score(state, queries, keys, values, positions, resident_po
     lse = lse.reshape(batch * kv_heads, group * rows, 1)
     received = torch.zeros(batch * kv_heads, 1, n_window, dtype=torch.float32, device=keys.device)
     # One product per (row, KV head) for prefill-sized blocks: on CPU, MKL runs these ~1.7x faster
-    # than one batched product of the same shapes; decoding's small ones go all heads at once.
+    # than one batched product of the same shapes; small blocks (short chunks, decoding under a
+    # sliding window) go all heads at once.
     heads_per_step = batch * kv_heads if group * rows * n_window <= SMALL_SCORES else 1
     for a in range(0, group * rows, SCORE_ROWS):
         b = min(a + SCORE_ROWS, group * rows)
