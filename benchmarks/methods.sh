@@ -12,7 +12,8 @@
 #   benchmarks/methods.sh infllm-stream            # 256k tokens of novels through InfLLM
 #   benchmarks/methods.sh compare [METHOD ...]     # issue 5: every task, one method at a time
 #
-# EXTRA="--samples 2" adds CLI arguments to every call.
+# EXTRA="--samples 2" adds CLI arguments to every call; LENGTHS=4k,8k,16k,32k and DEPTHS=... override
+# the passkey grid (a 32k sample of a full-coverage method is ~20 min on one thread).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LONGREACH=.venv/bin/longreach
@@ -22,8 +23,8 @@ EXTRA=${EXTRA:-}
 # ones (cheap), and the RoPE-scaling baselines last.
 ALL="self-extend:auto vanilla dual-chunk:auto lm-infinite:auto streaming-llm:auto rerope:auto leaky-rerope:auto
 linear:auto dynamic-ntk:auto yarn:auto"
-LENGTHS=4k,8k,12k,16k,24k,32k
-DEPTHS=0.1,0.3,0.5,0.7,0.9
+LENGTHS=${LENGTHS:-4k,8k,12k,16k,24k,32k}
+DEPTHS=${DEPTHS:-0.1,0.3,0.5,0.7,0.9}
 
 step=${1:-}
 shift || true
