@@ -48,6 +48,8 @@ def main() -> None:
     parser.add_argument("--out", default="results/infllm-stream")
     args = parser.parse_args()
 
+    if args.decode_steps < 1:
+        parser.error(f"--decode-steps must be >= 1 (decoding is timed at every checkpoint), got {args.decode_steps}")
     length = parse_length(args.length)
     checkpoints = sorted(parse_length(c) for c in args.checkpoints.split(","))
     if checkpoints[-1] > length:
@@ -57,9 +59,12 @@ def main() -> None:
     longreach.extend(model, method)
     chunk = getattr(method, "exec_block", 1024)
     text = "\n\n".join(Path(path).read_text() for path in args.text)
-    ids = tokenizer(text, return_tensors="pt").input_ids[:, : length + 1]
-    if ids.shape[1] < length + 1:
-        parser.error(f"the texts hold {ids.shape[1]} tokens, fewer than --length {length} + 1")
+    # Decoding at the last checkpoint reads past --length: the text must hold those tokens too.
+    needed = length + args.decode_steps + 1
+    ids = tokenizer(text, return_tensors="pt").input_ids[:, :needed]
+    if ids.shape[1] < needed:
+        parser.error(f"the texts hold {ids.shape[1]} tokens, fewer than --length {length} + --decode-steps "
+                     f"{args.decode_steps} + 1: pass more --text files")
 
     console = Console()
     cache = DynamicCache(config=model.config)
@@ -74,8 +79,23 @@ def main() -> None:
         targets = ids[0, a + 1 : b + 1]
         losses.append(-torch.log_softmax(logits, -1).gather(1, targets[:, None]).squeeze(1).double())
 
+    output = Path(args.out)
+    output.mkdir(parents=True, exist_ok=True)
+
+    def write_results() -> None:
+        # After every checkpoint, so a run stopped on the way still leaves the rows it measured.
+        all_losses = torch.cat(losses)
+        curve = bucket_perplexity(all_losses, 4096)
+        summary = {"model": args.model, "method": method.spec(), "texts": [Path(t).name for t in args.text],
+                   "torch_threads": torch.get_num_threads(), "tokens_read": position, "rows": rows,
+                   "bucket": 4096, "bucket_perplexity": curve, "perplexity": float(torch.exp(all_losses.mean()))}
+        (output / "stream.json").write_text(json.dumps(summary, indent=2) + "\n")
+        plot_perplexity_by_position({method.spec(): curve}, output / "stream.png", bucket=4096,
+                                    title=f"Perplexity by position, {args.model}, {method.spec()}",
+                                    trained_length=trained_length(model.config))
+
     with Progress(*columns, console=console) as progress:
-        task = progress.add_task("stream", total=length)
+        task = progress.add_task("stream", total=length + args.decode_steps)
         for checkpoint in checkpoints:
             started = time.perf_counter()
             while position < checkpoint:
@@ -85,13 +105,12 @@ def main() -> None:
                 position = stop
             segment_time += time.perf_counter() - started
             prefill_rate = (position - segment_start) / segment_time
-            steps = min(args.decode_steps, length - position)
             started = time.perf_counter()
-            for _ in range(steps):  # the text's own next tokens, one call each
+            for _ in range(args.decode_steps):  # the text's own next tokens, one call each
                 read(position, position + 1)
                 position += 1
-            decode_ms = 1000 * (time.perf_counter() - started) / max(1, steps)
-            progress.advance(task, steps)
+            decode_ms = 1000 * (time.perf_counter() - started) / max(1, args.decode_steps)
+            progress.advance(task, args.decode_steps)
             store_bytes = sum(state.store.nbytes()["storage"] for state in cache.memory_states.values()
                               if getattr(state, "store", None) is not None) if hasattr(cache, "memory_states") else 0
             rows.append({
@@ -104,19 +123,9 @@ def main() -> None:
                 "block_store_gib": round(store_bytes / 2**30, 2),
             })
             progress.console.print(rows[-1])
+            write_results()
             segment_start, segment_time = position, 0.0
 
-    all_losses = torch.cat(losses)
-    curve = bucket_perplexity(all_losses, 4096)
-    output = Path(args.out)
-    output.mkdir(parents=True, exist_ok=True)
-    summary = {"model": args.model, "method": method.spec(), "texts": [Path(t).name for t in args.text],
-               "torch_threads": torch.get_num_threads(), "rows": rows, "bucket": 4096,
-               "bucket_perplexity": curve, "perplexity": float(torch.exp(all_losses.mean()))}
-    (output / "stream.json").write_text(json.dumps(summary, indent=2) + "\n")
-    plot_perplexity_by_position({method.spec(): curve}, output / "stream.png", bucket=4096,
-                                title=f"Perplexity by position, {args.model}, {method.spec()}",
-                                trained_length=trained_length(model.config))
     table = Table(title=f"{method.spec()} on {args.model}, {torch.get_num_threads()} CPU threads")
     for key in rows[0]:
         table.add_column(key)
