@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
+from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 from longreach.engine.append import append_tokens, can_drop_in_place, drop_run
 
@@ -108,6 +108,15 @@ class EvictingLayer(DynamicLayer):
         )
 
 
+def _check_nothing_dropped(layer: DynamicLayer) -> None:
+    held = layer.keys.shape[-2] if layer.is_initialized and layer.keys.numel() else 0
+    if isinstance(layer, DynamicSlidingWindowLayer) and layer.cumulative_length > held:
+        raise ValueError(
+            f"this cache's sliding-window layers already dropped {layer.cumulative_length - held} tokens the "
+            "method needs; pass a fresh cache (or none) to the extended model"
+        )
+
+
 def _runs(kept: torch.Tensor) -> list[tuple[int, int]]:
     """Contiguous [start, stop) runs of True in a bool vector."""
     flags = kept.to("cpu", torch.int8)
@@ -147,8 +156,13 @@ class LongReachCache(DynamicCache):
         if not isinstance(cache, LongReachCache):
             return None
         if layer_class is not None:
+            # An evicting method keeps exactly what it still attends to, so a model's sliding window
+            # must not drop keys on its own (InfLLM's first tokens and leftovers lie beyond it).
+            adoptable = (DynamicLayer, AppendingLayer) + ((DynamicSlidingWindowLayer,) if layer_class is EvictingLayer
+                                                          else ())
             for layer in cache.layers:
-                if type(layer) in (DynamicLayer, AppendingLayer):
+                if type(layer) in adoptable:
+                    _check_nothing_dropped(layer)
                     layer_class.adopt(layer)
             if cache.layer_class_to_replicate in (DynamicLayer, AppendingLayer):
                 cache.layer_class_to_replicate = layer_class

@@ -70,6 +70,13 @@ def extend(model: PreTrainedModel, method: Method) -> PreTrainedModel:
         )
     trained = trained_length(model.config)
     method.check_model(trained)  # before restore: a refused method leaves the model as it was
+    window = sliding_window(model.config)
+    if isinstance(method, InfLLM) and window is not None and method.n_local > window:
+        raise ValueError(
+            f"InfLLM: this model attends at most {window} tokens back (sliding window), so the local window "
+            f"n_local ({method.n_local}) and the memory's distance must fit in it: use n_local <= {window} "
+            f"(InfLLM.for_model({trained}, n_local={window}), or infllm:n_local={window} on the command line)"
+        )
     restore(model)  # one method at a time: a second extend replaces the first
     rotary, layout, rope_type = describe_rotary(model)
     parts = method.parts()
@@ -200,6 +207,18 @@ def trained_length(config) -> int:
             f"{type(config).__name__} has no max_position_embeddings: cannot tell the trained length"
         )
     return length
+
+
+def sliding_window(config) -> int | None:
+    """The sliding window of the model's windowed attention layers (Mistral, Qwen2 with
+    ``use_sliding_window``); None when every layer attends to the whole context."""
+    window = getattr(config, "sliding_window", None)
+    layer_types = getattr(config, "layer_types", None)
+    if not isinstance(window, int) or window <= 0:
+        return None
+    if layer_types is not None and "sliding_attention" not in layer_types:
+        return None
+    return window
 
 
 def describe_rotary(model: PreTrainedModel) -> tuple[torch.nn.Module, RotaryLayout, str]:

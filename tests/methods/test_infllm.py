@@ -139,10 +139,16 @@ def test_infllm_reduces_to_the_model_up_to_n_init_plus_n_local():
 
 
 TRAINED = 32
-@pytest.mark.parametrize("pad", [0, 5])
-def test_decoding_one_query_equals_the_general_path_when_retrieval_picks_blocks(pad):
-    """Decoding takes its own path (slices of the cache, one softmax); with a sliding window too
-    wide to matter, the tiled general path runs instead and must give the same outputs and scores."""
+def general_path_for_one_query(query, key, value, method, layout, state, key_positions, position, scale,
+                               sliding_window, memo):
+    return memory_attention._attend_in_execution_blocks(
+        query, key, value, method, layout, state, torch.tensor([position]), key_positions, scale, sliding_window, memo)
+
+
+@pytest.mark.parametrize(("pad", "sliding_window"), [(0, None), (5, None), (0, 9)])
+def test_decoding_one_query_equals_the_general_path_when_retrieval_picks_blocks(pad, sliding_window, monkeypatch):
+    """Decoding takes its own path (slices of the cache, one softmax); the tiled general path must
+    give the same outputs and scores (a sliding window of 9 clips the first 11 queries' window)."""
     method = longreach.InfLLM(n_init=3, n_local=8, block_size=4, topk=2, repr_topk=2, exec_block=4,
                               max_cached_blocks=4)
     case = dict(batch=2, kv_heads=2, group=3, head_dim=16, rotary_fraction=0.5, interleaved=False, n_key=70,
@@ -153,9 +159,11 @@ def test_decoding_one_query_equals_the_general_path_when_retrieval_picks_blocks(
     keys = rope(x["raw_k"], positions, x["inv_freq"], False).float()
     layout = RotaryLayout(x["inv_freq"])
     runs = []
-    for sliding_window in (None, 1 << 30):
+    for path in ("one query", "general"):
+        if path == "general":
+            monkeypatch.setattr(memory_attention, "_attend_one_query", general_path_for_one_query)
         state, held, outputs = MemoryState(blocks_end=method.n_init), torch.zeros(0, dtype=torch.long), []
-        for a, b in [(0, 40), *((t, t + 1) for t in range(40, 70))]:
+        for a, b in [(0, 6), *((t, t + 1) for t in range(6, 70))]:  # decoding also before n_init + n_local
             held = torch.cat((held, torch.arange(a, b)))
             out, kept = attend_with_memory(
                 queries[:, :, a:b], keys[:, :, held], x["value"][:, :, held], method, layout, state,
@@ -205,6 +213,27 @@ def test_chunked_prefill_and_decoding_equal_one_shot_prefill_and_decoding():
     torch.testing.assert_close(runs[1][1], runs[0][1], atol=1e-5, rtol=1e-5)
     vanilla = tiny_model("llama", max_position_embeddings=TRAINED)
     assert (logits(vanilla, ids[:, :60]) - runs[0][0]).abs().max() > 1e-3
+
+
+def test_a_sliding_window_model_narrows_only_the_local_part_and_refuses_a_wider_one():
+    """Mistral-style sliding window (12 tokens): the cache must not drop InfLLM's first tokens and
+    leftovers, decoding equals reading at once, and inputs up to n_init + n_local equal the model."""
+    model = tiny_model("mistral", sliding_window=12, max_position_embeddings=TRAINED)
+    ids = torch.randint(3, 128, (1, 60))
+    own = logits(model, ids[:, :16])
+    every_block = longreach.InfLLM(n_init=4, n_local=12, block_size=4, topk=16, repr_topk=1, exec_block=4,
+                                   max_cached_blocks=16)  # retrieval then does not depend on the split
+    longreach.extend(model, every_block)
+    assert (logits(model, ids[:, :16]) - own).abs().max() <= 1e-5
+    at_once = logits(model, ids)
+    cache = DynamicCache(config=model.config)
+    read = logits(model, ids[:, :8], past_key_values=cache, use_cache=True)
+    steps = [logits(model, ids[:, t : t + 1], past_key_values=cache, use_cache=True) for t in range(8, 60)]
+    assert all(layer.keys.shape[2] <= 4 + 4 + 12 for layer in cache.layers)  # blocks left the cache
+    torch.testing.assert_close(torch.cat([read, *steps], dim=1), at_once, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"sliding window.*use n_local <= 12"):
+        longreach.extend(model, longreach.InfLLM(n_init=4, n_local=16, block_size=4, exec_block=4))
+    assert longreach.current_method(model) == every_block  # the refused method changed nothing
 
 
 def test_prefill_then_generate_equals_generate():

@@ -74,6 +74,9 @@ def attend_with_memory(
     these rows: the rest now live in blocks. ``state`` is updated. ``position_memo`` is shared by
     the layers of one forward (spans and rotation angles, per execution block).
 
+    A model's ``sliding_window`` narrows the local part only: memory tokens sit at distance
+    ``n_local - 1``, which ``extend`` keeps inside the window (it refuses ``n_local`` larger).
+
     Example:
         >>> q, k = torch.randn(1, 2, 6, 8), torch.randn(1, 1, 6, 8)
         >>> layout = RotaryLayout(inv_freq=torch.tensor([1.0, 0.1, 0.01, 0.001]))
@@ -93,9 +96,9 @@ def attend_with_memory(
     if state.scores.shape[2] < held:  # keys appended since the last call start unattended
         fresh = state.scores.new_zeros(batch, kv_heads, held - state.scores.shape[2])
         state.scores = torch.cat((state.scores, fresh), dim=2)
-    if n_query == 1 and sliding_window is None:
+    if n_query == 1:
         out = _attend_one_query(query, key, value, method, layout, state, key_positions, int(query_positions[0]),
-                                scale, position_memo)
+                                scale, sliding_window, position_memo)
     else:
         out = _attend_in_execution_blocks(query, key, value, method, layout, state, query_positions, key_positions,
                                           scale, sliding_window, position_memo)
@@ -122,8 +125,7 @@ def _attend_in_execution_blocks(query, key, value, method, layout, state, query_
         # The memory first (held leftovers, then retrieved blocks), so that the local part, which
         # needs the final softmax for its scores, comes last.
         out, lse = attend(queries, keys, values, (memory,), layout, query_positions=positions,
-                          key_positions=resident_positions, scale=scale, sliding_window=sliding_window,
-                          return_lse=True, position_memo=memo)
+                          key_positions=resident_positions, scale=scale, return_lse=True, position_memo=memo)
         if state.store is not None and state.store.count:
             out, lse = _attend_blocks(queries, positions, method, layout, state.store, scale, out, lse, memo)
         out = _attend_local_and_score(state, queries, keys, values, positions, resident_positions, index, method,
@@ -133,7 +135,7 @@ def _attend_in_execution_blocks(query, key, value, method, layout, state, query_
     return torch.cat(outputs, dim=2)
 
 
-def _attend_one_query(query, key, value, method, layout, state, key_positions, position, scale,
+def _attend_one_query(query, key, value, method, layout, state, key_positions, position, scale, sliding_window,
                       memo) -> torch.Tensor:
     """Decoding: the general path's result for one query at ``position``, in a dozen products.
 
@@ -147,11 +149,13 @@ def _attend_one_query(query, key, value, method, layout, state, key_positions, p
 
     def bounds():
         local_start = int(method.local_start(torch.tensor(position)))
-        edges = torch.tensor([0, method.n_init, state.blocks_end, local_start, position + 1])
-        init_start, init_stop, rest_start, window_start, stop = torch.searchsorted(
+        # The model's sliding window only narrows the local part (while everything is local).
+        seen_from = local_start if sliding_window is None else max(local_start, position - sliding_window + 1)
+        edges = torch.tensor([0, method.n_init, state.blocks_end, local_start, seen_from, position + 1])
+        init_start, init_stop, rest_start, memory_stop, window_start, stop = torch.searchsorted(
             key_positions.cpu(), edges).tolist()
         # Memory held in the cache: the first tokens, then the leftovers, both before the window.
-        spans = [(init_start, min(init_stop, window_start)), (max(init_stop, rest_start), window_start)]
+        spans = [(init_start, min(init_stop, memory_stop)), (max(init_stop, rest_start), memory_stop)]
         spans = [(a, b) for a, b in spans if b > a]
         memory_positions = torch.cat([key_positions[a:b] for a, b in spans]) if spans else None
         key_angles = layout.angles(-memory_positions) if spans else None
