@@ -49,23 +49,23 @@ def _check_specs(specs: list[str]) -> None:
             raise UsageError(str(error)) from None
 
 
-def _method(spec: str, target_length: int, trained: int):
+def _method(spec: str, target_length: int, trained: int, window: int | None = None):
     from longreach.methods import MethodSpecError, parse_method
 
     try:
-        return parse_method(spec, target_length=target_length, trained_length=trained)
+        return parse_method(spec, target_length=target_length, trained_length=trained, sliding_window=window)
     except MethodSpecError as error:
         raise UsageError(str(error)) from None
 
 
-def _resolve(spec: str, length: int, total: int, trained: int):
+def _resolve(spec: str, length: int, total: int, trained: int, window: int | None):
     """The method of ``spec`` for inputs of ``length`` tokens that must still cover ``total``
     (the prompt plus the tokens to generate): ``NAME:auto`` picks its settings for the input
     length, and for the total when those would not reach the end of the answer."""
-    method = _method(spec, length, trained)
+    method = _method(spec, length, trained, window)
     limit = method.max_length(trained)
     if limit is not None and limit < total and spec.strip().endswith(":auto"):
-        method = _method(spec, total, trained)
+        method = _method(spec, total, trained, window)
     _check_covers(method, total, trained)
     return method
 
@@ -115,7 +115,7 @@ def cmd_passkey(args: argparse.Namespace) -> int:
         run_passkey,
     )
     from longreach.eval.plots import plot_accuracy_by_length
-    from longreach.integration import trained_length
+    from longreach.integration import sliding_window, trained_length
 
     lengths = _lengths(args.lengths)
     depths = _depths(args.depths) if args.depths else list(DEFAULT_DEPTHS)
@@ -125,9 +125,9 @@ def cmd_passkey(args: argparse.Namespace) -> int:
         raise UsageError(f"--samples must be >= 1, got {args.samples}")
     filler = Path(args.filler).read_text() if args.filler else FILLER
     model, tokenizer = _load(args.model, args.dtype, args.device)
-    trained = trained_length(model.config)
+    trained, window = trained_length(model.config), sliding_window(model.config)
     # NAME:auto picks settings per length, as a user would for each input.
-    plans = {spec: {n: _resolve(spec, n, n + PASSKEY_NEW_TOKENS, trained) for n in lengths} for spec in specs}
+    plans = {spec: {n: _resolve(spec, n, n + PASSKEY_NEW_TOKENS, trained, window) for n in lengths} for spec in specs}
     output = Path(args.out)
     output.mkdir(parents=True, exist_ok=True)
     jsonl = output / "passkey.jsonl"
@@ -211,7 +211,7 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
     import longreach
     from longreach.eval.perplexity import perplexity_table, run_perplexity
     from longreach.eval.plots import plot_perplexity_by_position
-    from longreach.integration import trained_length
+    from longreach.integration import sliding_window, trained_length
 
     lengths = _lengths(args.lengths)
     specs = args.method or ["vanilla"]
@@ -220,7 +220,7 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
     if not text.is_file():
         raise UsageError(f"text file {text} does not exist")
     model, tokenizer = _load(args.model, args.dtype, args.device)
-    trained = trained_length(model.config)
+    trained, window = trained_length(model.config), sliding_window(model.config)
     longest = max(lengths)
     output = Path(args.out)
     output.mkdir(parents=True, exist_ok=True)
@@ -230,13 +230,13 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
                TimeRemainingColumn())
     with Progress(*columns, console=console) as progress:
         for spec in specs:
-            method = _method(spec, longest, trained)
+            method = _method(spec, longest, trained, window)
             _check_covers(method, longest, trained)
             label = spec if spec.strip().endswith(":auto") else method.spec()
             runs = lengths if method.depends_on_length else [longest]
             task = progress.add_task(f"perplexity {method.spec()}", total=sum(runs))
             for length in runs:
-                method = _method(spec, length, trained)
+                method = _method(spec, length, trained, window)
                 _apply(model, method)
                 try:
                     found = run_perplexity(
@@ -273,7 +273,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from longreach.eval.niah import check_texts
     from longreach.eval.report import RUN, build_tables, write_report
     from longreach.eval.task import build_tasks, known_task_names
-    from longreach.integration import trained_length
+    from longreach.integration import sliding_window, trained_length
 
     lengths = _lengths(args.lengths)
     specs = args.method or ["vanilla"]
@@ -300,11 +300,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise UsageError(str(error)) from None
     model, tokenizer = _load(args.model, args.dtype, args.device)
-    trained = trained_length(model.config)
+    trained, window = trained_length(model.config), sliding_window(model.config)
     resolved = {}
 
     def check(spec: str, length: int, total: int) -> None:
-        resolved[spec, length] = _resolve(spec, length, total, trained)
+        resolved[spec, length] = _resolve(spec, length, total, trained, window)
 
     def apply(spec: str, length: int) -> str:
         method = resolved[spec, length]
@@ -377,7 +377,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import torch
     from transformers import TextStreamer
 
-    from longreach.integration import trained_length
+    from longreach.integration import sliding_window, trained_length
 
     _check_specs([args.method])
     prompt_path = Path(args.prompt_file)
@@ -394,7 +394,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         ids = tokenizer(text, return_tensors="pt").input_ids
     total = ids.shape[1] + args.max_new_tokens
     trained = trained_length(model.config)
-    method = _method(args.method, total, trained)
+    method = _method(args.method, total, trained, sliding_window(model.config))
     _check_covers(method, total, trained)
     _apply(model, method)
     console.print(f"[dim]{ids.shape[1]} prompt tokens, method {method.spec()}[/]")

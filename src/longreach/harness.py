@@ -26,7 +26,7 @@ except ImportError as error:  # lm-eval is an optional extra
     raise ImportError(f"{error}; longreach.harness needs lm-eval: pip install 'longreach[lm-eval]'") from error
 
 import longreach
-from longreach.integration import check_length, trained_length
+from longreach.integration import check_length, sliding_window, trained_length
 from longreach.methods import METHODS, Method, MethodSpecError, parse_length, parse_method
 
 NAME = "longreach"
@@ -72,7 +72,8 @@ class LongReachLM(HFLM):
             device = "cuda" if torch.cuda.is_available() else "cpu"
         model, tokenizer = longreach.load_model(pretrained, dtype=None if dtype == "auto" else dtype, device=device)
         trained = trained_length(model.config)
-        chosen = parse_method(spec, target_length=length or 4 * trained, trained_length=trained)
+        chosen = parse_method(spec, target_length=length or 4 * trained, trained_length=trained,
+                              sliding_window=sliding_window(model.config))
         if length is None:
             length = default_max_length(chosen, trained, auto=spec.strip().endswith(":auto"))
         check_length(chosen, length, trained)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from transformers import PreTrainedModel
 
-from longreach.integration import UnsupportedModelError, describe_rotary, trained_length
+from longreach.integration import UnsupportedModelError, describe_rotary, sliding_window, trained_length
 from longreach.methods import METHODS, RopeScaling
 
 
@@ -63,7 +63,7 @@ def model_info(model: PreTrainedModel, target_length: int | None = None) -> Mode
         for name, cls in METHODS.items():
             if methods[name].startswith("no"):
                 continue
-            spec = cls.auto(name, target_length, length).spec()
+            spec = cls.auto(name, target_length, length, sliding_window(config)).spec()
             if name == "vanilla" and target_length > length:
                 spec += f" (beyond the trained {length} tokens: expect failure)"
             suggested[name] = spec

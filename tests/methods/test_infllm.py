@@ -15,6 +15,7 @@ from longreach.engine.memory_attention import MemoryState, attend_with_memory, s
 from longreach.engine.reference import rope
 from longreach.engine.rotary import RotaryLayout
 from longreach.memory import BlockStore
+from longreach.methods import parse_method
 
 
 @st.composite
@@ -234,6 +235,9 @@ def test_a_sliding_window_model_narrows_only_the_local_part_and_refuses_a_wider_
     with pytest.raises(ValueError, match=r"sliding window.*use n_local <= 12"):
         longreach.extend(model, longreach.InfLLM(n_init=4, n_local=16, block_size=4, exec_block=4))
     assert longreach.current_method(model) == every_block  # the refused method changed nothing
+    auto = parse_method("infllm:auto", target_length=1 << 20, trained_length=TRAINED, sliding_window=12)
+    assert auto.n_local == 12 and longreach.extend(model, auto)  # NAME:auto fits in the window
+    assert parse_method("infllm:auto", target_length=1 << 20, trained_length=4096, sliding_window=2047).n_local == 2047
 
 
 def test_prefill_then_generate_equals_generate():

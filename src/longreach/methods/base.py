@@ -114,8 +114,9 @@ class Method:
         return cls(**common)
 
     @classmethod
-    def auto(cls, name: str, target_length: int, trained_length: int) -> Method:
-        """What ``NAME:auto`` builds under CLI name ``name``."""
+    def auto(cls, name: str, target_length: int, trained_length: int, sliding_window: int | None = None) -> Method:
+        """What ``NAME:auto`` builds under CLI name ``name``; ``sliding_window`` is the model's
+        (only settings that must fit in it use it)."""
         return cls.for_target(target_length, trained_length)
 
     @classmethod

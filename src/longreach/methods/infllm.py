@@ -111,6 +111,13 @@ class InfLLM(Method):
         return cls(**{**defaults, **common})
 
     @classmethod
+    def auto(cls, name: str, target_length: int, trained_length: int, sliding_window: int | None = None) -> InfLLM:
+        """``for_model``, with the local window narrowed to a model's sliding window (memory tokens
+        sit at distance ``n_local - 1``, which the model must have attended)."""
+        n_local = trained_length // 2 if sliding_window is None else min(trained_length // 2, sliding_window)
+        return cls.for_model(trained_length, n_local=n_local)
+
+    @classmethod
     def for_target(cls, target_length: int, trained_length: int, **common) -> InfLLM:
         """InfLLM covers any length: the target does not change the settings."""
         return cls.for_model(trained_length, **common)

@@ -47,7 +47,7 @@ class ReRoPE(Method):
         return cls(**settings)
 
     @classmethod
-    def auto(cls, name: str, target_length: int, trained_length: int) -> ReRoPE:
+    def auto(cls, name: str, target_length: int, trained_length: int, sliding_window: int | None = None) -> ReRoPE:
         return cls.for_target(target_length, trained_length, leaky=name == "leaky-rerope")
 
     def parts(self) -> tuple[Part, ...]:

@@ -59,7 +59,7 @@ class RopeScaling(Method):
         return f"{self.cli_name}:factor={self.factor}"  # the CLI name gives the kind
 
     @classmethod
-    def auto(cls, name: str, target_length: int, trained_length: int) -> RopeScaling:
+    def auto(cls, name: str, target_length: int, trained_length: int, sliding_window: int | None = None) -> RopeScaling:
         return cls.for_target(target_length, trained_length, **cls.implied_settings(name))
 
     def parts(self) -> tuple[Part, ...]:

@@ -11,10 +11,12 @@ class MethodSpecError(ValueError):
     """A method spec that names no method or gives bad settings."""
 
 
-def parse_method(spec: str, *, target_length: int | None = None, trained_length: int | None = None) -> Method:
+def parse_method(spec: str, *, target_length: int | None = None, trained_length: int | None = None,
+                 sliding_window: int | None = None) -> Method:
     """Build a method config from a spec.
 
-    ``NAME:auto`` picks settings for ``target_length`` on a model trained to ``trained_length``.
+    ``NAME:auto`` picks settings for ``target_length`` on a model trained to ``trained_length``
+    (within its ``sliding_window``, if it has one).
 
     Example:
         >>> parse_method("self-extend:group_size=4,window=1024")
@@ -33,7 +35,7 @@ def parse_method(spec: str, *, target_length: int | None = None, trained_length:
         if target_length is None or trained_length is None:
             raise MethodSpecError(f"{spec!r} needs a target length to pick settings for")
         try:
-            return cls.auto(name, target_length, trained_length)
+            return cls.auto(name, target_length, trained_length, sliding_window)
         except (TypeError, ValueError) as error:
             raise MethodSpecError(f"{spec!r}: {error}") from None
     values = {}
