@@ -183,8 +183,8 @@ class LongReachCache(DynamicCache):
 
     def store(self, layer_idx: int, rows: tuple[int, ...], offset: int) -> dict | None:
         """The re-rotated keys of one layer for the given batch rows and position offset; None on
-        an evicting layer, whose keys do not only grow by appending."""
-        if isinstance(self.layers[layer_idx], EvictingLayer):
+        an evicting or sliding-window layer, whose keys do not only grow by appending."""
+        if isinstance(self.layers[layer_idx], (EvictingLayer, DynamicSlidingWindowLayer)):
             return None
         return self.rotated_keys.setdefault((layer_idx, rows, offset), {})
 

@@ -393,7 +393,8 @@ def longreach_attention(
                 query[index], key[index], value[index], method, extension.layout, state,
                 query_positions=query_positions, key_positions=token_index - offset, scale=scale,
                 query_scale=query_scale, sliding_window=kwargs.get("sliding_window"),
-                position_memo=memo.setdefault(("memory", tuple(rows), offset, n_query, total), {}),
+                position_memo=memo.setdefault(("memory", tuple(rows), offset, n_query, total,
+                                               kwargs.get("sliding_window")), {}),
             )
             memory_kept.append((state, kept))
             return out
