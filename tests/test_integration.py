@@ -169,6 +169,14 @@ def test_models_without_rope_are_refused():
     assert model.config._attn_implementation != "longreach"
 
 
+def test_models_with_a_rope_per_layer_type_are_refused_as_such():
+    config = transformers.Gemma3TextConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                           num_attention_heads=2, num_key_value_heads=1, head_dim=16)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    with pytest.raises(longreach.UnsupportedModelError, match="RoPE per layer type"):
+        longreach.extend(model, longreach.SelfExtend(4, 8))
+
+
 def test_models_outside_the_attention_interface_are_refused():
     config = transformers.StableLmConfig(
         vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,

@@ -232,6 +232,14 @@ def describe_rotary(model: PreTrainedModel) -> tuple[torch.nn.Module, RotaryLayo
         raise TypeError(f"expected a transformers PreTrainedModel, got {type(model).__name__}")
     family = getattr(model.config, "model_type", type(model).__name__)
     rotaries = [m for m in model.modules() if isinstance(getattr(m, "inv_freq", None), torch.Tensor)]
+    per_layer_type = sorted({name.removesuffix("_inv_freq") for name, _ in model.named_buffers(remove_duplicate=False)
+                             if name.endswith("_inv_freq") and not name.endswith("original_inv_freq")})
+    if not rotaries and per_layer_type:
+        kinds = ", ".join(name.rpartition(".")[2] for name in per_layer_type)
+        raise UnsupportedModelError(
+            f"{family} keeps a RoPE per layer type ({kinds}), as models with local and global layers of "
+            "different bases do; LongReach supports models with one RoPE (one inv_freq)"
+        )
     if not rotaries:
         raise UnsupportedModelError(
             f"{family} does not use rotary position embeddings (RoPE); LongReach methods re-rotate "
