@@ -13,6 +13,7 @@ from longreach.integration import describe_rotary
 EQUIVALENCE_FAMILIES = sorted(FAMILIES)
 
 
+@pytest.mark.filterwarnings("ignore:this model attends at most")  # the windowed family
 @pytest.mark.parametrize("family", EQUIVALENCE_FAMILIES)
 @pytest.mark.parametrize("method", [longreach.SelfExtend(group_size=4, window=64), longreach.SelfExtend(1, 5)])
 def test_self_extend_reduces_to_vanilla_sdpa(family, method):
@@ -89,6 +90,7 @@ def test_chunked_prefill_and_decode_match_one_shot(family):
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.filterwarnings("ignore:this model attends at most")  # the windowed family
 @pytest.mark.parametrize("method", [
     longreach.SelfExtend(group_size=3, window=6),
     longreach.DualChunk(chunk_size=24, local_window=4),

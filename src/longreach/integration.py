@@ -8,6 +8,7 @@ modules and switches the model's attention implementation; ``restore`` switches 
 from __future__ import annotations
 
 import sys
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -21,6 +22,7 @@ from longreach.engine.rotary import RotaryLayout
 from longreach.methods.base import InputTooLongError, Method, Part, retained_spans
 from longreach.methods.infllm import InfLLM
 from longreach.methods.rope_scaling import RopeScaling
+from longreach.methods.vanilla import Vanilla
 from longreach.rope_scaling import apply_rope_scaling
 
 IMPLEMENTATION = "longreach"
@@ -79,6 +81,12 @@ def extend(model: PreTrainedModel, method: Method) -> PreTrainedModel:
         )
     restore(model)  # one method at a time: a second extend replaces the first
     rotary, layout, rope_type = describe_rotary(model)
+    if window is not None and not isinstance(method, (InfLLM, RopeScaling, Vanilla)):
+        warnings.warn(
+            f"this model attends at most {window} tokens back (sliding window), and still does with "
+            f"{method.spec()}: keys further back stay unseen, so the method cannot reach past the window",
+            stacklevel=2,
+        )
     parts = method.parts()
     extension = _Extension(
         method=method,
