@@ -226,6 +226,9 @@ def test_model_info_reports_rope_and_suggestions():
     assert info.supported and info.rotary_layout == "interleaved" and info.rotary_dims == 8
     assert info.trained_length == 64
     assert info.suggested["self-extend"].startswith("self-extend:group_size=")
+    assert info.sliding_window is None
+    windowed = longreach.model_info(tiny_model("qwen2-windowed"), target_length=256)
+    assert windowed.sliding_window == 12 and "n_local=12" in windowed.suggested["infllm"]
     _, layout, rope_type = describe_rotary(tiny_model("llama"))
     assert rope_type == "default" and not layout.interleaved
     gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=50))

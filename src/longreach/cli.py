@@ -421,6 +421,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     if info.supported:
         grid.add_row("RoPE", f"{info.rope_type}, base {info.rope_base:g}")
         grid.add_row("rotary layout", f"{info.rotary_layout}, {info.rotary_dims} of {info.head_dim} head dims")
+        if info.sliding_window is not None:
+            grid.add_row("sliding window", f"{info.sliding_window} tokens: no method reaches further back, "
+                         "InfLLM's local window fits inside it")
     for name, verdict in info.methods.items():
         grid.add_row(f"method {name}", verdict)
     for name, spec in info.suggested.items():

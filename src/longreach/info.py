@@ -25,6 +25,8 @@ class ModelInfo:
     reason: str | None
     methods: dict[str, str] = field(default_factory=dict)
     suggested: dict[str, str] = field(default_factory=dict)
+    #: Attention layers' sliding window (tokens), None when every layer sees the whole context.
+    sliding_window: int | None = None
 
 
 def model_info(model: PreTrainedModel, target_length: int | None = None) -> ModelInfo:
@@ -79,4 +81,5 @@ def model_info(model: PreTrainedModel, target_length: int | None = None) -> Mode
         reason=None,
         methods=methods,
         suggested=suggested,
+        sliding_window=sliding_window(config),
     )
