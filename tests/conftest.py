@@ -30,6 +30,11 @@ FAMILIES = {
                                                            "max_window_layers": 1}),
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"head_dim": 16}),
     "phi3": ("Phi3Config", "Phi3ForCausalLM", {"sliding_window": None}),
+    # A RoPE per layer type: local layers (window 12, base 10k), global ones (base 1M, linear x2).
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", {
+        "head_dim": 16, "layer_types": ["sliding_attention", "full_attention"], "sliding_window": 12,
+        "rope_parameters": {"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                            "full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e6}}}),
     "phi": ("PhiConfig", "PhiForCausalLM", {"partial_rotary_factor": 0.5}),
     "cohere": ("CohereConfig", "CohereForCausalLM", {}),
     "glm": ("GlmConfig", "GlmForCausalLM", {"head_dim": 16, "partial_rotary_factor": 0.5}),

@@ -13,7 +13,7 @@ from longreach.integration import describe_rotary
 EQUIVALENCE_FAMILIES = sorted(FAMILIES)
 
 
-@pytest.mark.filterwarnings("ignore:this model attends at most")  # the windowed family
+@pytest.mark.filterwarnings("ignore:this model's sliding-window layers")  # the windowed family
 @pytest.mark.parametrize("family", EQUIVALENCE_FAMILIES)
 @pytest.mark.parametrize("method", [longreach.SelfExtend(group_size=4, window=64), longreach.SelfExtend(1, 5)])
 def test_self_extend_reduces_to_vanilla_sdpa(family, method):
@@ -46,7 +46,7 @@ def test_restore_is_exact_and_extend_does_not_stack(family):
 def dense_reference_attention(module, query, key, value, attention_mask, scaling=None, **kwargs):
     """Attention fn computing the plan densely from unrotated q/k (for unpadded inputs)."""
     extension = module._longreach
-    layout = extension.layout
+    layout = extension.layouts[None if None in extension.layouts else module.layer_type]
     n_key, n_query = key.shape[2], query.shape[2]
     positions = torch.arange(n_key)
     raw_q = layout.rotate(query, -positions[n_key - n_query :].float())
@@ -54,11 +54,13 @@ def dense_reference_attention(module, query, key, value, attention_mask, scaling
     out = reference_attention(
         raw_q, raw_k, value, extension.parts, layout.inv_freq, interleaved=layout.interleaved,
         query_positions=positions[n_key - n_query :], key_positions=positions, scale=scaling,
+        sliding_window=kwargs.get("sliding_window"),
     )
     return out.to(query.dtype).transpose(1, 2).contiguous(), None
 
 
-@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "phi", "cohere"])
+@pytest.mark.filterwarnings("ignore:this model's sliding-window layers")  # gemma3's local layers
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "phi", "cohere", "gemma3"])
 def test_model_agrees_with_dense_reference(family):
     model = tiny_model(family)
     method = longreach.SelfExtend(group_size=3, window=7)
@@ -90,7 +92,7 @@ def test_chunked_prefill_and_decode_match_one_shot(family):
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.filterwarnings("ignore:this model attends at most")  # the windowed family
+@pytest.mark.filterwarnings("ignore:this model's sliding-window layers")  # the windowed family
 @pytest.mark.parametrize("method", [
     longreach.SelfExtend(group_size=3, window=6),
     longreach.DualChunk(chunk_size=24, local_window=4),
@@ -99,10 +101,11 @@ def test_chunked_prefill_and_decode_match_one_shot(family):
     longreach.LMInfinite(local_window=10, n_global=2, distance_limit=32),
     longreach.InfLLM(n_init=4, n_local=12, block_size=4, topk=16, repr_topk=1, exec_block=4, max_cached_blocks=16),
 ], ids=lambda method: type(method).__name__)
-def test_decoding_matches_one_shot_with_full_and_sliding_window_layers(method):
+@pytest.mark.parametrize("family", ["qwen2-windowed", "gemma3"])
+def test_decoding_matches_one_shot_with_full_and_sliding_window_layers(method, family):
     """A sliding layer drops its oldest keys, so keys re-rotated on an earlier step sit at other
-    indices now, and a layer with another window must not reuse a full layer's spans."""
-    model = tiny_model("qwen2-windowed")
+    indices now, and a layer with another window (or RoPE) must not reuse another layer's spans."""
+    model = tiny_model(family)
     longreach.extend(model, method)
     ids = torch.randint(3, 128, (2, 50))
     full = logits(model, ids)
@@ -112,7 +115,7 @@ def test_decoding_matches_one_shot_with_full_and_sliding_window_layers(method):
                            *((i, i + 1) for i in range(40, 50))]]
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-5)
     # The window matters: the same weights and method without it give other outputs.
-    unwindowed = longreach.extend(tiny_model("qwen2"), method)
+    unwindowed = longreach.extend(tiny_model(family, sliding_window=1000), method)
     assert (full - logits(unwindowed, ids)).abs().max() > 1e-3
 
 
@@ -171,14 +174,6 @@ def test_models_without_rope_are_refused():
     assert model.config._attn_implementation != "longreach"
 
 
-def test_models_with_a_rope_per_layer_type_are_refused_as_such():
-    config = transformers.Gemma3TextConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                           num_attention_heads=2, num_key_value_heads=1, head_dim=16)
-    model = transformers.AutoModelForCausalLM.from_config(config).eval()
-    with pytest.raises(longreach.UnsupportedModelError, match="RoPE per layer type"):
-        longreach.extend(model, longreach.SelfExtend(4, 8))
-
-
 def test_models_outside_the_attention_interface_are_refused():
     config = transformers.StableLmConfig(
         vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
@@ -229,8 +224,13 @@ def test_model_info_reports_rope_and_suggestions():
     assert info.sliding_window is None
     windowed = longreach.model_info(tiny_model("qwen2-windowed"), target_length=256)
     assert windowed.sliding_window == 12 and "n_local=12" in windowed.suggested["infllm"]
-    _, layout, rope_type = describe_rotary(tiny_model("llama"))
-    assert rope_type == "default" and not layout.interleaved
+    _, layouts, rope_type = describe_rotary(tiny_model("llama"))
+    assert rope_type == "default" and not layouts[None].interleaved
+    gemma = longreach.model_info(tiny_model("gemma3"), target_length=256)
+    assert gemma.rope_type == "full_attention: linear, sliding_attention: default"
+    assert gemma.methods["yarn"].startswith("no") and gemma.suggested["self-extend"].startswith("self-extend:")
+    with pytest.raises(longreach.UnsupportedModelError, match="one per layer type"):
+        longreach.extend(tiny_model("gemma3"), longreach.RopeScaling("yarn", 2.0))
     gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=50))
     info = longreach.model_info(gpt2)
     assert not info.supported and "RoPE" in info.reason

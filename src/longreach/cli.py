@@ -419,7 +419,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     grid.add_row("trained length", f"{info.trained_length} tokens")
     grid.add_row("supported", "yes" if info.supported else f"no: {info.reason}")
     if info.supported:
-        grid.add_row("RoPE", f"{info.rope_type}, base {info.rope_base:g}")
+        base = f", base {info.rope_base:g}" if info.rope_base is not None else ""
+        grid.add_row("RoPE", f"{info.rope_type}{base}")
         grid.add_row("rotary layout", f"{info.rotary_layout}, {info.rotary_dims} of {info.head_dim} head dims")
         if info.sliding_window is not None:
             grid.add_row("sliding window", f"{info.sliding_window} tokens: no method reaches further back, "

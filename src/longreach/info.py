@@ -45,16 +45,19 @@ def model_info(model: PreTrainedModel, target_length: int | None = None) -> Mode
     rope_parameters = getattr(config, "rope_parameters", None) or {}
     base = rope_parameters.get("rope_theta", getattr(config, "rope_theta", None))
     try:
-        _, layout, rope_type = describe_rotary(model)
+        _, layouts, rope_type = describe_rotary(model)
     except UnsupportedModelError as error:
         return ModelInfo(
             model_type=config.model_type, trained_length=length, rope_type=None, rope_base=base,
             rotary_layout=None, rotary_dims=None, head_dim=head_dim, supported=False, reason=str(error),
             methods=dict.fromkeys(METHODS, "n/a"),
         )
+    layout = next(iter(layouts.values()))  # the layer types' RoPEs differ in base, not in layout
     methods = {}
     for name, cls in METHODS.items():
-        if issubclass(cls, RopeScaling) and rope_type != "default":
+        if issubclass(cls, RopeScaling) and None not in layouts:
+            methods[name] = "no: the model keeps a RoPE per layer type"
+        elif issubclass(cls, RopeScaling) and rope_type != "default":
             methods[name] = f"no: the model already scales its RoPE ({rope_type})"
         elif rope_type == "dynamic" and name != "vanilla":
             methods[name] = "yes, without cache (dynamic NTK cannot re-rotate cached keys)"

@@ -40,7 +40,7 @@ class _Extension:
     method: Method
     parts: tuple[Part, ...]
     rotary: torch.nn.Module
-    layout: RotaryLayout
+    layouts: dict[str | None, RotaryLayout]  # per layer type; key None for a model with one RoPE
     trained_length: int
     rope_type: str
     original_implementation: str
@@ -80,11 +80,16 @@ def extend(model: PreTrainedModel, method: Method) -> PreTrainedModel:
             f"(InfLLM.for_model({trained}, n_local={window}), or infllm:n_local={window} on the command line)"
         )
     restore(model)  # one method at a time: a second extend replaces the first
-    rotary, layout, rope_type = describe_rotary(model)
+    rotary, layouts, rope_type = describe_rotary(model)
+    if None not in layouts and isinstance(method, RopeScaling):
+        raise UnsupportedModelError(
+            f"{method.spec()} rescales one RoPE, but this model keeps one per layer type "
+            f"({', '.join(layouts)}); compare against the model as it is (vanilla) instead"
+        )
     if window is not None and not isinstance(method, (InfLLM, RopeScaling, Vanilla)):
         warnings.warn(
-            f"this model attends at most {window} tokens back (sliding window), and still does with "
-            f"{method.spec()}: keys further back stay unseen, so the method cannot reach past the window",
+            f"this model's sliding-window layers attend at most {window} tokens back, and still do with "
+            f"{method.spec()}: keys further back stay unseen there, and the method cannot reach past the window",
             stacklevel=2,
         )
     parts = method.parts()
@@ -92,7 +97,7 @@ def extend(model: PreTrainedModel, method: Method) -> PreTrainedModel:
         method=method,
         parts=parts,
         rotary=rotary,
-        layout=layout,
+        layouts=layouts,
         trained_length=trained,
         rope_type=rope_type,
         original_implementation=model.config._attn_implementation or "sdpa",
@@ -106,7 +111,7 @@ def extend(model: PreTrainedModel, method: Method) -> PreTrainedModel:
     extension.undo_generation = _adapt_generate(model, method.exec_block if extension.memory else None)
     if isinstance(method, RopeScaling):
         # A baseline: the model's own attention with its own rope parameters changed.
-        extension.undo_rope, extension.hook = apply_rope_scaling(model, rotary, method, rope_type, layout)
+        extension.undo_rope, extension.hook = apply_rope_scaling(model, rotary, method, rope_type, layouts[None])
         return model
 
     def adopt_cache(_module, args, kwargs):
@@ -229,9 +234,12 @@ def sliding_window(config) -> int | None:
     return window
 
 
-def describe_rotary(model: PreTrainedModel) -> tuple[torch.nn.Module, RotaryLayout, str]:
+def describe_rotary(model: PreTrainedModel) -> tuple[torch.nn.Module, dict[str | None, RotaryLayout], str]:
     """Find the model's rotary embedding and read its layout off the model's own RoPE code.
 
+    Returns the rotary module, its layout per layer type (one entry, key None, for a model with
+    one RoPE; Gemma 3 keeps one per layer type, with its own base) and the rope type ("default",
+    "yarn", ...; "full_attention: linear, sliding_attention: default" per layer type).
     The layout (half-split or interleaved, rotary dims) is not looked up per architecture: a
     probe vector is rotated by the model's ``apply_rotary_pos_emb`` and compared with both
     layouts.
@@ -239,30 +247,26 @@ def describe_rotary(model: PreTrainedModel) -> tuple[torch.nn.Module, RotaryLayo
     if not isinstance(model, PreTrainedModel):
         raise TypeError(f"expected a transformers PreTrainedModel, got {type(model).__name__}")
     family = getattr(model.config, "model_type", type(model).__name__)
-    rotaries = [m for m in model.modules() if isinstance(getattr(m, "inv_freq", None), torch.Tensor)]
-    per_layer_type = sorted({name.removesuffix("_inv_freq") for name, _ in model.named_buffers(remove_duplicate=False)
-                             if name.endswith("_inv_freq") and not name.endswith("original_inv_freq")})
-    if not rotaries and per_layer_type:
-        kinds = ", ".join(name.rpartition(".")[2] for name in per_layer_type)
-        raise UnsupportedModelError(
-            f"{family} keeps a RoPE per layer type ({kinds}), as models with local and global layers of "
-            "different bases do; LongReach supports models with one RoPE (one inv_freq)"
-        )
+    rotaries = [m for m in model.modules() if _frequencies(m)]
     if not rotaries:
         raise UnsupportedModelError(
             f"{family} does not use rotary position embeddings (RoPE); LongReach methods re-rotate "
             "RoPE positions and cannot apply to absolute, learned or ALiBi positions "
             "(GPT-2, BLOOM, MPT, Falcon-ALiBi). Use a RoPE model such as Llama, Mistral, Qwen or Phi-3."
         )
-    frequencies = {tuple(m.inv_freq.flatten().tolist()) for m in rotaries}
+    frequencies = {tuple((t, tuple(f.flatten().tolist())) for t, f in _frequencies(m).items()) for m in rotaries}
     if len(frequencies) > 1:
         raise UnsupportedModelError(
             f"{family} uses {len(frequencies)} different rotary embeddings (e.g. separate local and "
             "global RoPE); LongReach supports one RoPE per model."
         )
     rotary = rotaries[0]
+    layer_types = list(_frequencies(rotary))
     rope_parameters = getattr(model.config, "rope_parameters", None) or {}
-    rope_type = str(rope_parameters.get("rope_type", getattr(rotary, "rope_type", "default")))
+    if layer_types == [None]:
+        rope_type = str(rope_parameters.get("rope_type", getattr(rotary, "rope_type", "default")))
+    else:
+        rope_type = ", ".join(f"{t}: {(rope_parameters.get(t) or {}).get('rope_type', 'default')}" for t in layer_types)
     if rope_type in ("mrope", "multimodal"):
         raise UnsupportedModelError(f"{family} uses multimodal RoPE ({rope_type}), which LongReach does not handle")
     if not getattr(type(model), "_supports_attention_backend", False):
@@ -270,12 +274,22 @@ def describe_rotary(model: PreTrainedModel) -> tuple[torch.nn.Module, RotaryLayo
             f"{family} does not route attention through transformers' AttentionInterface, so LongReach "
             "cannot apply without patching its code; use a model whose class sets _supports_attention_backend"
         )
-    layout = _probe_layout(model, rotary, family)
-    return rotary, layout, rope_type
+    return rotary, {t: _probe_layout(model, rotary, family, t) for t in layer_types}, rope_type
 
 
-def _probe_layout(model, rotary, family) -> RotaryLayout:
-    inv_freq = rotary.inv_freq.detach().to(torch.float32)
+def _frequencies(module: torch.nn.Module) -> dict[str | None, torch.Tensor]:
+    """A rotary embedding's inverse frequencies: {None: inv_freq}, or one per layer type (Gemma 3
+    keeps ``{layer_type}_inv_freq`` buffers); empty for any other module."""
+    if isinstance(getattr(module, "inv_freq", None), torch.Tensor):
+        return {None: module.inv_freq}
+    found = {t: getattr(module, f"{t}_inv_freq", None) for t in getattr(module, "layer_types", None) or ()}
+    return {t: f for t, f in found.items() if isinstance(f, torch.Tensor)}
+
+
+def _probe_layout(model, rotary, family, layer_type: str | None) -> RotaryLayout:
+    inv_freq = _frequencies(rotary)[layer_type].detach().to(torch.float32)
+    by_type = () if layer_type is None else (layer_type,)
+    scaling = getattr(rotary, "attention_scaling" if layer_type is None else f"{layer_type}_attention_scaling", 1.0)
     apply = None
     for module in _attention_modules(model):
         apply = getattr(sys.modules.get(type(module).__module__), "apply_rotary_pos_emb", None)
@@ -288,9 +302,9 @@ def _probe_layout(model, rotary, family) -> RotaryLayout:
     probe = torch.randn(1, 1, 1, dims, generator=generator).to(inv_freq.device)
     position = 7
     with torch.no_grad():
-        cos, sin = rotary(probe, torch.tensor([[position]], device=inv_freq.device))
+        cos, sin = rotary(probe, torch.tensor([[position]], device=inv_freq.device), *by_type)
         expected, _ = apply(probe, probe, cos.to(torch.float32), sin.to(torch.float32))
-    expected = expected.to(torch.float32) / float(getattr(rotary, "attention_scaling", 1.0) or 1.0)
+    expected = expected.to(torch.float32) / float(scaling or 1.0)
     delta = torch.tensor([float(position)], device=inv_freq.device)
     for interleaved in (False, True):
         layout = RotaryLayout(inv_freq=inv_freq, interleaved=interleaved)
@@ -394,6 +408,8 @@ def longreach_attention(
     check_length(extension.method, total - min(offsets), extension.trained_length)
     scale = scaling if scaling is not None else head_dim**-0.5
     method = extension.method
+    rope_kind = None if None in extension.layouts else module.layer_type  # Gemma 3: a RoPE per layer type
+    layout = extension.layouts[rope_kind]
 
     def attend_rows(index, rows: list[int], offset: int) -> torch.Tensor:
         valid = attention_mask[rows[0]].to(query.device)[token_index] if has_holes[rows[0]] else None
@@ -406,22 +422,22 @@ def longreach_attention(
                 )
             state = _memory_state(cache, module.layer_idx, tuple(rows), offset, method)
             out, kept = attend_with_memory(
-                query[index], key[index], value[index], method, extension.layout, state,
+                query[index], key[index], value[index], method, layout, state,
                 query_positions=query_positions, key_positions=token_index - offset, scale=scale,
                 query_scale=query_scale, sliding_window=kwargs.get("sliding_window"),
                 position_memo=memo.setdefault(("memory", tuple(rows), offset, n_query, total,
-                                               kwargs.get("sliding_window")), {}),
+                                               kwargs.get("sliding_window"), rope_kind), {}),
             )
             memory_kept.append((state, kept))
             return out
         store = cache.store(module.layer_idx, tuple(rows), offset) if cache is not None else None
         return attend(
-            query[index], key[index], value[index], extension.parts, extension.layout,
+            query[index], key[index], value[index], extension.parts, layout,
             query_positions=query_positions, key_positions=token_index - offset, scale=scale,
             key_valid=valid, sliding_window=kwargs.get("sliding_window"), key_store=store,
             query_scale=query_scale,
             position_memo=memo.setdefault(("spans", tuple(rows), offset, n_query, n_key, total, layer_kind,
-                                       kwargs.get("sliding_window")), {}),
+                                       kwargs.get("sliding_window"), rope_kind), {}),
         )
 
     memory_kept: list[tuple[MemoryState, torch.Tensor]] = []

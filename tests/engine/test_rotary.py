@@ -25,16 +25,18 @@ def test_rotate_composes_with_rope(interleaved, rotary_dims):
 def test_detected_layout_matches_the_models_own_rope(family):
     """Re-rotating by the detected layout equals the model's apply_rotary_pos_emb at the new position."""
     model = tiny_model(family)
-    rotary, layout, _ = describe_rotary(model)
+    rotary, layouts, _ = describe_rotary(model)
     attention = next(m for m in model.modules() if hasattr(m, "layer_idx") and hasattr(m, "config"))
     apply = sys.modules[type(attention).__module__].apply_rotary_pos_emb
-    raw = torch.randn(1, 2, 3, layout.rotary_dims)
+    for layer_type, layout in layouts.items():  # gemma3: one RoPE per layer type, with its own base
+        raw = torch.randn(1, 2, 3, layout.rotary_dims)
 
-    def model_rope(positions):
-        cos, sin = rotary(raw, positions[None])
-        rotated, _ = apply(raw, raw, cos, sin)
-        return rotated
+        def model_rope(positions, raw=raw, by_type=[layer_type] if layer_type else []):
+            cos, sin = rotary(raw, positions[None], *by_type)
+            rotated, _ = apply(raw, raw, cos, sin)
+            return rotated
 
-    start, target = torch.tensor([1, 40, 63]), torch.tensor([33, 2, 63])
-    moved = layout.rotate(model_rope(start), (target - start).float())
-    torch.testing.assert_close(moved, model_rope(target), atol=1e-5, rtol=1e-5)
+        start, target = torch.tensor([1, 40, 63]), torch.tensor([33, 2, 63])
+        moved = layout.rotate(model_rope(start), (target - start).float())
+        torch.testing.assert_close(moved, model_rope(target), atol=1e-5, rtol=1e-5)
+    assert len(layouts) == (2 if family == "gemma3" else 1)

@@ -222,7 +222,8 @@ def test_a_sliding_window_model_narrows_only_the_local_part_and_refuses_a_wider_
     model = tiny_model("mistral", sliding_window=12, max_position_embeddings=TRAINED)
     ids = torch.randint(3, 128, (1, 60))
     own = logits(model, ids[:, :16])
-    with pytest.warns(UserWarning, match="at most 12 tokens back"):  # a plan method cannot reach past it
+    # A plan method cannot reach past the window: said at once.
+    with pytest.warns(UserWarning, match="sliding-window layers attend at most 12 tokens back"):
         longreach.extend(model, longreach.SelfExtend(group_size=4, window=6))
     every_block = longreach.InfLLM(n_init=4, n_local=12, block_size=4, topk=16, repr_topk=1, exec_block=4,
                                    max_cached_blocks=16)  # retrieval then does not depend on the split
