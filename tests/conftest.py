@@ -31,6 +31,10 @@ FAMILIES = {
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"head_dim": 16}),
     "phi3": ("Phi3Config", "Phi3ForCausalLM", {"sliding_window": None}),
     # A RoPE per layer type: local layers (window 12, base 10k), global ones (base 1M, linear x2).
+    # Attention logit soft-capping at 1.0, with weights large enough for it to bite; eager attention.
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", {
+        "head_dim": 16, "attn_logit_softcapping": 1.0, "initializer_range": 0.2, "sliding_window": 12,
+        "_attn_implementation": "eager"}),
     "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", {
         "head_dim": 16, "layer_types": ["sliding_attention", "full_attention"], "sliding_window": 12,
         "rope_parameters": {"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
@@ -44,8 +48,9 @@ FAMILIES = {
 def tiny_model(family: str = "llama", seed: int = 0, **overrides) -> transformers.PreTrainedModel:
     config_name, model_name, extra = FAMILIES[family]
     settings = {**COMMON, **extra, **overrides}
+    implementation = settings.pop("_attn_implementation", "sdpa")
     config = getattr(transformers, config_name)(**settings)
-    config._attn_implementation = "sdpa"
+    config._attn_implementation = implementation
     torch.manual_seed(seed)
     model = getattr(transformers, model_name)(config).eval()
     return model

@@ -54,13 +54,13 @@ def dense_reference_attention(module, query, key, value, attention_mask, scaling
     out = reference_attention(
         raw_q, raw_k, value, extension.parts, layout.inv_freq, interleaved=layout.interleaved,
         query_positions=positions[n_key - n_query :], key_positions=positions, scale=scaling,
-        sliding_window=kwargs.get("sliding_window"),
+        sliding_window=kwargs.get("sliding_window"), softcap=kwargs.get("softcap"),
     )
     return out.to(query.dtype).transpose(1, 2).contiguous(), None
 
 
 @pytest.mark.filterwarnings("ignore:this model's sliding-window layers")  # gemma3's local layers
-@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "phi", "cohere", "gemma3"])
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "phi", "cohere", "gemma2", "gemma3"])
 def test_model_agrees_with_dense_reference(family):
     model = tiny_model(family)
     method = longreach.SelfExtend(group_size=3, window=7)
@@ -101,7 +101,7 @@ def test_chunked_prefill_and_decode_match_one_shot(family):
     longreach.LMInfinite(local_window=10, n_global=2, distance_limit=32),
     longreach.InfLLM(n_init=4, n_local=12, block_size=4, topk=16, repr_topk=1, exec_block=4, max_cached_blocks=16),
 ], ids=lambda method: type(method).__name__)
-@pytest.mark.parametrize("family", ["qwen2-windowed", "gemma3"])
+@pytest.mark.parametrize("family", ["qwen2-windowed", "gemma2", "gemma3"])
 def test_decoding_matches_one_shot_with_full_and_sliding_window_layers(method, family):
     """A sliding layer drops its oldest keys, so keys re-rotated on an earlier step sit at other
     indices now, and a layer with another window (or RoPE) must not reuse another layer's spans."""

@@ -424,7 +424,7 @@ def longreach_attention(
             out, kept = attend_with_memory(
                 query[index], key[index], value[index], method, layout, state,
                 query_positions=query_positions, key_positions=token_index - offset, scale=scale,
-                query_scale=query_scale, sliding_window=kwargs.get("sliding_window"),
+                query_scale=query_scale, sliding_window=kwargs.get("sliding_window"), softcap=kwargs.get("softcap"),
                 position_memo=memo.setdefault(("memory", tuple(rows), offset, n_query, total,
                                                kwargs.get("sliding_window"), rope_kind), {}),
             )
@@ -435,7 +435,7 @@ def longreach_attention(
             query[index], key[index], value[index], extension.parts, layout,
             query_positions=query_positions, key_positions=token_index - offset, scale=scale,
             key_valid=valid, sliding_window=kwargs.get("sliding_window"), key_store=store,
-            query_scale=query_scale,
+            query_scale=query_scale, softcap=kwargs.get("softcap"),
             position_memo=memo.setdefault(("spans", tuple(rows), offset, n_query, n_key, total, layer_kind,
                                        kwargs.get("sliding_window"), rope_kind), {}),
         )
@@ -485,8 +485,6 @@ def _still_visible(parts: tuple[Part, ...], token_index: torch.Tensor, total: in
 
 
 def _refuse_unsupported(module, extension, dropout, kwargs) -> None:
-    if kwargs.get("softcap") is not None:
-        raise UnsupportedModelError("attention logit soft-capping (Gemma 2) is not supported by LongReach")
     for name in ("s_aux", "sinks"):
         if kwargs.get(name) is not None:
             raise UnsupportedModelError(f"learned attention sinks ({name}) are not supported by LongReach")

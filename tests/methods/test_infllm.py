@@ -140,10 +140,11 @@ def test_infllm_reduces_to_the_model_up_to_n_init_plus_n_local():
 
 
 TRAINED = 32
-def general_path_for_one_query(query, key, value, method, layout, state, key_positions, position, scale,
+def general_path_for_one_query(query, key, value, method, layout, state, key_positions, position, scale, softcap,
                                sliding_window, memo):
     return memory_attention._attend_in_execution_blocks(
-        query, key, value, method, layout, state, torch.tensor([position]), key_positions, scale, sliding_window, memo)
+        query, key, value, method, layout, state, torch.tensor([position]), key_positions, scale, softcap,
+        sliding_window, memo)
 
 
 @pytest.mark.parametrize(("pad", "sliding_window"), [(0, None), (5, None), (0, 9)])

@@ -52,6 +52,7 @@ def attend(
     query_scale: torch.Tensor | None = None,
     position_memo: dict | None = None,
     return_lse: bool = False,
+    softcap: float | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Attention of ``query`` over ``key``/``value`` under a position plan.
 
@@ -60,9 +61,10 @@ def attend(
     ascending. ``key_valid`` (Nk,) marks keys that may be attended at all (padding holes).
     ``key_store`` (a dict owned by the cache, per layer) keeps re-rotated keys between calls
     whose keys only grew by appending, so decoding rotates only the new keys.
-    ``query_scale`` (Nq,) multiplies each query's scores (log-n scaling, attention temperature).
-    ``position_memo`` (a dict the caller keeps for calls with the same positions, e.g. the layers
-    of one forward) saves recomputing each part's key spans and rotation angles.
+    ``query_scale`` (Nq,) multiplies each query's scores (log-n scaling, attention temperature);
+    ``softcap`` then bounds them (Gemma 2's soft-capping). ``position_memo`` (a dict the caller
+    keeps for calls with the same positions, e.g. the layers of one forward) saves recomputing
+    each part's key spans and rotation angles.
     Returns (B, Hq, Nq, D) in the query's dtype; a query that sees no key gets zeros. With
     ``return_lse`` returns (out in float32, lse (B, Hq, Nq)), for merging with more keys.
 
@@ -92,7 +94,7 @@ def attend(
         rows, first = slice(start, stop), True
         for view in views:
             for piece in _pieces(view, start, stop, key_valid is not None):
-                piece_out, piece_lse = _attend_piece(view, piece, key_valid, scale, group)
+                piece_out, piece_lse = _attend_piece(view, piece, key_valid, scale, softcap, group)
                 if first:  # every piece covers the tile's rows: the first needs no merge
                     out[..., rows, :], lse[..., rows], first = piece_out, piece_lse, False
                 else:
@@ -235,7 +237,7 @@ def _pieces(view: _PartView, start: int, stop: int, has_holes: bool) -> list[_Pi
     return pieces
 
 
-def _attend_piece(view: _PartView, piece: _Piece, key_valid, scale, group):
+def _attend_piece(view: _PartView, piece: _Piece, key_valid, scale, softcap, group):
     start, stop, key_lo, key_hi, kind = (
         piece.query_start, piece.query_stop, piece.key_lo, piece.key_hi, piece.kind
     )
@@ -251,7 +253,7 @@ def _attend_piece(view: _PartView, piece: _Piece, key_valid, scale, group):
         v = values.repeat_interleave(group, dim=1)
         if kind == "anticausal":
             q, k, v = q.flip(2), k.flip(2), v.flip(2)
-        out, lse = attention_with_lse(q, k, v, scale=scale, causal=True)
+        out, lse = attention_with_lse(q, k, v, scale=scale, causal=True, softcap=softcap)
         if kind == "anticausal":
             out, lse = out.flip(2), lse.flip(2)
         return out.view(batch, kv_heads, group, rows, head_dim), lse.view(batch, kv_heads, group, rows)
@@ -267,7 +269,7 @@ def _attend_piece(view: _PartView, piece: _Piece, key_valid, scale, group):
         if key_valid is not None:
             allowed &= key_valid[key_lo:key_hi]
         mask = allowed.repeat(group, 1)
-    out, lse = attention_with_lse(q, keys, values, scale=scale, mask=mask)
+    out, lse = attention_with_lse(q, keys, values, scale=scale, mask=mask, softcap=softcap)
     out = out.view(batch, kv_heads, group, rows, head_dim)
     lse = lse.view(batch, kv_heads, group, rows)
     if mask is not None:

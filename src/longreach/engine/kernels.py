@@ -4,6 +4,7 @@ The LSE is what lets the engine merge the parts of a plan exactly. Shapes follow
 q (B, H, Nq, D), k and v (B, H, Nk, D), returning out (B, H, Nq, D) in q's dtype and
 lse (B, H, Nq) in float32. ``mask`` is boolean (Nq, Nk), True where a pair attends; rows with
 no allowed key must be flagged by the caller (the CPU kernel reports lse 0 for them).
+``softcap`` (Gemma 2) bounds each scaled score s to ``softcap * tanh(s / softcap)``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ def attention_with_lse(
     scale: float,
     mask: torch.Tensor | None = None,
     causal: bool = False,
+    softcap: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax attention returning (out, lse); ``causal`` is top-left aligned.
 
@@ -31,9 +33,9 @@ def attention_with_lse(
         >>> out.shape, lse.shape
         (torch.Size([1, 2, 4, 8]), torch.Size([1, 2, 4]))
     """
-    if q.device.type == "cpu":
+    if q.device.type == "cpu" and softcap is None:  # the fused kernel has no soft-capping
         return _cpu_flash(q, k, v, scale=scale, mask=mask, causal=causal)
-    return portable_attention_with_lse(q, k, v, scale=scale, mask=mask, causal=causal)
+    return portable_attention_with_lse(q, k, v, scale=scale, mask=mask, causal=causal, softcap=softcap)
 
 
 def _cpu_flash(q, k, v, *, scale, mask, causal):
@@ -47,7 +49,7 @@ def _cpu_flash(q, k, v, *, scale, mask, causal):
     return out, lse
 
 
-def portable_attention_with_lse(q, k, v, *, scale, mask=None, causal=False):
+def portable_attention_with_lse(q, k, v, *, scale, mask=None, causal=False, softcap=None):
     """Reference-grade kernel in plain torch ops, for devices without a fused LSE kernel.
 
     Walks keys in chunks of ``KEY_CHUNK`` with an online softmax, so memory stays
@@ -63,7 +65,7 @@ def portable_attention_with_lse(q, k, v, *, scale, mask=None, causal=False):
     qf = q.to(torch.float32) * scale
     for start in range(0, nk, KEY_CHUNK):
         stop = min(nk, start + KEY_CHUNK)
-        scores = qf @ k[..., start:stop, :].to(torch.float32).transpose(-1, -2)
+        scores = cap_scores(qf @ k[..., start:stop, :].to(torch.float32).transpose(-1, -2), softcap)
         if allowed is not None:
             scores = scores.masked_fill(~allowed[..., start:stop], float("-inf"))
         chunk_lse = torch.logsumexp(scores, dim=-1)
@@ -71,6 +73,14 @@ def portable_attention_with_lse(q, k, v, *, scale, mask=None, causal=False):
         chunk_out = weights @ v[..., start:stop, :].to(torch.float32)
         out, lse = merge_by_lse(out, lse, chunk_out, chunk_lse)
     return out.to(q.dtype), lse
+
+
+def cap_scores(scores: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    """Gemma 2's attention logit soft-capping, ``softcap * tanh(scores / softcap)``; scores
+    unchanged when ``softcap`` is None."""
+    if softcap is None:
+        return scores
+    return torch.tanh(scores / softcap).mul_(softcap)
 
 
 def merge_by_lse(

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from longreach.engine.attention import attend, memoized
-from longreach.engine.kernels import attention_with_lse, merge_by_lse
+from longreach.engine.kernels import attention_with_lse, cap_scores, merge_by_lse
 from longreach.engine.rotary import RotaryLayout
 from longreach.memory import BlockStore
 from longreach.methods.infllm import InfLLM
@@ -66,6 +66,7 @@ def attend_with_memory(
     query_scale: torch.Tensor | None = None,
     sliding_window: int | None = None,
     position_memo: dict | None = None,
+    softcap: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """InfLLM attention of ``query`` (B, Hq, Nq, D) over the held ``key``/``value`` (B, Hkv, Nk, D)
     and the blocks in ``state``; positions as for :func:`~longreach.engine.attention.attend`.
@@ -98,16 +99,16 @@ def attend_with_memory(
         state.scores = torch.cat((state.scores, fresh), dim=2)
     if n_query == 1:
         out = _attend_one_query(query, key, value, method, layout, state, key_positions, int(query_positions[0]),
-                                scale, sliding_window, position_memo)
+                                scale, softcap, sliding_window, position_memo)
     else:
         out = _attend_in_execution_blocks(query, key, value, method, layout, state, query_positions, key_positions,
-                                          scale, sliding_window, position_memo)
+                                          scale, softcap, sliding_window, position_memo)
     kept = (key_positions < method.n_init) | (key_positions >= state.blocks_end)
     return out, kept
 
 
 def _attend_in_execution_blocks(query, key, value, method, layout, state, query_positions, key_positions, scale,
-                                sliding_window, position_memo) -> torch.Tensor:
+                                softcap, sliding_window, position_memo) -> torch.Tensor:
     """The general path: execution block by execution block, each part attended by the engine's
     tiles and merged by LSE; the window's probabilities give the keys' scores."""
     held = key.shape[2]
@@ -125,18 +126,19 @@ def _attend_in_execution_blocks(query, key, value, method, layout, state, query_
         # The memory first (held leftovers, then retrieved blocks), so that the local part, which
         # needs the final softmax for its scores, comes last.
         out, lse = attend(queries, keys, values, (memory,), layout, query_positions=positions,
-                          key_positions=resident_positions, scale=scale, return_lse=True, position_memo=memo)
+                          key_positions=resident_positions, scale=scale, return_lse=True, position_memo=memo,
+                          softcap=softcap)
         if state.store is not None and state.store.count:
-            out, lse = _attend_blocks(queries, positions, method, layout, state.store, scale, out, lse, memo)
+            out, lse = _attend_blocks(queries, positions, method, layout, state.store, scale, softcap, out, lse, memo)
         out = _attend_local_and_score(state, queries, keys, values, positions, resident_positions, index, method,
-                                      scale, sliding_window, out, lse)
+                                      scale, softcap, sliding_window, out, lse)
         _form_blocks(state, key, value, key_positions, method, layout, next_position=int(positions[-1]) + 1)
         outputs.append(out.to(query.dtype))
     return torch.cat(outputs, dim=2)
 
 
-def _attend_one_query(query, key, value, method, layout, state, key_positions, position, scale, sliding_window,
-                      memo) -> torch.Tensor:
+def _attend_one_query(query, key, value, method, layout, state, key_positions, position, scale, softcap,
+                      sliding_window, memo) -> torch.Tensor:
     """Decoding: the general path's result for one query at ``position``, in a dozen products.
 
     Nothing is gathered or re-tiled: the first tokens, the leftovers and the window are slices
@@ -178,7 +180,7 @@ def _attend_one_query(query, key, value, method, layout, state, key_positions, p
     memory_query = memory_query.reshape(batch, kv_heads, group, head_dim)
     scores = [torch.matmul(memory_query, k.transpose(2, 3)) for k in keys]
     scores.append(torch.matmul(grouped, key[:, :, window_start:stop].transpose(2, 3)))
-    weights = torch.softmax(torch.cat(scores, dim=-1).to(torch.float32) * scale, dim=-1)
+    weights = torch.softmax(cap_scores(torch.cat(scores, dim=-1).to(torch.float32) * scale, softcap), dim=-1)
     window_weights = weights[..., weights.shape[-1] - (stop - window_start):]
     out = torch.matmul(window_weights.to(value.dtype), value[:, :, window_start:stop])
     first = 0
@@ -217,7 +219,7 @@ def _resident(key_positions: torch.Tensor, n_init: int, blocks_end: int, last: i
     return torch.cat((torch.arange(init_stop), torch.arange(rest_start, stop))).to(key_positions.device)
 
 
-def _attend_blocks(queries, positions, method, layout, store, scale, out, lse, memo):
+def _attend_blocks(queries, positions, method, layout, store, scale, softcap, out, lse, memo):
     """Retrieve the best ``topk`` blocks per KV head and merge their attention into (out, lse)."""
     batch, q_heads, rows, head_dim = queries.shape
     kv_heads = store.kv_heads
@@ -227,7 +229,8 @@ def _attend_blocks(queries, positions, method, layout, store, scale, out, lse, m
     packed = memory_queries.reshape(batch, kv_heads, group * rows, head_dim)
     block_ids = select_blocks(memory_queries, store, method.topk)
     keys, values = store.gather(block_ids)
-    block_out, block_lse = attention_with_lse(packed, keys.to(packed.dtype), values.to(packed.dtype), scale=scale)
+    block_out, block_lse = attention_with_lse(packed, keys.to(packed.dtype), values.to(packed.dtype), scale=scale,
+                                              softcap=softcap)
     block_out = block_out.reshape(batch, q_heads, rows, head_dim)
     block_lse = block_lse.reshape(batch, q_heads, rows)
     return merge_by_lse(out, lse, block_out, block_lse)
@@ -256,7 +259,7 @@ def select_blocks(memory_queries: torch.Tensor, store: BlockStore, topk: int) ->
 
 
 def _attend_local_and_score(state, queries, keys, values, positions, resident_positions, index, method, scale,
-                            sliding_window, out, lse) -> torch.Tensor:
+                            softcap, sliding_window, out, lse) -> torch.Tensor:
     """Attend each query's local window at true positions, merge it into the memory's (out, lse)
     and add to each window key the attention it received (summed over the query heads of its KV
     head) under the final softmax; returns the merged output (B, Hq, Nq, D) float32.
@@ -296,7 +299,7 @@ def _attend_local_and_score(state, queries, keys, values, positions, resident_po
         after = columns[hi_min:][None] >= hi[a:b, None] if hi_min < n_window else None
         for h in range(0, batch * kv_heads, heads_per_step):
             heads = slice(h, h + heads_per_step)
-            weights = torch.bmm(packed[heads, a:b], window_keys[heads].transpose(1, 2))
+            weights = cap_scores(torch.bmm(packed[heads, a:b], window_keys[heads].transpose(1, 2)), softcap)
             if before is not None:
                 weights[:, :, :lo_max].masked_fill_(before, float("-inf"))
             if after is not None:

@@ -43,6 +43,7 @@ def reference_attention(
     scale: float,
     key_valid: torch.Tensor | None = None,
     sliding_window: int | None = None,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """(B, Hq, Nq, D) float64 output of the plan on unrotated q (B, Hq, Nq, D), k (B, Hkv, Nk, D)."""
     group = raw_query.shape[1] // raw_key.shape[1]
@@ -70,6 +71,8 @@ def reference_attention(
         q = rope(raw_query, q_at, inv_freq, interleaved)
         k = rope(raw_key, k_at, inv_freq, interleaved).repeat_interleave(group, dim=1)
         part_scores = (q @ k.transpose(-1, -2)) * scale
+        if softcap is not None:
+            part_scores = softcap * torch.tanh(part_scores / softcap)
         scores = torch.where(region, part_scores, scores)
     weights = torch.softmax(scores, dim=-1).nan_to_num(0.0)
     return weights @ value.to(torch.float64).repeat_interleave(group, dim=1)
