@@ -80,7 +80,8 @@ def load_model(
             )
     extra = {"gguf_file": gguf_file} if gguf_file else {}
     tokenizer = AutoTokenizer.from_pretrained(source, **extra)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation="sdpa", **extra)
+    # transformers' own choice: SDPA where the model supports it, else eager (Gemma 2's soft-capping).
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **extra)
     model.to(device)
     model.eval()
     return model, tokenizer
