@@ -35,6 +35,11 @@ FAMILIES = {
     "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", {
         "head_dim": 16, "attn_logit_softcapping": 1.0, "initializer_range": 0.2, "sliding_window": 12,
         "_attn_implementation": "eager"}),
+    # RoPE on the sliding-window layer only (Cohere2's rule: its global layers are NoPE).
+    "cohere2": ("Cohere2Config", "Cohere2ForCausalLM", {"layer_types": ["sliding_attention", "full_attention"],
+                                                        "sliding_window": 12}),
+    # NoPE: the second layer applies no RoPE.
+    "smollm3": ("SmolLM3Config", "SmolLM3ForCausalLM", {"no_rope_layers": [1, 0]}),
     "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", {
         "head_dim": 16, "layer_types": ["sliding_attention", "full_attention"], "sliding_window": 12,
         "rope_parameters": {"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},

@@ -8,7 +8,7 @@ from transformers import AttentionInterface, DynamicCache
 
 import longreach
 from longreach.engine.reference import reference_attention
-from longreach.integration import describe_rotary
+from longreach.integration import _rope_of, describe_rotary
 
 EQUIVALENCE_FAMILIES = sorted(FAMILIES)
 
@@ -46,7 +46,7 @@ def test_restore_is_exact_and_extend_does_not_stack(family):
 def dense_reference_attention(module, query, key, value, attention_mask, scaling=None, **kwargs):
     """Attention fn computing the plan densely from unrotated q/k (for unpadded inputs)."""
     extension = module._longreach
-    layout = extension.layouts[None if None in extension.layouts else module.layer_type]
+    _, layout = _rope_of(module, extension.layouts)
     n_key, n_query = key.shape[2], query.shape[2]
     positions = torch.arange(n_key)
     raw_q = layout.rotate(query, -positions[n_key - n_query :].float())
@@ -60,7 +60,7 @@ def dense_reference_attention(module, query, key, value, attention_mask, scaling
 
 
 @pytest.mark.filterwarnings("ignore:this model's sliding-window layers")  # gemma3's local layers
-@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "phi", "cohere", "gemma2", "gemma3"])
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "phi", "cohere", "gemma2", "gemma3", "smollm3"])
 def test_model_agrees_with_dense_reference(family):
     model = tiny_model(family)
     method = longreach.SelfExtend(group_size=3, window=7)
@@ -101,10 +101,11 @@ def test_chunked_prefill_and_decode_match_one_shot(family):
     longreach.LMInfinite(local_window=10, n_global=2, distance_limit=32),
     longreach.InfLLM(n_init=4, n_local=12, block_size=4, topk=16, repr_topk=1, exec_block=4, max_cached_blocks=16),
 ], ids=lambda method: type(method).__name__)
-@pytest.mark.parametrize("family", ["qwen2-windowed", "gemma2", "gemma3"])
+@pytest.mark.parametrize("family", ["qwen2-windowed", "gemma2", "gemma3", "smollm3", "cohere2"])
 def test_decoding_matches_one_shot_with_full_and_sliding_window_layers(method, family):
     """A sliding layer drops its oldest keys, so keys re-rotated on an earlier step sit at other
-    indices now, and a layer with another window (or RoPE) must not reuse another layer's spans."""
+    indices now, and a layer with another window (or RoPE, or none) must not reuse another
+    layer's spans."""
     model = tiny_model(family)
     longreach.extend(model, method)
     ids = torch.randint(3, 128, (2, 50))
@@ -114,9 +115,23 @@ def test_decoding_matches_one_shot_with_full_and_sliding_window_layers(method, f
               for a, b in [(0, 8), *((i, i + 1) for i in range(8, 20)), (20, 24), (24, 40),
                            *((i, i + 1) for i in range(40, 50))]]
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-5)
-    # The window matters: the same weights and method without it give other outputs.
-    unwindowed = longreach.extend(tiny_model(family, sliding_window=1000), method)
-    assert (full - logits(unwindowed, ids)).abs().max() > 1e-3
+    if family != "smollm3":  # the window matters: the same weights and method without it differ
+        unwindowed = longreach.extend(tiny_model(family, sliding_window=1000), method)
+        assert (full - logits(unwindowed, ids)).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize(("family", "nope"), [("smollm3", {"no_rope_layers": [0, 0]}),
+                                            ("cohere2", {"layer_types": ["full_attention"] * 2})])
+def test_position_plans_leave_nope_layers_as_they_are(family, nope):
+    """A model whose layers apply no RoPE (SmolLM3's NoPE layers, Cohere2's global layers; all of
+    them here) has no positions to move: a plan covering every key leaves it exactly as it is."""
+    model = tiny_model(family, **nope)
+    ids = torch.randint(3, 128, (2, 50))
+    own = logits(model, ids)
+    for method in (longreach.SelfExtend(3, 6), longreach.DualChunk(chunk_size=24, local_window=4),
+                   longreach.ReRoPE(window=8)):
+        longreach.extend(model, method)
+        torch.testing.assert_close(logits(model, ids), own, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "phi3"])
@@ -172,6 +187,16 @@ def test_models_without_rope_are_refused():
     with pytest.raises(longreach.UnsupportedModelError, match="RoPE"):
         longreach.extend(model, longreach.SelfExtend(4, 8))
     assert model.config._attn_implementation != "longreach"
+
+
+def test_chunked_attention_is_refused():
+    config = transformers.Llama4TextConfig(vocab_size=128, hidden_size=32, intermediate_size=64,
+                                           intermediate_size_mlp=64, num_hidden_layers=2, num_attention_heads=2,
+                                           num_key_value_heads=1, head_dim=16, num_local_experts=2,
+                                           attention_chunk_size=16)
+    model = transformers.Llama4ForCausalLM(config).eval()
+    with pytest.raises(longreach.UnsupportedModelError, match="chunks of 16 tokens"):
+        longreach.extend(model, longreach.SelfExtend(4, 8))
 
 
 def test_models_outside_the_attention_interface_are_refused():

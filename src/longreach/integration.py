@@ -54,6 +54,8 @@ class _Extension:
     # What every layer of the forward in progress shares (row offsets, spans, kept keys): keyed
     # by the shapes it depends on, emptied by the pre-hook at the start of each forward.
     forward_memo: dict = field(default_factory=dict)
+    # Per attention layer, found at its first call: the RoPE it applies (see ``_rope_of``).
+    rope_of_layer: dict[int, tuple[str | None, RotaryLayout]] = field(default_factory=dict)
 
 
 def extend(model: PreTrainedModel, method: Method) -> PreTrainedModel:
@@ -269,6 +271,12 @@ def describe_rotary(model: PreTrainedModel) -> tuple[torch.nn.Module, dict[str |
         rope_type = ", ".join(f"{t}: {(rope_parameters.get(t) or {}).get('rope_type', 'default')}" for t in layer_types)
     if rope_type in ("mrope", "multimodal"):
         raise UnsupportedModelError(f"{family} uses multimodal RoPE ({rope_type}), which LongReach does not handle")
+    chunk = getattr(model.config, "attention_chunk_size", None)
+    if chunk is not None:
+        raise UnsupportedModelError(
+            f"{family} attends within chunks of {chunk} tokens in some layers (chunked attention), which "
+            "LongReach does not implement"
+        )
     if not getattr(type(model), "_supports_attention_backend", False):
         raise UnsupportedModelError(
             f"{family} does not route attention through transformers' AttentionInterface, so LongReach "
@@ -284,6 +292,23 @@ def _frequencies(module: torch.nn.Module) -> dict[str | None, torch.Tensor]:
         return {None: module.inv_freq}
     found = {t: getattr(module, f"{t}_inv_freq", None) for t in getattr(module, "layer_types", None) or ()}
     return {t: f for t, f in found.items() if isinstance(f, torch.Tensor)}
+
+
+#: Families whose layers apply RoPE only where they have a sliding window (the others are NoPE).
+ROPE_ONLY_WITH_SLIDING_WINDOW = {"cohere2"}
+
+
+def _rope_of(module: torch.nn.Module, layouts: dict[str | None, RotaryLayout]) -> tuple[str | None, RotaryLayout]:
+    """The RoPE one attention module applies, as (memo key, layout): its layer type's (Gemma 3),
+    the model's one (key None), or none (key "nope": the NoPE layers of SmolLM3, Llama 4 and
+    Cohere2), whose layout rotates no dims, so a plan only chooses which keys they see."""
+    family = getattr(module.config, "model_type", None)
+    if not getattr(module, "use_rope", True) or (
+        family in ROPE_ONLY_WITH_SLIDING_WINDOW and getattr(module, "sliding_window", None) is None
+    ):
+        return "nope", RotaryLayout(inv_freq=torch.empty(0))
+    kind = None if None in layouts else module.layer_type
+    return kind, layouts[kind]
 
 
 def _probe_layout(model, rotary, family, layer_type: str | None) -> RotaryLayout:
@@ -408,8 +433,9 @@ def longreach_attention(
     check_length(extension.method, total - min(offsets), extension.trained_length)
     scale = scaling if scaling is not None else head_dim**-0.5
     method = extension.method
-    rope_kind = None if None in extension.layouts else module.layer_type  # Gemma 3: a RoPE per layer type
-    layout = extension.layouts[rope_kind]
+    if module.layer_idx not in extension.rope_of_layer:
+        extension.rope_of_layer[module.layer_idx] = _rope_of(module, extension.layouts)
+    rope_kind, layout = extension.rope_of_layer[module.layer_idx]
 
     def attend_rows(index, rows: list[int], offset: int) -> torch.Tensor:
         valid = attention_mask[rows[0]].to(query.device)[token_index] if has_holes[rows[0]] else None
