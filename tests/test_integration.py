@@ -3,7 +3,7 @@
 import pytest
 import torch
 import transformers
-from conftest import FAMILIES, left_pad, logits, tiny_model
+from conftest import COMMON, FAMILIES, left_pad, logits, tiny_model
 from transformers import AttentionInterface, DynamicCache
 
 import longreach
@@ -118,6 +118,23 @@ def test_decoding_matches_one_shot_with_full_and_sliding_window_layers(method, f
     if family != "smollm3":  # the window matters: the same weights and method without it differ
         unwindowed = longreach.extend(tiny_model(family, sliding_window=1000), method)
         assert (full - logits(unwindowed, ids)).abs().max() > 1e-3
+
+
+@pytest.mark.filterwarnings("ignore:this model's sliding-window layers")
+@pytest.mark.parametrize("model_type", ["olmo3", "beam", "gemma4_unified_text", "modernbert-decoder", "vaultgemma"])
+def test_decoding_matches_one_shot_across_rope_conventions(model_type):
+    """Layer types named only in the config (OLMo 3), a layer type without RoPE parameters
+    (Beam's global layers: NoPE), apply_rotary_pos_emb(x, cos, sin) on one tensor (Gemma 4)."""
+    config = transformers.AutoConfig.for_model(model_type, **{**COMMON, "head_dim": 16})
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    longreach.extend(model, longreach.SelfExtend(3, 6))
+    ids = torch.randint(3, 100, (1, 40))
+    full = logits(model, ids)
+    cache = DynamicCache(config=model.config)
+    pieces = [logits(model, ids[:, a:b], past_key_values=cache, use_cache=True)
+              for a, b in [(0, 8), *((i, i + 1) for i in range(8, 40))]]
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=5e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize(("family", "nope"), [("smollm3", {"no_rope_layers": [0, 0]}),

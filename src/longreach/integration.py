@@ -7,6 +7,7 @@ modules and switches the model's attention implementation; ``restore`` switches 
 
 from __future__ import annotations
 
+import inspect
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -301,13 +302,16 @@ ROPE_ONLY_WITH_SLIDING_WINDOW = {"cohere2"}
 def _rope_of(module: torch.nn.Module, layouts: dict[str | None, RotaryLayout]) -> tuple[str | None, RotaryLayout]:
     """The RoPE one attention module applies, as (memo key, layout): its layer type's (Gemma 3),
     the model's one (key None), or none (key "nope": the NoPE layers of SmolLM3, Llama 4 and
-    Cohere2), whose layout rotates no dims, so a plan only chooses which keys they see."""
+    Cohere2, and layer types without RoPE parameters), whose layout rotates no dims, so a plan
+    only chooses which keys they see."""
     family = getattr(module.config, "model_type", None)
-    if not getattr(module, "use_rope", True) or (
-        family in ROPE_ONLY_WITH_SLIDING_WINDOW and getattr(module, "sliding_window", None) is None
-    ):
+    kind = None
+    if None not in layouts:
+        kind = getattr(module, "layer_type", None) or module.config.layer_types[module.layer_idx]
+    nope = not getattr(module, "use_rope", True) or kind not in layouts or (
+        family in ROPE_ONLY_WITH_SLIDING_WINDOW and getattr(module, "sliding_window", None) is None)
+    if nope:
         return "nope", RotaryLayout(inv_freq=torch.empty(0))
-    kind = None if None in layouts else module.layer_type
     return kind, layouts[kind]
 
 
@@ -328,7 +332,10 @@ def _probe_layout(model, rotary, family, layer_type: str | None) -> RotaryLayout
     position = 7
     with torch.no_grad():
         cos, sin = rotary(probe, torch.tensor([[position]], device=inv_freq.device), *by_type)
-        expected, _ = apply(probe, probe, cos.to(torch.float32), sin.to(torch.float32))
+        cos, sin = cos.to(torch.float32), sin.to(torch.float32)
+        # apply_rotary_pos_emb(q, k, cos, sin), or (x, cos, sin) for one tensor (Gemma 4)
+        one_tensor = list(inspect.signature(apply).parameters)[1] == "cos"
+        expected = apply(probe, cos, sin) if one_tensor else apply(probe, probe, cos, sin)[0]
     expected = expected.to(torch.float32) / float(scaling or 1.0)
     delta = torch.tensor([float(position)], device=inv_freq.device)
     for interleaved in (False, True):
@@ -408,7 +415,8 @@ def longreach_attention(
     n_key = key.shape[2]
     if attention_mask is not None and attention_mask.dim() != 2:
         raise ValueError(
-            "LongReach received a 4D attention mask; pass a 2D padding mask (batch, length) instead"
+            "LongReach received a 4D attention mask (passed by the caller, or built by the model itself, as "
+            "Doge's dynamic mask is); it takes 2D padding masks (batch, length) only"
         )
     if extension.rope_type == "dynamic" and n_key > n_query:
         raise ValueError(
