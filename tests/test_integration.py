@@ -137,6 +137,33 @@ def test_decoding_matches_one_shot_across_rope_conventions(model_type):
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=5e-5, rtol=1e-5)
 
 
+@pytest.mark.filterwarnings("ignore:this model's sliding-window layers")
+def test_learned_attention_sinks_join_every_softmax():
+    """GPT-OSS adds one learned logit per head to each softmax (a key with value 0): a plan
+    covering everything at true positions must give the model's own eager attention."""
+    config = transformers.AutoConfig.for_model("gpt_oss", **{**COMMON, "head_dim": 16, "num_local_experts": 2,
+                                                               "num_experts_per_tok": 1, "sliding_window": 12})
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(getattr(module, "sinks", None), torch.Tensor):
+                module.sinks.normal_(0.0, 2.0)
+    ids = torch.randint(3, 100, (2, 40))
+    own = logits(model, ids)
+    longreach.extend(model, longreach.SelfExtend(group_size=4, window=64))
+    torch.testing.assert_close(logits(model, ids), own, atol=1e-5, rtol=1e-5)
+    longreach.extend(model, longreach.SelfExtend(3, 6))
+    full = logits(model, ids)
+    cache = DynamicCache(config=model.config)
+    pieces = [logits(model, ids[:, a:b], past_key_values=cache, use_cache=True)
+              for a, b in [(0, 8), *((i, i + 1) for i in range(8, 40))]]
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-5)
+    longreach.extend(model, longreach.InfLLM(n_init=4, n_local=12, block_size=4, exec_block=4, max_cached_blocks=16))
+    with pytest.raises(longreach.UnsupportedModelError, match="InfLLM does not support learned attention sinks"):
+        logits(model, ids)
+
+
 @pytest.mark.parametrize(("family", "nope"), [("smollm3", {"no_rope_layers": [0, 0]}),
                                             ("cohere2", {"layer_types": ["full_attention"] * 2})])
 def test_position_plans_leave_nope_layers_as_they_are(family, nope):

@@ -469,7 +469,7 @@ def longreach_attention(
             query[index], key[index], value[index], extension.parts, layout,
             query_positions=query_positions, key_positions=token_index - offset, scale=scale,
             key_valid=valid, sliding_window=kwargs.get("sliding_window"), key_store=store,
-            query_scale=query_scale, softcap=kwargs.get("softcap"),
+            query_scale=query_scale, softcap=kwargs.get("softcap"), sink_logits=kwargs.get("s_aux"),
             position_memo=memo.setdefault(("spans", tuple(rows), offset, n_query, n_key, total, layer_kind,
                                        kwargs.get("sliding_window"), rope_kind), {}),
         )
@@ -519,9 +519,10 @@ def _still_visible(parts: tuple[Part, ...], token_index: torch.Tensor, total: in
 
 
 def _refuse_unsupported(module, extension, dropout, kwargs) -> None:
-    for name in ("s_aux", "sinks"):
-        if kwargs.get(name) is not None:
-            raise UnsupportedModelError(f"learned attention sinks ({name}) are not supported by LongReach")
+    if extension.memory and kwargs.get("s_aux") is not None:
+        raise UnsupportedModelError(
+            "InfLLM does not support learned attention sinks (GPT-OSS's s_aux); the other methods do"
+        )
     if module.training and dropout > 0:
         raise ValueError("LongReach is for inference: call model.eval() (attention dropout is not supported)")
     if not getattr(module, "is_causal", True):

@@ -53,6 +53,7 @@ def attend(
     position_memo: dict | None = None,
     return_lse: bool = False,
     softcap: float | None = None,
+    sink_logits: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Attention of ``query`` over ``key``/``value`` under a position plan.
 
@@ -62,7 +63,9 @@ def attend(
     ``key_store`` (a dict owned by the cache, per layer) keeps re-rotated keys between calls
     whose keys only grew by appending, so decoding rotates only the new keys.
     ``query_scale`` (Nq,) multiplies each query's scores (log-n scaling, attention temperature);
-    ``softcap`` then bounds them (Gemma 2's soft-capping). ``position_memo`` (a dict the caller
+    ``softcap`` then bounds them (Gemma 2's soft-capping). ``sink_logits`` (Hq,) are learned
+    attention sinks (GPT-OSS): one more logit per head in each softmax, with a zero value.
+    ``position_memo`` (a dict the caller
     keeps for calls with the same positions, e.g. the layers of one forward) saves recomputing
     each part's key spans and rotation angles.
     Returns (B, Hq, Nq, D) in the query's dtype; a query that sees no key gets zeros. With
@@ -100,6 +103,9 @@ def attend(
                 else:
                     out[..., rows, :], lse[..., rows] = merge_by_lse(out[..., rows, :], lse[..., rows],
                                                                      piece_out, piece_lse)
+    if sink_logits is not None:  # a key with logit sink_h and value 0, merged like any part
+        sinks = sink_logits.to(lse.device, torch.float32).view(1, kv_heads, group, 1).expand_as(lse)
+        out, lse = merge_by_lse(out, lse, torch.zeros_like(out), sinks)
     out = out.reshape(batch, q_heads, n_query, head_dim)
     if return_lse:
         return out, lse.reshape(batch, q_heads, n_query)
