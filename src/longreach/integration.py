@@ -253,9 +253,10 @@ def describe_rotary(model: PreTrainedModel) -> tuple[torch.nn.Module, dict[str |
     rotaries = [m for m in model.modules() if _frequencies(m)]
     if not rotaries:
         raise UnsupportedModelError(
-            f"{family} does not use rotary position embeddings (RoPE); LongReach methods re-rotate "
-            "RoPE positions and cannot apply to absolute, learned or ALiBi positions "
-            "(GPT-2, BLOOM, MPT, Falcon-ALiBi). Use a RoPE model such as Llama, Mistral, Qwen or Phi-3."
+            f"{family} has no rotary embedding with an inv_freq buffer (RoPE), which LongReach methods "
+            "re-rotate: absolute, learned or ALiBi positions (GPT-2, BLOOM, MPT) and RoPE kept as a "
+            "precomputed sin/cos table (GPT-J, CodeGen) cannot be extended. Use a RoPE model such as "
+            "Llama, Mistral, Qwen or Phi-3."
         )
     frequencies = {tuple((t, tuple(f.flatten().tolist())) for t, f in _frequencies(m).items()) for m in rotaries}
     if len(frequencies) > 1:
