@@ -1,0 +1,84 @@
+"""Where InfLLM's retrieval ranks the passkey's block when the question is read, layer by layer.
+
+    .venv/bin/python benchmarks/infllm_retrieval.py --length 64k --depth 0.5
+
+Builds the passkey prompt of `longreach passkey` (same seed, key and filler), reads it with
+InfLLM through the cache, and records the relevance `select_blocks` gives every block at each
+call (watching it, not changing it). For the question's execution block it prints, per layer, the
+rank of the needle's block among all blocks (0 = first; retrieval reads the top `topk`), and
+how many distinct representatives the top `topk` hold (repeated filler could make duplicates
+crowd out the needle). Then it generates the answer as the passkey benchmark does.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+import longreach
+from longreach.engine import memory_attention
+from longreach.eval.passkey import PASSKEY_NEW_TOKENS, passkey_key, passkey_prompt, score_answer
+from longreach.integration import trained_length
+from longreach.methods import parse_length, parse_method
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--method", default="infllm:auto")
+    parser.add_argument("--length", default="64k")
+    parser.add_argument("--depth", type=float, default=0.5)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    length = parse_length(args.length)
+    model, tokenizer = longreach.load_model(args.model)
+    method = parse_method(args.method, target_length=length, trained_length=trained_length(model.config))
+    if not isinstance(method, longreach.InfLLM):
+        parser.error(f"--method must be an InfLLM spec, got {args.method!r}")
+    longreach.extend(model, method)
+    key = passkey_key(args.seed, length, args.depth, 0)
+    ids = torch.tensor([passkey_prompt(tokenizer, length, args.depth, key)])
+    needle = tokenizer(f" {key}", add_special_tokens=False).input_ids
+    start = next(i for i in range(ids.shape[1]) if ids[0, i : i + len(needle)].tolist() == needle)
+    needle_blocks = {(p - method.n_init) // method.block_size for p in (start, start + len(needle) - 1)}
+
+    calls = []
+    select = memory_attention.select_blocks
+
+    def watched(memory_queries, store, topk):
+        grouped = memory_queries.reshape(memory_queries.shape[0], store.kv_heads, -1, *memory_queries.shape[2:])
+        probe = grouped.to(torch.float32).mean(dim=3).sum(dim=2)
+        relevance = torch.einsum("bhd,bhnd->bn", probe, store.representatives)[0]
+        calls.append((relevance, store.representatives[0]))
+        return select(memory_queries, store, topk)
+
+    memory_attention.select_blocks = watched
+    cache = longreach.prefill(model, ids)  # all but the last execution block, which holds the question
+    calls.clear()
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), past_key_values=cache, do_sample=False,
+                             max_new_tokens=PASSKEY_NEW_TOKENS, pad_token_id=tokenizer.eos_token_id)
+    memory_attention.select_blocks = select
+    answer = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
+    question = calls[: model.config.num_hidden_layers]  # one call per layer for the question's block
+    table = Table(title=f"{method.spec()} at {length} tokens, depth {args.depth}: needle in block(s) "
+                        f"{sorted(needle_blocks)}")
+    for column in ("layer", "blocks", "needle rank", f"distinct in top {method.topk}"):
+        table.add_column(column, justify="right")
+    for layer, (relevance, representatives) in enumerate(question):
+        order = relevance.argsort(descending=True)
+        stored = [int((order == b).nonzero()) for b in needle_blocks if b < relevance.numel()]
+        rank = str(min(stored)) if stored else "held (not a block yet)"
+        top = order[: method.topk].tolist()
+        distinct = len({tuple(representatives[:, b].flatten().tolist()) for b in top})
+        table.add_row(str(layer), str(relevance.numel()), rank, str(distinct))
+    console = Console()
+    console.print(table)
+    console.print(f"key {key}, answer {answer!r}: {'right' if score_answer(answer, key) else 'wrong'}")
+
+
+if __name__ == "__main__":
+    main()
