@@ -53,6 +53,7 @@ def model_info(model: PreTrainedModel, target_length: int | None = None) -> Mode
             methods=dict.fromkeys(METHODS, "n/a"),
         )
     layout = next(iter(layouts.values()))  # the layer types' RoPEs differ in base, not in layout
+    window = sliding_window(config)
     methods = {}
     for name, cls in METHODS.items():
         if issubclass(cls, RopeScaling) and None not in layouts:
@@ -68,7 +69,7 @@ def model_info(model: PreTrainedModel, target_length: int | None = None) -> Mode
         for name, cls in METHODS.items():
             if methods[name].startswith("no"):
                 continue
-            spec = cls.auto(name, target_length, length, sliding_window(config)).spec()
+            spec = cls.auto(name, target_length, length, window).spec()
             if name == "vanilla" and target_length > length:
                 spec += f" (beyond the trained {length} tokens: expect failure)"
             suggested[name] = spec
@@ -84,5 +85,5 @@ def model_info(model: PreTrainedModel, target_length: int | None = None) -> Mode
         reason=None,
         methods=methods,
         suggested=suggested,
-        sliding_window=sliding_window(config),
+        sliding_window=window,
     )

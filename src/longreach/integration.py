@@ -524,6 +524,8 @@ def _refuse_unsupported(module, extension, dropout, kwargs) -> None:
         raise UnsupportedModelError(
             "InfLLM does not support learned attention sinks (GPT-OSS's s_aux); the other methods do"
         )
+    if kwargs.get("sinks") is not None:  # only the s_aux form is merged; any other must not be dropped
+        raise UnsupportedModelError("learned attention sinks passed as `sinks` are not supported by LongReach")
     if module.training and dropout > 0:
         raise ValueError("LongReach is for inference: call model.eval() (attention dropout is not supported)")
     if not getattr(module, "is_causal", True):

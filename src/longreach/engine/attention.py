@@ -65,9 +65,8 @@ def attend(
     ``query_scale`` (Nq,) multiplies each query's scores (log-n scaling, attention temperature);
     ``softcap`` then bounds them (Gemma 2's soft-capping). ``sink_logits`` (Hq,) are learned
     attention sinks (GPT-OSS): one more logit per head in each softmax, with a zero value.
-    ``position_memo`` (a dict the caller
-    keeps for calls with the same positions, e.g. the layers of one forward) saves recomputing
-    each part's key spans and rotation angles.
+    ``position_memo`` (a dict the caller keeps for calls with the same positions, e.g. the layers
+    of one forward) saves recomputing each part's key spans and rotation angles.
     Returns (B, Hq, Nq, D) in the query's dtype; a query that sees no key gets zeros. With
     ``return_lse`` returns (out in float32, lse (B, Hq, Nq)), for merging with more keys.
 

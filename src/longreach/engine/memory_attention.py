@@ -289,8 +289,7 @@ def _attend_local_and_score(state, queries, keys, values, positions, resident_po
     lse = lse.reshape(batch * kv_heads, group * rows, 1)
     received = torch.zeros(batch * kv_heads, 1, n_window, dtype=torch.float32, device=keys.device)
     # One product per (row, KV head) for prefill-sized blocks: on CPU, MKL runs these ~1.7x faster
-    # than one batched product of the same shapes; small blocks (short chunks, decoding under a
-    # sliding window) go all heads at once.
+    # than one batched product of the same shapes; small blocks (short chunks) go all heads at once.
     heads_per_step = batch * kv_heads if group * rows * n_window <= SMALL_SCORES else 1
     for a in range(0, group * rows, SCORE_ROWS):
         b = min(a + SCORE_ROWS, group * rows)
