@@ -8,7 +8,7 @@ from transformers import AttentionInterface, DynamicCache
 
 import longreach
 from longreach.engine.reference import reference_attention
-from longreach.integration import _rope_of, describe_rotary
+from longreach.integration import _rope_of, describe_rotary, longreach_attention
 
 EQUIVALENCE_FAMILIES = sorted(FAMILIES)
 
@@ -164,6 +164,18 @@ def test_learned_attention_sinks_join_every_softmax():
     longreach.extend(model, longreach.InfLLM(n_init=4, n_local=12, block_size=4, exec_block=4, max_cached_blocks=16))
     with pytest.raises(longreach.UnsupportedModelError, match="InfLLM does not support learned attention sinks"):
         logits(model, ids)
+
+
+def test_sinks_in_any_other_form_are_refused_not_dropped():
+    """Only GPT-OSS's `s_aux` form is merged: a model passing learned sinks as `sinks` would lose
+    them silently, so the attention function refuses."""
+    model = tiny_model("llama")
+    longreach.extend(model, longreach.SelfExtend(3, 6))
+    attention = model.model.layers[0].self_attn
+    q = torch.randn(1, attention.config.num_attention_heads, 4, attention.head_dim)
+    kv = torch.randn(1, attention.config.num_key_value_heads, 4, attention.head_dim)
+    with pytest.raises(longreach.UnsupportedModelError, match="passed as `sinks` are not supported"):
+        longreach_attention(attention, q, kv, kv, None, sinks=torch.zeros(attention.config.num_attention_heads))
 
 
 @pytest.mark.parametrize(("family", "nope"), [("smollm3", {"no_rope_layers": [0, 0]}),
