@@ -312,8 +312,15 @@ def test_model_info_reports_rope_and_suggestions():
     gemma = longreach.model_info(tiny_model("gemma3"), target_length=256)
     assert gemma.rope_type == "full_attention: linear, sliding_attention: default"
     assert gemma.methods["yarn"].startswith("no") and gemma.suggested["self-extend"].startswith("self-extend:")
+    gemma3 = tiny_model("gemma3")
+    longreach.extend(gemma3, longreach.SelfExtend(group_size=2, window=8))
+    ids = torch.randint(3, 128, (1, 40))
+    extended = logits(gemma3, ids)
     with pytest.raises(longreach.UnsupportedModelError, match="one per layer type"):
-        longreach.extend(tiny_model("gemma3"), longreach.RopeScaling("yarn", 2.0))
+        longreach.extend(gemma3, longreach.RopeScaling("yarn", 2.0))
+    # The refusal leaves the model with the method it had.
+    assert longreach.current_method(gemma3) == longreach.SelfExtend(group_size=2, window=8)
+    torch.testing.assert_close(logits(gemma3, ids), extended, atol=0, rtol=0)
     gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=50))
     info = longreach.model_info(gpt2)
     assert not info.supported and "RoPE" in info.reason

@@ -82,7 +82,20 @@ def extend(model: PreTrainedModel, method: Method) -> PreTrainedModel:
             f"n_local ({method.n_local}) and the memory's distance must fit in it: use n_local <= {window} "
             f"(InfLLM.for_model({trained}, n_local={window}), or infllm:n_local={window} on the command line)"
         )
+    previous = current_method(model)
     restore(model)  # one method at a time: a second extend replaces the first
+    try:
+        return _install(model, method, trained, window)
+    except Exception:
+        # A refusal found only on the plain model (e.g. rope scaling on a model with a RoPE per layer
+        # type) must not cost the user the method the model had.
+        restore(model)
+        if previous is not None:
+            extend(model, previous)
+        raise
+
+
+def _install(model: PreTrainedModel, method: Method, trained: int, window: int | None) -> PreTrainedModel:
     rotary, layouts, rope_type = describe_rotary(model)
     if None not in layouts and isinstance(method, RopeScaling):
         raise UnsupportedModelError(
@@ -93,7 +106,7 @@ def extend(model: PreTrainedModel, method: Method) -> PreTrainedModel:
         warnings.warn(
             f"this model's sliding-window layers attend at most {window} tokens back, and still do with "
             f"{method.spec()}: keys further back stay unseen there, and the method cannot reach past the window",
-            stacklevel=2,
+            stacklevel=3,
         )
     parts = method.parts()
     extension = _Extension(
