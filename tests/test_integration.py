@@ -299,6 +299,7 @@ def test_static_cache_is_refused():
                            pad_token_id=0, cache_implementation="static")
 
 
+@pytest.mark.filterwarnings("ignore:this model's sliding-window layers")
 def test_model_info_reports_rope_and_suggestions():
     info = longreach.model_info(tiny_model("glm"), target_length=256)
     assert info.supported and info.rotary_layout == "interleaved" and info.rotary_dims == 8
