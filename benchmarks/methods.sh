@@ -13,7 +13,8 @@
 #   benchmarks/methods.sh compare [METHOD ...]     # issue 5: every task, one method at a time
 #
 # EXTRA="--samples 2" adds CLI arguments to every call; LENGTHS=4k,8k,16k,32k and DEPTHS=... override
-# the passkey grid (a 32k sample of a full-coverage method is ~20 min on one thread).
+# the passkey and compare grids (a 32k sample of a full-coverage method is ~20 min on one thread),
+# TASKS=... compare's tasks (e.g. LENGTHS=4k,8k first, so that every method's short cells land early).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LONGREACH=.venv/bin/longreach
@@ -23,7 +24,9 @@ EXTRA=${EXTRA:-}
 # ones (cheap), and the RoPE-scaling baselines last.
 ALL="self-extend:auto vanilla dual-chunk:auto lm-infinite:auto streaming-llm:auto rerope:auto leaky-rerope:auto
 linear:auto dynamic-ntk:auto yarn:auto"
-LENGTHS=${LENGTHS:-4k,8k,12k,16k,24k,32k}
+PASSKEY_LENGTHS=${LENGTHS:-4k,8k,12k,16k,24k,32k}
+COMPARE_LENGTHS=${LENGTHS:-4k,8k,16k,32k}
+TASKS=${TASKS:-passkey,niah,niah-text,ruler,ppl}
 DEPTHS=${DEPTHS:-0.1,0.3,0.5,0.7,0.9}
 
 step=${1:-}
@@ -36,7 +39,7 @@ case "$step" in
     # One method at a time over every length, so each method's row completes early.
     for m in $chosen; do
       # shellcheck disable=SC2086
-      $LONGREACH passkey --model smollm2-135m --method "$m" --lengths "$LENGTHS" --depths "$DEPTHS" \
+      $LONGREACH passkey --model smollm2-135m --method "$m" --lengths "$PASSKEY_LENGTHS" --depths "$DEPTHS" \
         --out docs/benchmarks/passkey-methods $EXTRA
     done
     ;;
@@ -73,8 +76,8 @@ case "$step" in
       docs/benchmarks/passkey-methods/passkey.jsonl docs/benchmarks/perplexity-methods/perplexity.jsonl
     for m in ${*:-vanilla self-extend:auto dual-chunk:auto lm-infinite:auto streaming-llm:auto rerope:auto infllm:auto}; do
       # shellcheck disable=SC2086
-      $LONGREACH compare --model smollm2-135m --method "$m" --tasks passkey,niah,niah-text,ruler,ppl \
-        --lengths 4k,8k,16k,32k --depths "$DEPTHS" --text "$TEXT" --out docs/benchmarks/compare $EXTRA
+      $LONGREACH compare --model smollm2-135m --method "$m" --tasks "$TASKS" \
+        --lengths "$COMPARE_LENGTHS" --depths "$DEPTHS" --text "$TEXT" --out docs/benchmarks/compare $EXTRA
     done
     ;;
   *)
