@@ -5,9 +5,9 @@
 Builds the passkey prompt of `longreach passkey` (same seed, key and filler), reads it with
 InfLLM through the cache, and records the relevance `select_blocks` gives every block at each
 call (watching it, not changing it). For the question's execution block it prints, per layer, the
-rank of the needle's block among all blocks (0 = first; retrieval reads the top `topk`), and
-how many distinct representatives the top `topk` hold (repeated filler could make duplicates
-crowd out the needle). Then it generates the answer as the passkey benchmark does.
+rank of each block holding part of the key among all blocks (0 = first; retrieval reads the top
+`topk`), and how many distinct representatives the top `topk` hold (repeated filler could make
+duplicates crowd out the needle). Then it generates the answer as the passkey benchmark does.
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ def main() -> None:
     ids = torch.tensor([passkey_prompt(tokenizer, length, args.depth, key)])
     needle = tokenizer(f" {key}", add_special_tokens=False).input_ids
     start = next(i for i in range(ids.shape[1]) if ids[0, i : i + len(needle)].tolist() == needle)
-    needle_blocks = {(p - method.n_init) // method.block_size for p in (start, start + len(needle) - 1)}
+    # A block boundary can split the needle (at depth 0.5 the digits start a block): rank each part.
+    needle_blocks = sorted({(p - method.n_init) // method.block_size for p in range(start, start + len(needle))})
 
     calls = []
     select = memory_attention.select_blocks
@@ -65,13 +66,13 @@ def main() -> None:
     answer = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
     question = calls[: model.config.num_hidden_layers]  # one call per layer for the question's block
     table = Table(title=f"{method.spec()} at {length} tokens, depth {args.depth}: needle in block(s) "
-                        f"{sorted(needle_blocks)}")
-    for column in ("layer", "blocks", "needle rank", f"distinct in top {method.topk}"):
+                        f"{needle_blocks} (key tokens {start}-{start + len(needle) - 1})")
+    for column in ("layer", "blocks", "needle rank per block", f"distinct in top {method.topk}"):
         table.add_column(column, justify="right")
     for layer, (relevance, representatives) in enumerate(question):
         order = relevance.argsort(descending=True)
-        stored = [int((order == b).nonzero()) for b in needle_blocks if b < relevance.numel()]
-        rank = str(min(stored)) if stored else "held (not a block yet)"
+        rank = ", ".join(f"{b}: {int((order == b).nonzero())}" if b < relevance.numel() else f"{b}: held"
+                         for b in needle_blocks)
         top = order[: method.topk].tolist()
         distinct = len({tuple(representatives[:, b].flatten().tolist()) for b in top})
         table.add_row(str(layer), str(relevance.numel()), rank, str(distinct))
