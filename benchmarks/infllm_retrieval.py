@@ -78,6 +78,9 @@ def main() -> None:
         table.add_row(str(layer), str(relevance.numel()), rank, str(distinct))
     console = Console()
     console.print(table)
+    # What comes with the needle: the blocks the last layer reads (neighbours of the needle give it context).
+    last = question[-1][0].argsort(descending=True)[: method.topk].sort().values.tolist()
+    console.print(f"blocks the last layer reads: {last}")
     console.print(f"key {key}, answer {answer!r}: {'right' if score_answer(answer, key) else 'wrong'}")
 
 
