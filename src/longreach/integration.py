@@ -62,7 +62,8 @@ class _Extension:
 def extend(model: PreTrainedModel, method: Method) -> PreTrainedModel:
     """Make ``model`` attend with ``method``, in place; returns the model.
 
-    Calling it again replaces the method (it never stacks); :func:`restore` undoes it exactly.
+    Calling it again replaces the method (it never stacks); :func:`restore` undoes it exactly. A
+    method the model refuses leaves it with the method it had.
 
     Example:
         >>> model, tokenizer = longreach.load_model("smollm2-135m")  # doctest: +SKIP
