@@ -33,9 +33,10 @@ def plot_score_by_length(
     """A score in [0, 100] against input length, one line per method; a dashed line at the
     trained length."""
     figure, axes = plt.subplots(figsize=(7, 4.2), dpi=110)
-    for method, cells in table.items():
+    for index, (method, cells) in enumerate(table.items()):
         lengths = sorted(cells)
-        axes.plot(lengths, [cells[n] for n in lengths], marker="o", linewidth=2, label=method)
+        axes.plot(lengths, [cells[n] for n in lengths], marker="o", linewidth=2, label=method,
+                  linestyle=_line_style(index))
     if trained_length:
         axes.axvline(trained_length, color="grey", linestyle="--", linewidth=1)
         axes.annotate(" trained length", (trained_length, 102), va="top", ha="left", fontsize=8, color="grey")
@@ -45,7 +46,7 @@ def plot_score_by_length(
     axes.set_ylim(-5, 105)
     axes.set_xlabel("input length (tokens)")
     axes.set_ylabel(ylabel)
-    return _save(figure, axes, path, title=title, legend="lower left")
+    return _save(figure, axes, path, title=title)
 
 
 def plot_heatmaps(
@@ -121,21 +122,29 @@ def _plot_by_position(curves, path: Path, *, bucket: int, title: str, trained_le
                       log: bool = False) -> Path:
     """One line per method of a value per ``bucket`` of positions; a dashed line at the trained length."""
     figure, axes = plt.subplots(figsize=(7, 4.2), dpi=110)
-    for method, values in curves.items():
-        axes.plot([bucket * (k + 1) for k in range(len(values))], values, linewidth=1.8, label=method)
+    for index, (method, values) in enumerate(curves.items()):
+        axes.plot([bucket * (k + 1) for k in range(len(values))], values, linewidth=1.8, label=method,
+                  linestyle=_line_style(index))
     if trained_length:
         axes.axvline(trained_length, color="grey", linestyle="--", linewidth=1)
     if log:
         axes.set_yscale("log")
     axes.set_xlabel(f"position (end of each {bucket}-token bucket)")
     axes.set_ylabel(ylabel)
-    return _save(figure, axes, path, title=title, legend="upper left")
+    return _save(figure, axes, path, title=title)
 
 
-def _save(figure, axes, path: Path, *, title: str, legend: str) -> Path:
+def _line_style(index: int) -> str:
+    """Solid for the first ten lines; the colour cycle has ten colours, so later lines are dashed."""
+    return "-" if index < 10 else "--"
+
+
+def _save(figure, axes, path: Path, *, title: str) -> Path:
     axes.set_title(title)
     axes.grid(alpha=0.3, which="both")
-    axes.legend(fontsize=8, loc=legend)
+    # Beside the plot, not on it: with ten methods a legend inside covers the lines.
+    axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    figure.set_figwidth(figure.get_figwidth() + 2.6)
     figure.tight_layout()
     return _write(figure, path)
 
