@@ -50,10 +50,7 @@ def main() -> None:
     select = memory_attention.select_blocks
 
     def watched(memory_queries, store, topk):
-        grouped = memory_queries.reshape(memory_queries.shape[0], store.kv_heads, -1, *memory_queries.shape[2:])
-        probe = grouped.to(torch.float32).mean(dim=3).sum(dim=2)
-        relevance = torch.einsum("bhd,bhnd->bn", probe, store.representatives)[0]
-        calls.append((relevance, store.representatives[0]))
+        calls.append((memory_attention.block_relevance(memory_queries, store)[0], store.representatives[0]))
         return select(memory_queries, store, topk)
 
     memory_attention.select_blocks = watched

@@ -85,6 +85,13 @@ def logits(model, ids, **kwargs) -> torch.Tensor:
         return model(ids, **kwargs).logits
 
 
+def logits_in_pieces(model, ids, spans) -> torch.Tensor:
+    """Logits of ``ids`` read as the (start, stop) ``spans``, in order, through one cache: a
+    chunked prefill and token-by-token decoding, to compare with reading ``ids`` at once."""
+    cache = transformers.DynamicCache(config=model.config)
+    return torch.cat([logits(model, ids[:, a:b], past_key_values=cache, use_cache=True) for a, b in spans], dim=1)
+
+
 def left_pad(rows: list[list[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Token rows of different lengths as one left-padded batch: (ids, attention mask)."""
     width = max(len(r) for r in rows)

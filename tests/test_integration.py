@@ -3,7 +3,7 @@
 import pytest
 import torch
 import transformers
-from conftest import COMMON, FAMILIES, left_pad, logits, tiny_model
+from conftest import COMMON, FAMILIES, left_pad, logits, logits_in_pieces, tiny_model
 from transformers import AttentionInterface, DynamicCache
 
 import longreach
@@ -110,11 +110,9 @@ def test_decoding_matches_one_shot_with_full_and_sliding_window_layers(method, f
     longreach.extend(model, method)
     ids = torch.randint(3, 128, (2, 50))
     full = logits(model, ids)
-    cache = DynamicCache(config=model.config)
-    pieces = [logits(model, ids[:, a:b], past_key_values=cache, use_cache=True)
-              for a, b in [(0, 8), *((i, i + 1) for i in range(8, 20)), (20, 24), (24, 40),
-                           *((i, i + 1) for i in range(40, 50))]]
-    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-5)
+    pieces = logits_in_pieces(model, ids, [(0, 8), *((i, i + 1) for i in range(8, 20)), (20, 24), (24, 40),
+                                           *((i, i + 1) for i in range(40, 50))])
+    torch.testing.assert_close(pieces, full, atol=1e-5, rtol=1e-5)
     if family != "smollm3":  # the window matters: the same weights and method without it differ
         unwindowed = longreach.extend(tiny_model(family, sliding_window=1000), method)
         assert (full - logits(unwindowed, ids)).abs().max() > 1e-3
@@ -133,10 +131,8 @@ def test_decoding_matches_one_shot_across_rope_conventions(model_type):
     longreach.extend(model, longreach.SelfExtend(3, 6))
     ids = torch.randint(3, 100, (1, 40))
     full = logits(model, ids)
-    cache = DynamicCache(config=model.config)
-    pieces = [logits(model, ids[:, a:b], past_key_values=cache, use_cache=True)
-              for a, b in [(0, 8), *((i, i + 1) for i in range(8, 40))]]
-    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=5e-5, rtol=1e-5)
+    pieces = logits_in_pieces(model, ids, [(0, 8), *((i, i + 1) for i in range(8, 40))])
+    torch.testing.assert_close(pieces, full, atol=5e-5, rtol=1e-5)
 
 
 @pytest.mark.filterwarnings("ignore:this model's sliding-window layers")
@@ -157,10 +153,8 @@ def test_learned_attention_sinks_join_every_softmax():
     torch.testing.assert_close(logits(model, ids), own, atol=1e-5, rtol=1e-5)
     longreach.extend(model, longreach.SelfExtend(3, 6))
     full = logits(model, ids)
-    cache = DynamicCache(config=model.config)
-    pieces = [logits(model, ids[:, a:b], past_key_values=cache, use_cache=True)
-              for a, b in [(0, 8), *((i, i + 1) for i in range(8, 40))]]
-    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-5)
+    pieces = logits_in_pieces(model, ids, [(0, 8), *((i, i + 1) for i in range(8, 40))])
+    torch.testing.assert_close(pieces, full, atol=1e-5, rtol=1e-5)
     longreach.extend(model, longreach.InfLLM(n_init=4, n_local=12, block_size=4, exec_block=4, max_cached_blocks=16))
     with pytest.raises(longreach.UnsupportedModelError, match="InfLLM does not support learned attention sinks"):
         logits(model, ids)
@@ -310,10 +304,10 @@ def test_model_info_reports_rope_and_suggestions():
     assert windowed.sliding_window == 12 and "n_local=12" in windowed.suggested["infllm"]
     _, layouts, rope_type = describe_rotary(tiny_model("llama"))
     assert rope_type == "default" and not layouts[None].interleaved
-    gemma = longreach.model_info(tiny_model("gemma3"), target_length=256)
+    gemma3 = tiny_model("gemma3")
+    gemma = longreach.model_info(gemma3, target_length=256)
     assert gemma.rope_type == "full_attention: linear, sliding_attention: default"
     assert gemma.methods["yarn"].startswith("no") and gemma.suggested["self-extend"].startswith("self-extend:")
-    gemma3 = tiny_model("gemma3")
     longreach.extend(gemma3, longreach.SelfExtend(group_size=2, window=8))
     ids = torch.randint(3, 128, (1, 40))
     extended = logits(gemma3, ids)

@@ -247,15 +247,20 @@ def select_blocks(memory_queries: torch.Tensor, store: BlockStore, topk: int) ->
     cost, but on SmolLM2-135M at 12k tokens it missed the passkey that the shared ranking finds
     (docs/results.md): a few heads that clearly see the needle outvote the noise of the rest.
     """
-    batch, q_heads, rows, head_dim = memory_queries.shape
-    kv_heads = store.kv_heads
+    batch, kv_heads = memory_queries.shape[0], store.kv_heads
     if store.count <= topk:
         return torch.arange(store.count, device=memory_queries.device).expand(batch, kv_heads, -1)
-    grouped = memory_queries.reshape(batch, kv_heads, q_heads // kv_heads, rows, head_dim)
-    probe = grouped.to(torch.float32).mean(dim=3).sum(dim=2)
-    relevance = torch.einsum("bhd,bhnd->bn", probe, store.representatives)
-    chosen = relevance.topk(topk, dim=-1).indices.sort(dim=-1).values
+    chosen = block_relevance(memory_queries, store).topk(topk, dim=-1).indices.sort(dim=-1).values
     return chosen[:, None].expand(batch, kv_heads, topk)
+
+
+def block_relevance(memory_queries: torch.Tensor, store: BlockStore) -> torch.Tensor:
+    """(B, blocks) float32: how well each stored block matches ``memory_queries`` (B, Hq, T, D),
+    the ranking :func:`select_blocks` takes its top ``topk`` from."""
+    batch, q_heads, rows, head_dim = memory_queries.shape
+    grouped = memory_queries.reshape(batch, store.kv_heads, q_heads // store.kv_heads, rows, head_dim)
+    probe = grouped.to(torch.float32).mean(dim=3).sum(dim=2)
+    return torch.einsum("bhd,bhnd->bn", probe, store.representatives)
 
 
 def _attend_local_and_score(state, queries, keys, values, positions, resident_positions, index, method, scale,
