@@ -3,8 +3,8 @@
 The passkey command and compare's ``passkey`` task build the same prompts for the same seed, and
 compare's ``ppl`` over one ``--text`` file reads the same tokens as the perplexity command over
 it, so hours of CPU already spent need not be spent again: converted records carry the cell
-keys compare skips on, and ``source`` says where they came from. Records already in the folder
-are left alone.
+keys compare skips on, and ``source`` says where they came from. Of a cell recorded more than
+once the last record counts; a cell the folder already holds with the same settings is left alone.
 
     .venv/bin/python benchmarks/import_results.py docs/benchmarks/compare \\
         docs/benchmarks/passkey-methods/passkey.jsonl docs/benchmarks/perplexity-methods/perplexity.jsonl
@@ -16,7 +16,7 @@ import math
 import sys
 from pathlib import Path
 
-from longreach.eval.compare import PPL, RESULTS, cell_key
+from longreach.eval.compare import PPL, RESULTS, cell_key, latest_cells
 from longreach.eval.records import append_record, read_records
 
 
@@ -46,16 +46,18 @@ def from_perplexity(record: dict, source: str) -> list[dict]:
 
 def main(folder: str, *sources: str) -> None:
     results = Path(folder) / RESULTS
-    done = {cell_key(r) for r in read_records(results) if "task" in r}
+    held = {cell_key(r): r.get("settings") for r in latest_cells([r for r in read_records(results) if "task" in r])}
+    converted = latest_cells([
+        entry
+        for source in sources
+        for record in read_records(Path(source))
+        for entry in (from_perplexity(record, source) if "perplexity" in record else [from_passkey(record, source)])
+    ])
     added = 0
-    for source in sources:
-        for record in read_records(Path(source)):
-            converted = from_perplexity(record, source) if "perplexity" in record else [from_passkey(record, source)]
-            for entry in converted:
-                if cell_key(entry) not in done:
-                    append_record(results, entry)
-                    done.add(cell_key(entry))
-                    added += 1
+    for entry in converted:
+        if held.get(cell_key(entry)) != entry["settings"]:
+            append_record(results, entry)
+            added += 1
     print(f"added {added} records to {results}")
 
 

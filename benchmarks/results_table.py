@@ -4,9 +4,9 @@
     .venv/bin/python benchmarks/results_table.py docs/benchmarks/perplexity-methods/perplexity.jsonl
     .venv/bin/python benchmarks/results_table.py docs/benchmarks/speed-methods.json
 
-Passkey cells are correct/total over every sample recorded for (method, length); perplexity cells
-the perplexity over the first `length` tokens; speed rows (from benchmarks/prefill_speed.py) each
-method's prefill and decode against vanilla's at the same length.
+Passkey cells are correct/total over the samples recorded for (method, length), the last record
+of each; perplexity cells the perplexity over the first `length` tokens; speed rows (from
+benchmarks/prefill_speed.py) each method's prefill and decode against vanilla's at the same length.
 """
 
 from __future__ import annotations
@@ -16,18 +16,15 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from longreach.eval.passkey import accuracy_table, read_results
 from longreach.eval.records import read_records
 from longreach.eval.report import Table, markdown_table
 
 
-def passkey_table(records: list[dict]) -> Table:
-    cells: dict[str, dict[int, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
-    for r in records:
-        cell = cells[r["method"]][r["length"]]
-        cell[0] += bool(r["correct"])
-        cell[1] += 1
-    lengths = sorted({r["length"] for r in records})
-    return Table("passkey", lengths, {m: {n: f"{c}/{t}" for n, (c, t) in by.items()} for m, by in cells.items()})
+def passkey_table(path: Path) -> Table:
+    table = accuracy_table(read_results(path))  # a sample recorded twice counts once: the last
+    lengths = sorted({n for by in table.values() for n in by})
+    return Table("passkey", lengths, {m: {n: f"{c}/{t}" for n, (c, t) in by.items()} for m, by in table.items()})
 
 
 def perplexity_table(records: list[dict]) -> Table:
@@ -59,7 +56,7 @@ def main(path: str) -> None:
         print("\n".join(speed_lines(json.loads(Path(path).read_text())["rows"])))
         return
     records = read_records(Path(path))
-    table = perplexity_table(records) if records and "perplexity" in records[0] else passkey_table(records)
+    table = perplexity_table(records) if records and "perplexity" in records[0] else passkey_table(Path(path))
     print("\n".join(markdown_table(table)))
 
 

@@ -303,8 +303,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     trained, window = trained_length(model.config), sliding_window(model.config)
     resolved = {}
 
-    def check(spec: str, length: int, total: int) -> None:
+    def resolve(spec: str, length: int, total: int) -> str:
         resolved[spec, length] = _resolve(spec, length, total, trained, window)
+        return resolved[spec, length].spec()
 
     def apply(spec: str, length: int) -> str:
         method = resolved[spec, length]
@@ -342,7 +343,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
         try:
             records = run_compare(
-                model, tokenizer, methods=specs, tasks=tasks, lengths=lengths, out=output, check=check, apply=apply,
+                model, tokenizer, methods=specs, tasks=tasks, lengths=lengths, out=output, resolve=resolve, apply=apply,
                 samples=args.samples, seed=args.seed, texts=texts, ppl=PPL in names,
                 depends_on_length=lambda spec: _method(spec, lengths[0], trained).depends_on_length,
                 model_name=args.model, versions=_versions(), on_start=start, on_cell=finished,

@@ -99,6 +99,27 @@ def test_interrupted_compare_resumes_with_only_missing_cells_and_writes_the_repo
     assert (out / "niah-heatmap.png").is_file()
 
 
+def test_cells_recorded_with_other_settings_are_rerun_and_counted_once(tiny_model_dir, tmp_path, novel,
+                                                                      monkeypatch):
+    out = tmp_path / "cmp"
+    argv = compare_argv(tiny_model_dir, out, novel, tasks="passkey,ppl", lengths="200")
+    assert main(argv) == 0
+    first = records(out)
+    # As an older LongReach would have left them: METHODS[1] resolved to other settings.
+    stale = [{**r, "settings": "self-extend:group_size=3,window=64"} if r["method"] == METHODS[1] else r
+             for r in first]
+    (out / compare.RESULTS).write_text("".join(json.dumps(r) + "\n" for r in stale))
+    calls = counting(monkeypatch)
+    assert main(argv) == 0
+    assert len(calls) == 2  # METHODS[1]'s two passkey depths; vanilla's cells stand
+    rerun = records(out)[len(first):]
+    assert [(r["task"], r["method"], r["settings"]) for r in rerun] == \
+        [("passkey", METHODS[1], METHODS[1])] * 2 + [("ppl", METHODS[1], METHODS[1])]
+    report = (out / "report.md").read_text()
+    assert "_2 samples per cell" in report and "4 samples" not in report  # two depths, each once
+    assert "group_size=3" not in report  # nor are the old settings listed as used
+
+
 def test_same_seed_gives_the_same_results(tiny_model_dir, tmp_path, novel):
     runs = []
     for name in ("a", "b"):

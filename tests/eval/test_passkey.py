@@ -80,6 +80,11 @@ def test_results_stream_to_jsonl_and_a_rerun_resumes(tmp_path, smollm_tokenizer)
     assert len(calls) == 6 + 4
     assert len(read_results(out, model="another")) == 4
     assert accuracy_table(read_results(out, model="") + again)["vanilla"] == table["vanilla"]
+    # Records of other settings under the same label (a NAME:auto that now resolves otherwise)
+    # are not taken for these: the samples run again, and each still counts once.
+    rerun = run_passkey(model, smollm_tokenizer, **settings, settings="vanilla:other")
+    assert len(calls) == 10 + 4 and all(r.settings == "vanilla:other" for r in rerun)
+    assert accuracy_table(read_results(out, model=""))["vanilla"] == table["vanilla"]
 
 
 @pytest.mark.model

@@ -50,6 +50,10 @@ def test_shorter_lengths_come_from_the_longest_run_exactly(novel, tmp_path):
     [other] = run_perplexity(model, CharTokenizer(), method="dual-chunk", text_path=novel, lengths=[64, 200],
                              out=out, model_name="another")
     assert other.model == "another" and other.perplexity == pytest.approx(long_run.perplexity)
+    # A run recorded with other settings under the same label is computed again.
+    with pytest.raises(AttributeError):  # no model given: proof that it would compute
+        run_perplexity(None, CharTokenizer(), method="dual-chunk", settings="dual-chunk:chunk_size=16",
+                       text_path=novel, lengths=[64, 200], out=out)
 
 
 def test_length_dependent_methods_run_each_length(novel):

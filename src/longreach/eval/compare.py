@@ -19,7 +19,7 @@ import torch
 
 from longreach.eval.niah import check_texts
 from longreach.eval.perplexity import BUCKET, token_losses
-from longreach.eval.records import append_record, read_records
+from longreach.eval.records import append_record, read_records, same_settings
 from longreach.eval.task import Sample, Task
 
 RESULTS = "results.jsonl"
@@ -47,7 +47,13 @@ class Work:
 def cell_key(record: dict) -> tuple:
     """What identifies a finished cell, so a rerun can skip it."""
     depth = record.get("depth")
-    return (record["task"], record["method"], record["length"], depth, record.get("sample", 0), record["seed"])
+    return (record["task"], record["method"], record["length"], depth, record.get("sample", 0), record.get("seed"))
+
+
+def latest_cells(records: list[dict]) -> list[dict]:
+    """One record per cell, the last written: a cell rerun because its settings changed (a
+    ``NAME:auto`` that resolves otherwise in a newer LongReach) counts once, with its new result."""
+    return list({cell_key(r): r for r in records}.values())
 
 
 def text_stream(tokenizer, texts: Sequence[Path]) -> torch.Tensor:
@@ -57,30 +63,36 @@ def text_stream(tokenizer, texts: Sequence[Path]) -> torch.Tensor:
 
 
 def plan(
-    tokenizer,
+    prompts: dict[tuple[str, int], list[Sample]],
     *,
     methods: Sequence[str],
     tasks: Sequence[Task],
     lengths: Sequence[int],
-    samples: int,
     seed: int,
     ppl: bool,
     depends_on_length: Callable[[str], bool],
-    done: set[tuple],
+    done: dict[tuple, str | None],
+    settings: Callable[[str, int], str | None] = lambda method, length: None,
 ) -> list[Work]:
-    """Every cell not in ``done``, grouped by method then length (one model change per group)."""
-    prompts = {(task.name, n): task.samples(tokenizer, n, samples, seed) for task in tasks for n in lengths}
+    """Every cell not in ``done`` (cell -> the settings it ran with), grouped by method then
+    length (one model change per group). A cell recorded with other settings than
+    ``settings(method, length)`` resolves to now counts as missing: a ``NAME:auto`` whose choice
+    changed is rerun, not reported under its old choice."""
+
+    def finished(cell: tuple, run_length: int) -> bool:
+        return cell in done and same_settings(done[cell], settings(cell[1], run_length))
+
     work = []
     for method in methods:
         for length in lengths:
             for task in tasks:
                 for sample in prompts[task.name, length]:
-                    if (task.name, method, length, sample.depth, sample.index, seed) not in done:
+                    if not finished((task.name, method, length, sample.depth, sample.index, seed), length):
                         work.append(Work(method, length, sample))
         if ppl:
             runs = [(n, (n,)) for n in lengths] if depends_on_length(method) else [(max(lengths), tuple(lengths))]
             for run_length, covers in runs:
-                missing = tuple(n for n in covers if (PPL, method, n, None, 0, seed) not in done)
+                missing = tuple(n for n in covers if not finished((PPL, method, n, None, 0, seed), run_length))
                 if missing:
                     work.append(Work(method, run_length, None, missing))
     return work
@@ -95,7 +107,7 @@ def run_compare(
     lengths: Sequence[int],
     out: Path,
     apply: Apply,
-    check: Callable[[str, int, int], None] | None = None,
+    resolve: Callable[[str, int, int], str] | None = None,
     samples: int = 1,
     seed: int = 0,
     texts: Sequence[Path] = (),
@@ -111,8 +123,10 @@ def run_compare(
 
     ``apply(method, length)`` puts the model in that method's state for inputs of ``length``
     tokens (settings of ``NAME:auto`` depend on it) and returns the resolved settings. Before
-    any work, ``check(method, length, total)`` is called for every (method, length) with the
-    tokens it must cover, prompt plus answer, so settings that fall short fail at once.
+    any work, ``resolve(method, length, total)`` is called for every (method, length) with the
+    tokens it must cover, prompt plus longest answer: it returns the settings ``apply`` will
+    use (finished cells recorded with other settings are rerun) and raises for settings that
+    fall short, so they fail at once.
     ``on_start(total_tokens)`` and ``on_cell(record, tokens)`` report progress, weighted by
     the tokens each cell reads.
 
@@ -133,22 +147,23 @@ def run_compare(
             f"{out} holds results of another model ({others[0]}), and one report compares one model: "
             "pass another --out"
         )
-    done = {cell_key(r) for r in records}
+    done = {cell_key(r): r.get("settings") for r in records}
     stream = text_stream(tokenizer, texts) if ppl else None
     if stream is not None and stream.shape[1] < max(lengths) + 1:
         raise ValueError(
             f"the --text files hold {stream.shape[1]} tokens, fewer than the {max(lengths) + 1} the ppl task needs "
             f"at {max(lengths)} tokens; pass more or longer files, or shorter --lengths"
         )
-    work = plan(tokenizer, methods=methods, tasks=tasks, lengths=lengths, samples=samples, seed=seed, ppl=ppl,
-                depends_on_length=depends_on_length, done=done)
-    if check is not None:
-        needed: dict[tuple[str, int], int] = {}
-        for item in work:
-            total = item.length + (item.sample.max_new_tokens if item.sample is not None else 0)
-            needed[item.method, item.length] = max(needed.get((item.method, item.length), 0), total)
-        for (method, length), total in needed.items():
-            check(method, length, total)
+    prompts = {(task.name, n): task.samples(tokenizer, n, samples, seed) for task in tasks for n in lengths}
+    resolved: dict[tuple[str, int], str] = {}
+    if resolve is not None:
+        for method in methods:
+            for n in lengths:
+                answer = max((s.max_new_tokens for task in tasks for s in prompts[task.name, n]), default=0)
+                resolved[method, n] = resolve(method, n, n + answer)
+    work = plan(prompts, methods=methods, tasks=tasks, lengths=lengths, seed=seed, ppl=ppl,
+                depends_on_length=depends_on_length, done=done,
+                settings=lambda method, n: resolved.get((method, n)))
     if on_start:
         on_start(sum(w.tokens for w in work))
     common = {"model": model_name, "seed": seed, "versions": versions or {}}

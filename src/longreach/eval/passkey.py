@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from longreach.eval.records import append_record, read_records
+from longreach.eval.records import append_record, read_records, same_settings
 
 INTRO = (
     "There is an important piece of information hidden inside a lot of irrelevant text. "
@@ -127,7 +127,8 @@ def run_passkey(
 
     ``method`` labels the results (use ``Method.spec()``, or the user's ``NAME:auto``, with the
     resolved spec as ``settings``). With ``out`` (a ``.jsonl`` file),
-    finished samples are appended as they complete and samples already in it are skipped.
+    finished samples are appended as they complete and samples already in it with the same
+    ``settings`` are skipped (a ``NAME:auto`` that now resolves otherwise runs again).
 
     Example:
         >>> longreach.extend(model, longreach.SelfExtend(4, 1024))  # doctest: +SKIP
@@ -140,7 +141,7 @@ def run_passkey(
     results = []
     for length, depth, sample in _grid(lengths, depths, samples):
         previous = done.get((method, length, depth, sample))
-        if previous is not None:
+        if previous is not None and same_settings(previous.settings, settings):
             results.append(previous)
             if on_result:
                 on_result(previous)

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from transformers import DynamicCache
 
-from longreach.eval.records import append_record, read_records
+from longreach.eval.records import append_record, read_records, same_settings
 
 #: Tokens per forward call: bounds the logits to chunk x vocabulary floats.
 CHUNK = 1024
@@ -96,7 +96,7 @@ def run_perplexity(
 
     ``depends_on_length``: the method's attention at a position changes with the input length
     (dynamic NTK), so every length is its own run. With ``out`` (a ``.jsonl`` file) finished runs
-    are appended and runs already there are skipped.
+    are appended and runs already there with the same ``settings`` are skipped.
 
     Example:
         >>> run_perplexity(model, tokenizer, method="vanilla", text_path=Path("novel.txt"),
@@ -119,7 +119,7 @@ def run_perplexity(
     results = []
     for run_length in runs:
         previous = done.get((method, text_path.name, run_length))
-        if previous is not None:
+        if previous is not None and same_settings(previous.get("settings"), settings):
             results.append(PerplexityResult(**previous))
             continue
         started = time.perf_counter()

@@ -32,3 +32,10 @@ def read_records(path: Path) -> list[dict]:
         if isinstance(record, dict):
             records.append(record)
     return records
+
+
+def same_settings(recorded: str | None, settings: str | None) -> bool:
+    """Whether a recorded cell ran with the settings asked for now, so a rerun may skip it; a
+    ``NAME:auto`` whose choice changed since (a newer LongReach) must run again. Records or
+    callers without settings (older files, plain labels) match anything."""
+    return not recorded or not settings or recorded == settings

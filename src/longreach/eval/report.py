@@ -13,7 +13,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from longreach.eval.compare import PPL, RESULTS
+from longreach.eval.compare import PPL, RESULTS, latest_cells
 from longreach.eval.plots import (
     length_label,
     plot_heatmaps,
@@ -81,7 +81,7 @@ def ruler_average(records: list[dict]) -> dict[str, dict[int, float]]:
 def build_tables(records: list[dict], folder: Path | None = None, *, trained_length: int | None = None) -> list[Table]:
     """The report's tables in order; with ``folder``, their PNGs are drawn into it."""
     tables = []
-    records = [r for r in records if "task" in r and "method" in r and "length" in r]
+    records = latest_cells([r for r in records if "task" in r and "method" in r and "length" in r])
     lengths = sorted({r["length"] for r in records})
     for task in _ordered(r["task"] for r in records):
         if task == PPL or task.startswith(RULER_PREFIX):
@@ -135,7 +135,7 @@ def write_report(folder: Path) -> Path:
         PosixPath('results/compare/report.md')
     """
     folder = Path(folder)
-    records = [r for r in read_records(folder / RESULTS) if "task" in r]
+    records = latest_cells([r for r in read_records(folder / RESULTS) if "task" in r])
     if not records:
         raise ValueError(f"{folder / RESULTS} holds no results; run `longreach compare --out {folder}` first")
     run = json.loads((folder / RUN).read_text()) if (folder / RUN).is_file() else {}
