@@ -37,9 +37,7 @@ def plot_score_by_length(
         lengths = sorted(cells)
         axes.plot(lengths, [cells[n] for n in lengths], marker="o", linewidth=2, label=method,
                   linestyle=_line_style(index))
-    if trained_length:
-        axes.axvline(trained_length, color="grey", linestyle="--", linewidth=1)
-        axes.annotate(" trained length", (trained_length, 102), va="top", ha="left", fontsize=8, color="grey")
+    _mark_trained_length(axes, trained_length)
     axes.set_xscale("log", base=2)
     all_lengths = sorted({n for cells in table.values() for n in cells})
     axes.set_xticks(all_lengths, [length_label(n) for n in all_lengths])
@@ -125,13 +123,21 @@ def _plot_by_position(curves, path: Path, *, bucket: int, title: str, trained_le
     for index, (method, values) in enumerate(curves.items()):
         axes.plot([bucket * (k + 1) for k in range(len(values))], values, linewidth=1.8, label=method,
                   linestyle=_line_style(index))
-    if trained_length:
-        axes.axvline(trained_length, color="grey", linestyle="--", linewidth=1)
+    _mark_trained_length(axes, trained_length)
     if log:
         axes.set_yscale("log")
     axes.set_xlabel(f"position (end of each {bucket}-token bucket)")
     axes.set_ylabel(ylabel)
     return _save(figure, axes, path, title=title)
+
+
+def _mark_trained_length(axes, trained_length: int | None) -> None:
+    """A dashed line at the trained length, labelled above the axes where no curve runs."""
+    if trained_length:
+        axes.axvline(trained_length, color="grey", linestyle="--", linewidth=1)
+        axes.annotate("trained length", (trained_length, 1.0), xycoords=("data", "axes fraction"),
+                      xytext=(0, 2), textcoords="offset points", va="bottom", ha="center", fontsize=8,
+                      color="grey")
 
 
 def _line_style(index: int) -> str:
@@ -140,7 +146,7 @@ def _line_style(index: int) -> str:
 
 
 def _save(figure, axes, path: Path, *, title: str) -> Path:
-    axes.set_title(title)
+    axes.set_title(title, pad=14)  # room for the trained-length label
     axes.grid(alpha=0.3, which="both")
     # Beside the plot, not on it: with ten methods a legend inside covers the lines.
     axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
