@@ -125,3 +125,17 @@ def test_perplexity_writes_table_json_and_plot(tiny_model_dir, tmp_path, capsys)
     argv[-5] = str(text)
     assert main(argv) == 2
     assert "fewer than the 100001 needed" in capsys.readouterr().err
+
+
+def test_loading_silences_the_gguf_readers_own_bar_and_restores_it(capsys):
+    from transformers import modeling_gguf_pytorch_utils as gguf
+
+    from longreach.cli import _quiet_gguf_conversion
+
+    bar = gguf.tqdm
+    with _quiet_gguf_conversion():
+        list(gguf.tqdm(range(3), desc="Converting"))
+    assert "Converting" not in capsys.readouterr().err
+    assert gguf.tqdm is bar
+    list(gguf.tqdm(range(3), desc="Converting"))
+    assert "Converting" in capsys.readouterr().err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from rich.console import Console
@@ -87,10 +88,29 @@ def _load(name: str, dtype: str | None, device: str | None):
 
     hf_logging.disable_progress_bar()  # our status line replaces transformers' bars
     try:
-        with console.status(f"loading {name}"):
+        with console.status(f"loading {name}"), _quiet_gguf_conversion():
             return longreach.load_model(name, dtype=dtype, device=device)
     except longreach.ModelNotAvailableError as error:
         raise UsageError(str(error)) from None
+
+
+@contextmanager
+def _quiet_gguf_conversion():
+    """transformers' GGUF reader draws its own tqdm bar, which ignores ``disable_progress_bar``
+    and garbles the status line; silence it while we load (a no-op if the reader changes)."""
+    import functools
+
+    from transformers import modeling_gguf_pytorch_utils as gguf
+
+    bar = getattr(gguf, "tqdm", None)
+    if bar is None:
+        yield
+        return
+    gguf.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        gguf.tqdm = bar
 
 
 def _apply(model, method):
