@@ -7,7 +7,8 @@ InfLLM through the cache, and records the relevance `select_blocks` gives every 
 call (watching it, not changing it). For the question's execution block it prints, per layer, the
 rank of each block holding part of the key among all blocks (0 = first; retrieval reads the top
 `topk`), and how many distinct representatives the top `topk` hold (repeated filler could make
-duplicates crowd out the needle). Then it generates the answer as the passkey benchmark does.
+duplicates crowd out the needle). Then it generates the answer as the passkey benchmark does and
+prints, for the answer's first tokens, the top three against the key's own token.
 """
 
 from __future__ import annotations
@@ -58,9 +59,10 @@ def main() -> None:
     calls.clear()
     with torch.no_grad():
         out = model.generate(ids, attention_mask=torch.ones_like(ids), past_key_values=cache, do_sample=False,
-                             max_new_tokens=PASSKEY_NEW_TOKENS, pad_token_id=tokenizer.eos_token_id)
+                             max_new_tokens=PASSKEY_NEW_TOKENS, pad_token_id=tokenizer.eos_token_id,
+                             output_scores=True, return_dict_in_generate=True)
     memory_attention.select_blocks = select
-    answer = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
+    answer = tokenizer.decode(out.sequences[0, ids.shape[1] :], skip_special_tokens=True).strip()
     question = calls[: model.config.num_hidden_layers]  # one call per layer for the question's block
     table = Table(title=f"{method.spec()} at {length} tokens, depth {args.depth}: needle in block(s) "
                         f"{needle_blocks} (key tokens {start}-{start + len(needle) - 1})")
@@ -79,7 +81,16 @@ def main() -> None:
     last = question[-1][0].argsort(descending=True)[: method.topk].sort().values.tolist()
     console.print(f"blocks the last layer reads: {last}")
     console.print(f"key {key}, answer {answer!r}: {'right' if score_answer(answer, key) else 'wrong'}")
-
+    # How near a miss is: at each of the answer's first steps, the top three against the key's token
+    # (the key " 12345" starts with a space token, then digits).
+    wanted = tokenizer(f" {key}", add_special_tokens=False).input_ids
+    for step, (scores, token) in enumerate(zip(out.scores[:3], wanted, strict=False)):
+        probs = torch.softmax(scores[0].float(), dim=-1)
+        top = probs.topk(3)
+        shown = ", ".join(f"{tokenizer.decode([t])!r} {p:.3f}" for p, t in zip(top.values.tolist(),
+                                                                            top.indices.tolist(), strict=True))
+        expected = f"{tokenizer.decode([token])!r} {float(probs[token]):.3f}"
+        console.print(f"answer token {step}: {shown}; the key's {expected}")
 
 if __name__ == "__main__":
     main()
