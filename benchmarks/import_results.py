@@ -46,7 +46,7 @@ def from_perplexity(record: dict, source: str) -> list[dict]:
 
 def main(folder: str, *sources: str) -> None:
     results = Path(folder) / RESULTS
-    held = {cell_key(r): r.get("settings") for r in latest_cells([r for r in read_records(results) if "task" in r])}
+    held = {cell_key(r): r.get("settings") for r in read_records(results) if "task" in r}  # the last record counts
     converted = latest_cells([
         entry
         for source in sources

@@ -82,15 +82,15 @@ def main() -> None:
     console.print(f"blocks the last layer reads: {last}")
     console.print(f"key {key}, answer {answer!r}: {'right' if score_answer(answer, key) else 'wrong'}")
     # How near a miss is: at each of the answer's first steps, the top three against the key's token
-    # (the key " 12345" starts with a space token, then digits).
-    wanted = tokenizer(f" {key}", add_special_tokens=False).input_ids
-    for step, (scores, token) in enumerate(zip(out.scores[:3], wanted, strict=False)):
+    # (the needle's tokens: " 12345" starts with a space token, then digits).
+    for step, (scores, token) in enumerate(zip(out.scores[:3], needle, strict=False)):
         probs = torch.softmax(scores[0].float(), dim=-1)
         top = probs.topk(3)
         shown = ", ".join(f"{tokenizer.decode([t])!r} {p:.3f}" for p, t in zip(top.values.tolist(),
                                                                             top.indices.tolist(), strict=True))
         expected = f"{tokenizer.decode([token])!r} {float(probs[token]):.3f}"
         console.print(f"answer token {step}: {shown}; the key's {expected}")
+
 
 if __name__ == "__main__":
     main()
