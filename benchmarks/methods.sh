@@ -71,10 +71,11 @@ case "$step" in
     ;;
   compare)
     # Passkey and perplexity cells already measured by the steps above are imported, not rerun
-    # (same prompts, same text). Tens of CPU hours in all: a GPU job where one is lent.
-    .venv/bin/python benchmarks/import_results.py docs/benchmarks/compare \
-      docs/benchmarks/passkey-methods/passkey.jsonl docs/benchmarks/perplexity-methods/perplexity.jsonl
+    # (same prompts, same text), before each method, so that a passkey lane running beside this
+    # one saves work here too. Tens of CPU hours in all: a GPU job where one is lent.
     for m in ${*:-vanilla self-extend:auto dual-chunk:auto lm-infinite:auto streaming-llm:auto rerope:auto infllm:auto}; do
+      .venv/bin/python benchmarks/import_results.py docs/benchmarks/compare docs/benchmarks/passkey-methods/passkey.jsonl \
+        docs/benchmarks/passkey-infllm/passkey.jsonl docs/benchmarks/perplexity-methods/perplexity.jsonl
       # shellcheck disable=SC2086
       $LONGREACH compare --model smollm2-135m --method "$m" --tasks "$TASKS" \
         --lengths "$COMPARE_LENGTHS" --depths "$DEPTHS" --text "$TEXT" --out docs/benchmarks/compare $EXTRA

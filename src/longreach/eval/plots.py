@@ -54,32 +54,35 @@ def plot_heatmaps(
     title: str,
 ) -> Path:
     """Needle-test heatmaps, one panel per method: depth on y (top = start of the context),
-    length on x, score in [0, 100] as colour (red = missed, green = found)."""
+    length on x, score in [0, 100] as colour (red = missed, green = found); grey = not run."""
     methods = list(grids)
     columns = min(len(methods), 3)
     rows = -(-len(methods) // columns)
     depths = sorted({d for grid in grids.values() for d, _ in grid})
     lengths = sorted({n for grid in grids.values() for _, n in grid})
-    figure, panels = plt.subplots(rows, columns, figsize=(1.2 + 0.75 * len(lengths) * columns + 1.0,
-                                                          0.9 + 0.42 * len(depths) * rows + 0.6),
-                                  dpi=110, squeeze=False)
+    # Constrained layout keeps titles, axis labels and the colour bar apart at any grid size.
+    figure, panels = plt.subplots(rows, columns, figsize=(1.6 + 0.75 * len(lengths) * columns,
+                                                          0.9 + (0.42 * len(depths) + 0.7) * rows),
+                                  dpi=110, squeeze=False, layout="constrained")
     for axes in panels.flat[len(methods):]:
         axes.set_visible(False)
+    colours = plt.get_cmap("RdYlGn").with_extremes(bad="#e6e6e6")
     image = None
-    for axes, method in zip(panels.flat, methods, strict=False):
+    for index, (axes, method) in enumerate(zip(panels.flat, methods, strict=False)):
         grid = grids[method]
         values = [[grid.get((d, n), float("nan")) for n in lengths] for d in depths]
-        image = axes.imshow(values, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
+        image = axes.imshow(values, cmap=colours, vmin=0, vmax=100, aspect="auto")
         for y, row in enumerate(values):
             for x, value in enumerate(row):
-                if value == value:  # not NaN
-                    axes.text(x, y, f"{value:.0f}", ha="center", va="center", fontsize=7)
+                axes.text(x, y, f"{value:.0f}" if value == value else "-", ha="center", va="center", fontsize=7)
         axes.set_xticks(range(len(lengths)), [length_label(n) for n in lengths], fontsize=8)
         axes.set_yticks(range(len(depths)), [f"{d:.0%}" for d in depths], fontsize=8)
         axes.set_title(method, fontsize=9)
-        axes.set_xlabel("input length", fontsize=8)
-        axes.set_ylabel("needle depth", fontsize=8)
-    figure.suptitle(title, fontsize=10)
+        if index // columns == rows - 1 or index + columns >= len(methods):  # lowest panel of its column
+            axes.set_xlabel("input length", fontsize=8)
+        if index % columns == 0:
+            axes.set_ylabel("needle depth", fontsize=8)
+    figure.suptitle(f"{title} (grey: not run)", fontsize=10)
     figure.colorbar(image, ax=panels.ravel().tolist(), shrink=0.8, label="score (%)")
     return _write(figure, path)
 
