@@ -1,6 +1,8 @@
 """InfLLM: the memory executor against the dense formulas, retrieval, the block store's LRU, chunked
 prefill, padding, and errors."""
 
+import platform
+
 import pytest
 import torch
 from conftest import attention_inputs, left_pad, logits, tiny_model
@@ -10,11 +12,12 @@ from hypothesis import strategies as st
 from transformers import DynamicCache
 
 import longreach
+from longreach import integration
 from longreach.engine import memory_attention
 from longreach.engine.memory_attention import MemoryState, attend_with_memory, select_blocks
 from longreach.engine.reference import rope
 from longreach.engine.rotary import RotaryLayout
-from longreach.memory import BlockStore
+from longreach.memory import BlockStore, release_free_heap
 from longreach.methods import parse_method
 
 
@@ -259,6 +262,27 @@ def test_prefill_then_generate_equals_generate():
     torch.testing.assert_close(torch.stack(resumed.scores), torch.stack(direct.scores), atol=1e-5, rtol=1e-5)
     longreach.restore(model)
     assert model.generation_config.prefill_chunk_size is None
+
+
+def test_reading_a_long_input_releases_the_freed_heap_before_each_block(monkeypatch):
+    released = []
+    monkeypatch.setattr(integration, "release_free_heap", lambda: released.append(1) or True)
+    model = tiny_model("llama", max_position_embeddings=TRAINED)
+    longreach.extend(model, ACTIVE)
+    ids = torch.randint(3, 128, (1, 70))
+    with torch.no_grad():
+        cache = longreach.prefill(model, ids, show_progress=False)
+        assert len(released) == 68 // ACTIVE.exec_block  # one per block read
+        model(ids[:, 68:69], past_key_values=cache, use_cache=True)  # decoding: nothing to release
+        assert len(released) == 68 // ACTIVE.exec_block
+        longreach.extend(model, longreach.SelfExtend(group_size=2, window=8))  # no block memory
+        longreach.prefill(model, ids, show_progress=False)
+    assert len(released) == 68 // ACTIVE.exec_block
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
+def test_the_heap_is_released_where_the_c_library_can():
+    assert release_free_heap()
 
 
 def test_left_padded_batch_read_at_once_equals_rows_alone():
