@@ -9,6 +9,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+#: Marker shapes of the lines of score-by-length plots, in order.
+MARKERS = "osD^vP*Xhp"
+
 
 def plot_accuracy_by_length(
     table: dict[str, dict[int, tuple[int, int]]],
@@ -35,7 +38,10 @@ def plot_score_by_length(
     figure, axes = plt.subplots(figsize=(7, 4.2), dpi=110)
     for index, (method, cells) in enumerate(table.items()):
         lengths = sorted(cells)
-        axes.plot(lengths, [cells[n] for n in lengths], marker="o", linewidth=2, label=method,
+        # Methods often score the same (all 100, or all 0): each later line is drawn thinner with
+        # smaller markers of another shape on top, so lines that coincide stay visible.
+        axes.plot(lengths, [cells[n] for n in lengths], marker=MARKERS[index % len(MARKERS)],
+                  markersize=max(3.0, 12.0 - 2.0 * index), linewidth=max(1.0, 3.6 - 0.5 * index), label=method,
                   linestyle=_line_style(index))
     _mark_trained_length(axes, trained_length)
     axes.set_xscale("log", base=2)
