@@ -39,7 +39,7 @@ def release_free_heap() -> bool:
     Reading a long input on CPU allocates and frees an execution block's activations (hundreds
     of MB) thousands of times, and glibc keeps freed space inside its heap, fragmented: the
     process's RSS creeps up by kilobytes per token (0.9 GiB over a 256k-token InfLLM stream)
-    while the live tensors stay the same size. Releasing after each block keeps RSS flat, for
+    while the live tensors stay the same size. Releasing it before each block keeps RSS flat, for
     5-15 ms against a block's seconds.
 
     Example:

@@ -84,7 +84,7 @@ def plot_heatmaps(
         axes.set_xticks(range(len(lengths)), [length_label(n) for n in lengths], fontsize=8)
         axes.set_yticks(range(len(depths)), [f"{d:.0%}" for d in depths], fontsize=8)
         axes.set_title(method, fontsize=9)
-        if index // columns == rows - 1 or index + columns >= len(methods):  # lowest panel of its column
+        if index + columns >= len(methods):  # no panel below: the lowest of its column
             axes.set_xlabel("input length", fontsize=8)
         if index % columns == 0:
             axes.set_ylabel("needle depth", fontsize=8)
