@@ -1,8 +1,8 @@
 """Where an InfLLM stream's resident memory goes on CPU: the process's RSS against what the C heap
 holds in use and free, every 4k tokens, with and without releasing the heap before each block.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/infllm_heap.py --length 28k
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/infllm_heap.py --length 28k --keep-free-heap
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/infllm_heap.py --length 32k
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/infllm_heap.py --length 32k --keep-free-heap
 
 Reads novels in execution blocks like ``infllm_stream.py`` (full logits and the loss of every
 token, blocks in a memory-mapped file). RSS is taken as a block starts (after the release) and
@@ -32,7 +32,7 @@ def main() -> None:
     from longreach.methods import parse_length, parse_method
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--length", default="28k")
+    parser.add_argument("--length", default="32k")
     parser.add_argument("--method", default="infllm:n_local=4096,storage=mmap")
     parser.add_argument("--text", nargs="+", default=[f"../shared/data/texts/{name}.txt" for name in
                                                       ("Stevenson_Treasure_1883", "Doyle_Hound_1902")])

@@ -25,7 +25,7 @@ from longreach.methods.base import InputTooLongError, Method, Part, retained_spa
 from longreach.methods.infllm import InfLLM
 from longreach.methods.rope_scaling import RopeScaling
 from longreach.methods.vanilla import Vanilla
-from longreach.rope_scaling import apply_rope_scaling
+from longreach.rope_scaling import apply_rope_scaling, input_length
 
 IMPLEMENTATION = "longreach"
 _STATE = "_longreach"
@@ -143,7 +143,7 @@ def _install(model: PreTrainedModel, method: Method, trained: int, window: int |
         layer_class = EvictingLayer if extension.memory or extension.evicting else AppendingLayer
         extension.active_cache = LongReachCache.adopt(cache, layer_class=layer_class)
         extension.forward_memo = {}
-        if extension.memory and model.device.type == "cpu" and _input_tokens(args, kwargs) > 1:
+        if extension.memory and model.device.type == "cpu" and input_length(args, kwargs) > 1:
             # A long input streams through in execution blocks: without this, the freed
             # activations of the blocks before make RSS grow with the input's length.
             release_free_heap()
@@ -154,14 +154,6 @@ def _install(model: PreTrainedModel, method: Method, trained: int, window: int |
     extension.hook = model.base_model.register_forward_pre_hook(adopt_cache, with_kwargs=True)
     model.set_attn_implementation(IMPLEMENTATION)
     return model
-
-
-def _input_tokens(args: tuple, kwargs: dict) -> int:
-    """How many positions a forward call reads (0 if it names no input)."""
-    for given in (kwargs.get("input_ids"), kwargs.get("inputs_embeds"), *args[:1]):
-        if isinstance(given, torch.Tensor) and given.dim() >= 2:
-            return given.shape[1]
-    return 0
 
 
 #: New tokens of a generate() call that names no length: transformers' own default.

@@ -72,18 +72,24 @@ def apply_rope_scaling(
     return undo, hook
 
 
+def input_length(args: tuple, kwargs: dict) -> int:
+    """How many positions a forward call of the model reads, from the arguments a forward
+    pre-hook receives (0 if it names no input)."""
+    for given in (kwargs.get("input_ids"), kwargs.get("inputs_embeds"), *args[:1]):
+        if isinstance(given, torch.Tensor) and given.dim() >= 2:
+            return given.shape[1]
+    return 0
+
+
 def _rerotate_cached_keys(rotary: torch.nn.Module, interleaved: bool):
     def hook(_module, args, kwargs):
         cache = kwargs.get("past_key_values")
         if cache is None or cache.get_seq_length() == 0:
             return
         past = cache.get_seq_length()
-        inputs = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs.get("inputs_embeds")
-        if inputs is None and args:
-            inputs = args[0]
         position_ids = kwargs.get("position_ids")
         if position_ids is None:
-            position_ids = torch.arange(past, past + inputs.shape[1], device=rotary.inv_freq.device)[None]
+            position_ids = torch.arange(past, past + input_length(args, kwargs), device=rotary.inv_freq.device)[None]
         before = rotary.inv_freq.clone()
         # Let transformers' own dynamic update run now, as it will inside the forward.
         rotary(before.new_zeros(1), position_ids.to(rotary.inv_freq.device))
