@@ -27,6 +27,7 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 import longreach
+from longreach.forward_args import cache_keyword
 
 SMALL = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=64, head_dim=16, rotary_dim=8, pad_token_id=0,
@@ -57,7 +58,7 @@ def check(model_type: str, max_params: int) -> dict:
         longreach.extend(model, longreach.SelfExtend(3, 6))
         at_once = forward(model, ids)
         cache = DynamicCache(config=model.config)
-        steps = [forward(model, ids[:, a:b], past_key_values=cache, use_cache=True)
+        steps = [forward(model, ids[:, a:b], use_cache=True, **{cache_keyword(model.forward): cache})
                  for a, b in [(0, 8), *((i, i + 1) for i in range(8, 40))]]
         difference = float((torch.cat(steps, dim=1) - at_once).abs().max())
     except longreach.UnsupportedModelError as error:

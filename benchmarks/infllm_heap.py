@@ -19,6 +19,8 @@ import torch
 from infllm_stream import rss_gib
 from transformers import DynamicCache
 
+from longreach.forward_args import cache_keyword
+
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
@@ -53,11 +55,12 @@ def main() -> None:
     # Registered after extend()'s own hook, so it sees RSS once the heap has been released.
     at_start = []
     model.base_model.register_forward_pre_hook(lambda *_: at_start.append(rss_gib()))
+    cache_argument = {cache_keyword(model.forward): cache}
     print("tokens  RSS at block start MiB  RSS after block MiB  heap in use MiB  heap free MiB")
     for start in range(0, length, method.exec_block):
         stop = start + method.exec_block
         with torch.no_grad():
-            logits = model(ids[:, start:stop], past_key_values=cache, use_cache=True).logits[0].float()
+            logits = model(ids[:, start:stop], use_cache=True, **cache_argument).logits[0].float()
         losses.append(-torch.log_softmax(logits, -1).gather(1, ids[0, start + 1 : stop + 1, None]).squeeze(1))
         if stop % 4096 == 0:
             heap = libc.mallinfo2()

@@ -22,6 +22,7 @@ from rich.table import Table
 import longreach
 from longreach.engine import memory_attention
 from longreach.eval.passkey import PASSKEY_NEW_TOKENS, passkey_key, passkey_prompt, score_answer
+from longreach.forward_args import cache_keyword
 from longreach.integration import trained_length
 from longreach.methods import parse_length, parse_method
 
@@ -58,8 +59,9 @@ def main() -> None:
     cache = longreach.prefill(model, ids)  # all but the last execution block, which holds the question
     calls.clear()
     with torch.no_grad():
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), past_key_values=cache, do_sample=False,
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
                              max_new_tokens=PASSKEY_NEW_TOKENS, pad_token_id=tokenizer.eos_token_id,
+                             **{cache_keyword(model.forward): cache},
                              output_scores=True, return_dict_in_generate=True)
     memory_attention.select_blocks = select
     answer = tokenizer.decode(out.sequences[0, ids.shape[1] :], skip_special_tokens=True).strip()

@@ -24,6 +24,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from longreach.forward_args import cache_keyword
+
 
 def kv_bytes(cache) -> int:
     """Bytes allocated for the cache's keys and values, spare room of appending buffers included."""
@@ -63,7 +65,7 @@ def measure(model_name: str, spec: str, length: int, decode_steps: int, seed: in
         token = out.logits[:, -1:].argmax(-1)
         started = time.perf_counter()
         for _ in range(decode_steps):
-            out = model(token, past_key_values=cache, use_cache=True)
+            out = model(token, use_cache=True, **{cache_keyword(model.forward): cache})
             token = out.logits[:, -1:].argmax(-1)
         decode = (time.perf_counter() - started) / max(1, decode_steps)
     return {

@@ -43,6 +43,9 @@ class EvictingLayer(DynamicLayer):
     so generation, positions and padding are unchanged by eviction.
     """
 
+    # What it evicted cannot come back, so crop() refuses (transformers >= 5.24 reads this first).
+    is_croppable = False
+
     def __init__(self) -> None:
         super().__init__()
         self._start_tracking(0)

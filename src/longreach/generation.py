@@ -6,6 +6,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import DynamicCache, PreTrainedModel
 
+from longreach.forward_args import cache_keyword
 from longreach.integration import current_method
 from longreach.methods.infllm import InfLLM
 
@@ -19,21 +20,22 @@ def prefill(
     *,
     attention_mask: torch.Tensor | None = None,
     chunk_size: int | None = None,
-    past_key_values: DynamicCache | None = None,
+    cache: DynamicCache | None = None,
     show_progress: bool = True,
 ) -> DynamicCache:
     """Read ``input_ids`` (B, n) into a cache, ``chunk_size`` tokens per forward call (InfLLM's
     ``exec_block`` when the model is extended with it), with a progress bar; returns the cache.
 
     Whole chunks are read up to the last one that leaves at least one token:
-    ``model.generate(input_ids, past_key_values=cache)`` then reads the rest (1 to
-    ``chunk_size`` tokens) and continues, exactly as if it had read the prompt itself. A
-    256k-token input never needs activations for more than one chunk.
+    ``model.generate(input_ids, cache=cache)`` (``past_key_values=cache`` before transformers
+    5.24) then reads the rest (1 to ``chunk_size`` tokens) and continues, exactly as if it had
+    read the prompt itself. A 256k-token input never needs activations for more than one chunk.
+    ``cache`` continues one that already holds the input's first tokens.
 
     Example:
         >>> longreach.extend(model, longreach.InfLLM.for_model(8192))  # doctest: +SKIP
         >>> cache = longreach.prefill(model, ids)  # doctest: +SKIP
-        >>> model.generate(ids, past_key_values=cache, max_new_tokens=32)  # doctest: +SKIP
+        >>> model.generate(ids, cache=cache, max_new_tokens=32)  # doctest: +SKIP
     """
     if input_ids.dim() != 2 or input_ids.shape[1] < 2:
         raise ValueError(f"prefill takes input_ids of shape (batch, n) with n >= 2, got {tuple(input_ids.shape)}")
@@ -46,7 +48,8 @@ def prefill(
         chunk_size = method.exec_block if isinstance(method, InfLLM) else DEFAULT_CHUNK
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    cache = past_key_values if past_key_values is not None else DynamicCache(config=model.config)
+    cache = cache if cache is not None else DynamicCache(config=model.config)
+    cache_argument = {cache_keyword(model.forward): cache}
     start = cache.get_seq_length()
     if start >= input_ids.shape[1]:
         raise ValueError(f"the cache already holds {start} tokens, the whole {input_ids.shape[1]}-token input")
@@ -62,6 +65,6 @@ def prefill(
             if mask is not None:  # left padding: positions count real tokens only
                 position_ids = (mask.long().cumsum(-1) - 1).clamp_min(0)[:, a:b]
             model(input_ids[:, a:b].to(model.device), attention_mask=mask, position_ids=position_ids,
-                  past_key_values=cache, use_cache=True, logits_to_keep=1)
+                  use_cache=True, logits_to_keep=1, **cache_argument)
             progress.advance(task, b - a)
     return cache

@@ -20,12 +20,13 @@ from longreach.cache import AppendingLayer, EvictingLayer, LongReachCache
 from longreach.engine.attention import attend
 from longreach.engine.memory_attention import MemoryState, attend_with_memory
 from longreach.engine.rotary import RotaryLayout
+from longreach.forward_args import cache_keyword, given_cache, input_length
 from longreach.memory import release_free_heap
 from longreach.methods.base import InputTooLongError, Method, Part, retained_spans
 from longreach.methods.infllm import InfLLM
 from longreach.methods.rope_scaling import RopeScaling
 from longreach.methods.vanilla import Vanilla
-from longreach.rope_scaling import apply_rope_scaling, input_length
+from longreach.rope_scaling import apply_rope_scaling
 
 IMPLEMENTATION = "longreach"
 _STATE = "_longreach"
@@ -134,12 +135,12 @@ def _install(model: PreTrainedModel, method: Method, trained: int, window: int |
 
     def adopt_cache(_module, args, kwargs):
         # Every forward sets the cache it works on, so no call sees another call's cache.
-        cache = kwargs.get("past_key_values")
+        name, cache = given_cache(kwargs)
         use_cache = kwargs.get("use_cache")
         if cache is None and (use_cache if use_cache is not None else model.config.use_cache):
             # The model would create its cache inside the forward, out of our sight: the first
             # forward (the prefill) could then neither evict nor keep re-rotated keys.
-            cache = kwargs["past_key_values"] = LongReachCache(config=model.config)
+            cache = kwargs[name or cache_name] = LongReachCache(config=model.config)
         layer_class = EvictingLayer if extension.memory or extension.evicting else AppendingLayer
         extension.active_cache = LongReachCache.adopt(cache, layer_class=layer_class)
         extension.forward_memo = {}
@@ -150,7 +151,8 @@ def _install(model: PreTrainedModel, method: Method, trained: int, window: int |
         return args, kwargs
 
     _register()
-    # The base model receives past_key_values whether the user calls it or the LM head model.
+    cache_name = cache_keyword(model.base_model.forward)
+    # The base model receives the cache whether the user calls it or the LM head model.
     extension.hook = model.base_model.register_forward_pre_hook(adopt_cache, with_kwargs=True)
     model.set_attn_implementation(IMPLEMENTATION)
     return model

@@ -18,6 +18,7 @@ from transformers import PreTrainedModel
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from longreach.engine.rotary import RotaryLayout
+from longreach.forward_args import given_cache, input_length
 from longreach.methods.rope_scaling import RopeScaling
 
 _ROTARY_STATE = ("rope_type", "attention_scaling", "max_seq_len_cached", "original_max_seq_len")
@@ -72,18 +73,9 @@ def apply_rope_scaling(
     return undo, hook
 
 
-def input_length(args: tuple, kwargs: dict) -> int:
-    """How many positions a forward call of the model reads, from the arguments a forward
-    pre-hook receives (0 if it names no input)."""
-    for given in (kwargs.get("input_ids"), kwargs.get("inputs_embeds"), *args[:1]):
-        if isinstance(given, torch.Tensor) and given.dim() >= 2:
-            return given.shape[1]
-    return 0
-
-
 def _rerotate_cached_keys(rotary: torch.nn.Module, interleaved: bool):
     def hook(_module, args, kwargs):
-        cache = kwargs.get("past_key_values")
+        _, cache = given_cache(kwargs)
         if cache is None or cache.get_seq_length() == 0:
             return
         past = cache.get_seq_length()

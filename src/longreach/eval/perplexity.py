@@ -20,6 +20,7 @@ import torch
 from transformers import DynamicCache
 
 from longreach.eval.records import append_record, read_records, same_settings
+from longreach.forward_args import cache_keyword
 
 #: Tokens per forward call: bounds the logits to chunk x vocabulary floats.
 CHUNK = 1024
@@ -51,11 +52,12 @@ def token_losses(model, ids: torch.Tensor, chunk: int = CHUNK, on_chunk: Callabl
     if ids.dim() != 2 or ids.shape[0] != 1:
         raise ValueError(f"token_losses takes one sequence of shape (1, n), got {tuple(ids.shape)}")
     cache = DynamicCache(config=model.config)
+    cache_argument = {cache_keyword(model.forward): cache}
     losses = []
     with torch.no_grad():
         for start in range(0, ids.shape[1] - 1, chunk):
             stop = min(start + chunk, ids.shape[1] - 1)
-            logits = model(ids[:, start:stop].to(model.device), past_key_values=cache, use_cache=True).logits
+            logits = model(ids[:, start:stop].to(model.device), use_cache=True, **cache_argument).logits
             targets = ids[0, start + 1 : stop + 1].to(logits.device)
             log_probs = torch.log_softmax(logits[0].float(), dim=-1)
             losses.append(-log_probs.gather(1, targets[:, None]).squeeze(1).double().cpu())
