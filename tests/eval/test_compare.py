@@ -8,6 +8,7 @@ import pytest
 
 import longreach.eval.compare as compare
 from longreach.cli import main
+from longreach.eval.report import build_tables
 
 METHODS = ["vanilla", "self-extend:group_size=2,window=64"]
 TASKS = "passkey,niah,ruler:niah_single_1,ppl"
@@ -175,3 +176,15 @@ def test_a_folder_with_another_models_results_is_refused(tiny_model_dir, tmp_pat
     assert main(argv) == 2
     assert "holds results of another model (some-other-model)" in capsys.readouterr().err
     assert (out / "results.jsonl").read_text() == json.dumps(foreign) + "\n"  # left as it was
+
+
+def test_a_cell_is_counted_against_the_fullest_cell_of_its_own_length():
+    def cells(method, length, n):
+        return [{"task": "niah", "method": method, "settings": method, "length": length, "depth": d / 10,
+                 "sample": 0, "score": 1.0} for d in range(1, n + 1)]
+
+    # 4k at five depths for both; 16k at three depths, one method not finished.
+    records = cells("a", 4096, 5) + cells("b", 4096, 5) + cells("a", 16384, 3) + cells("b", 16384, 1)
+    (table,) = build_tables(records)
+    assert table.cells == {"a": {4096: "100", 16384: "100"}, "b": {4096: "100", 16384: "100 (1 of 3)"}}
+    assert table.note.startswith("5 samples per cell (3 at 16k) over depths")

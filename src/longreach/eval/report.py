@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -87,7 +87,7 @@ def build_tables(records: list[dict], folder: Path | None = None, *, trained_len
         if task == PPL or task.startswith(RULER_PREFIX):
             continue
         entry = Table(f"{task}: score (%)", lengths, _format_scores(records, task, "{:.0f}"),
-                      note=_per_cell(_samples_per_cell(records, task)) + _depth_note(records, task))
+                      note=_per_cell(_samples_per_length(records, task)) + _depth_note(records, task))
         grids = _depth_grids(records, task)
         if folder is not None and grids:
             entry.figures.append(plot_heatmaps(grids, folder / f"{_slug(task)}-heatmap.png",
@@ -105,7 +105,7 @@ def build_tables(records: list[dict], folder: Path | None = None, *, trained_len
         tables.append(entry)
         by_task = {f"{task[len(RULER_PREFIX):]} · {method}": cells for task in ruler_tasks
                    for method, cells in _format_scores(records, task, "{:.1f}").items()}
-        samples = _samples_per_cell(records, ruler_tasks[0])
+        samples = _samples_per_length(records, ruler_tasks[0])
         tables.append(Table("RULER tasks: score (%)", lengths, by_task, note=_per_cell(samples),
                             row_label="task · method"))
     ppl = [r for r in records if r["task"] == PPL]
@@ -183,10 +183,11 @@ def markdown_table(table: Table) -> list[str]:
 
 
 def _format_scores(records: list[dict], task: str, pattern: str) -> dict[str, dict[int, str]]:
-    """Scores formatted, with the sample count added where a cell has fewer than the fullest."""
+    """Scores formatted, with the sample count added where a cell has fewer than the fullest
+    cell of its length (a comparison may sample longer lengths at fewer depths)."""
     table, count = scores(records, task), counts(records, task)
-    full = _samples_per_cell(records, task)
-    return {m: {n: pattern.format(v) + ("" if count[m][n] == full else f" ({count[m][n]} of {full})")
+    full = _samples_per_length(records, task)
+    return {m: {n: pattern.format(v) + ("" if count[m][n] == full[n] else f" ({count[m][n]} of {full[n]})")
                 for n, v in cells.items()} for m, cells in table.items()}
 
 
@@ -205,12 +206,26 @@ def _depth_grids(records: list[dict], task: str) -> dict[str, dict[tuple[float, 
     return {m: {cell: 100.0 * sum(v) / len(v) for cell, v in by.items()} for m, by in sums.items()}
 
 
-def _per_cell(samples: int) -> str:
-    return f"{samples} sample{'s' if samples != 1 else ''} per cell"
+def _per_cell(samples: dict[int, int]) -> str:
+    """``"5 samples per cell"``, naming the lengths that hold another number, e.g. ``" (3 at 16k, 32k)"``."""
+    if not samples:
+        return "0 samples per cell"
+    usual = Counter(samples.values()).most_common(1)[0][0]
+    others = defaultdict(list)
+    for length, n in sorted(samples.items()):
+        if n != usual:
+            others[n].append(length_label(length))
+    exceptions = "; ".join(f"{n} at {', '.join(labels)}" for n, labels in others.items())
+    return f"{usual} sample{'s' if usual != 1 else ''} per cell" + (f" ({exceptions})" if exceptions else "")
 
 
-def _samples_per_cell(records: list[dict], task: str) -> int:
-    return max((n for by in counts(records, task).values() for n in by.values()), default=0)
+def _samples_per_length(records: list[dict], task: str) -> dict[int, int]:
+    """The samples in the fullest cell of each length: what a finished cell holds."""
+    full: dict[int, int] = defaultdict(int)
+    for by in counts(records, task).values():
+        for length, n in by.items():
+            full[length] = max(full[length], n)
+    return full
 
 
 def _depth_note(records: list[dict], task: str) -> str:
