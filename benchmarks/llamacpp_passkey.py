@@ -47,9 +47,36 @@ from longreach.eval.passkey import (
 from longreach.eval.records import append_record
 from longreach.integration import trained_length
 from longreach.methods import parse_length, parse_method
+from longreach.methods.base import Method, Part, method_config
 from longreach.models import embedded_gguf, load_model
 
 MODEL = "smollm2-135m"
+
+
+@method_config
+class LlamaCppGroups(Method):
+    """llama.cpp's group attention as a LongReach position plan, to tell its design from its code.
+
+    llama.cpp reads the input in batches of ``width`` tokens; before each batch, every cached key
+    goes to position ``j // group_size`` and the batch continues from there, so a query of batch
+    b sits at ``b * width // group_size + i % width``, its own batch's keys at exact distances and
+    every earlier key grouped, even its nearest neighbours across the batch boundary.
+    """
+
+    group_size: int
+    width: int
+    cli_names = ("llama.cpp-groups",)
+
+    def parts(self) -> tuple[Part, ...]:
+        g, w = self.group_size, self.width
+        same_batch = Part("same batch", key_span=lambda i: ((i // w) * w, i + 1))
+        earlier = Part("earlier batches", key_span=lambda i: (i.new_zeros(i.shape), (i // w) * w),
+                       query_position=lambda i: (i // w) * w // g + i % w, key_position=lambda j: j // g)
+        return (same_batch, earlier)
+
+    def max_length(self, trained_length: int) -> int | None:
+        # The largest distance is a batch's width plus the earlier keys grouped.
+        return None if self.group_size == 1 else self.group_size * (trained_length - self.width)
 PROMPT_EVAL = re.compile(r"prompt eval time =\s*([\d.]+) ms /\s*(\d+) tokens")
 EVAL = re.compile(r"\beval time =\s*([\d.]+) ms /\s*(\d+) runs")
 
@@ -100,6 +127,8 @@ def main() -> None:
     parser.add_argument("--group", action="append", default=[],
                         help="llama.cpp with --grp-attn-n G --grp-attn-w W, as G:W ('none': plain); repeatable")
     parser.add_argument("--method", action="append", default=[], help="a LongReach method spec; repeatable")
+    parser.add_argument("--emulate", action="append", default=[],
+                        help="LongReach running llama.cpp's grouping plan, as G:W; repeatable")
     parser.add_argument("--lengths", default="16k")
     parser.add_argument("--depths", default="0.1,0.3,0.5,0.7,0.9")
     parser.add_argument("--threads", type=int, default=1, help="llama.cpp's threads (torch: OMP_NUM_THREADS)")
@@ -108,28 +137,31 @@ def main() -> None:
     args = parser.parse_args()
     if args.group and (args.binary is None or not args.binary.is_file()):
         parser.error(f"--binary {args.binary}: build llama-completion first (see this script's docstring)")
-    groups = {}
-    for text in args.group:
+    groups, emulated = {}, {}
+    for text in args.group + args.emulate:
         if text == "none":
             groups["llama.cpp"] = None
             continue
         factor, width = (int(x) for x in text.split(":"))
         if width % factor:
-            parser.error(f"--group {text}: llama.cpp needs the width to be a multiple of the factor")
-        groups[f"llama.cpp:grp-attn-n={factor},grp-attn-w={width}"] = (factor, width)
+            parser.error(f"{text}: llama.cpp needs the width to be a multiple of the factor")
+        if text in args.group:
+            groups[f"llama.cpp:grp-attn-n={factor},grp-attn-w={width}"] = (factor, width)
+        if text in args.emulate:
+            emulated[f"llama.cpp-groups:group_size={factor},width={width}"] = LlamaCppGroups(factor, width)
     lengths = [parse_length(n) for n in args.lengths.split(",")]
     depths = [float(d) for d in args.depths.split(",")]
 
     gguf = embedded_gguf(MODEL)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = load_model(MODEL)[0] if args.method else None
+    model = load_model(MODEL)[0] if args.method or emulated else None
     done = {r.cell for r in read_results(args.out, model=MODEL, seed=args.seed)}
     timings_path = args.out.with_name("timings.jsonl")
     for length in lengths:
-        for label in [*groups, *args.method]:
+        for label in [*groups, *emulated, *args.method]:
             if label not in groups:
-                method = parse_method(label, target_length=length + PASSKEY_NEW_TOKENS,
-                                      trained_length=trained_length(model.config))
+                method = emulated.get(label) or parse_method(label, target_length=length + PASSKEY_NEW_TOKENS,
+                                                             trained_length=trained_length(model.config))
                 longreach.extend(model, method)
             for depth in depths:
                 if (label, length, depth, 0) in done:
