@@ -46,13 +46,13 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
 from transformers import AutoTokenizer
 
 import longreach
 from longreach.eval.passkey import (
     PASSKEY_NEW_TOKENS,
     PasskeyResult,
+    greedy_answer,
     passkey_key,
     passkey_prompt,
     read_results,
@@ -91,6 +91,8 @@ class LlamaCppGroups(Method):
     def max_length(self, trained_length: int) -> int | None:
         # The largest distance is a batch's width plus the earlier keys grouped.
         return None if self.group_size == 1 else self.group_size * (trained_length - self.width)
+
+
 PROMPT_EVAL = re.compile(r"prompt eval time =\s*([\d.]+) ms /\s*(\d+) tokens")
 EVAL = re.compile(r"\beval time =\s*([\d.]+) ms /\s*(\d+) runs")
 
@@ -126,13 +128,17 @@ def llama_completion(binary: Path, gguf: Path, prompt: str, context: int, group:
 
 def longreach_answer(model, tokenizer, ids: list[int]) -> tuple[str, dict]:
     """Greedy continuation of ``ids`` by the model as extended, as `longreach passkey` runs it."""
-    prompt = torch.tensor([ids])
     started = time.perf_counter()
-    with torch.no_grad():
-        generated = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
-                                   max_new_tokens=PASSKEY_NEW_TOKENS, pad_token_id=tokenizer.eos_token_id)
-    answer = tokenizer.decode(generated[0, len(ids):], skip_special_tokens=True).strip()
+    answer = greedy_answer(model, tokenizer, ids, PASSKEY_NEW_TOKENS)
     return answer, {"seconds": round(time.perf_counter() - started, 3), "prompt_tokens": len(ids)}
+
+
+def group_setting(text: str, parser: argparse.ArgumentParser) -> tuple[int, int]:
+    """``"G:W"`` as (G, W), W a multiple of G as llama.cpp requires."""
+    factor, width = (int(x) for x in text.split(":"))
+    if width % factor:
+        parser.error(f"{text}: llama.cpp needs the width to be a multiple of the factor")
+    return factor, width
 
 
 def main() -> None:
@@ -152,24 +158,25 @@ def main() -> None:
     args = parser.parse_args()
     if args.group and (args.binary is None or not args.binary.is_file()):
         parser.error(f"--binary {args.binary}: build llama-completion first (see this script's docstring)")
-    groups, emulated = {}, {}
-    for text in args.group + args.emulate:
+    groups = {}
+    for text in args.group:
         if text == "none":
             groups[args.name] = None
             continue
-        factor, width = (int(x) for x in text.split(":"))
-        if width % factor:
-            parser.error(f"{text}: llama.cpp needs the width to be a multiple of the factor")
-        if text in args.group:
-            groups[f"{args.name}:grp-attn-n={factor},grp-attn-w={width}"] = (factor, width)
-        if text in args.emulate:
-            emulated[f"llama.cpp-groups:group_size={factor},width={width}"] = LlamaCppGroups(factor, width)
+        factor, width = group_setting(text, parser)
+        groups[f"{args.name}:grp-attn-n={factor},grp-attn-w={width}"] = (factor, width)
+    emulated = {}
+    for text in args.emulate:
+        method = LlamaCppGroups(*group_setting(text, parser))
+        emulated[method.spec()] = method
     lengths = [parse_length(n) for n in args.lengths.split(",")]
     depths = [float(d) for d in args.depths.split(",")]
 
     gguf = embedded_gguf(MODEL)
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = load_model(MODEL)[0] if args.method or emulated else None
+    if args.method or emulated:
+        model, tokenizer = load_model(MODEL)
+    else:  # llama.cpp alone: the tokenizer builds the prompts
+        model, tokenizer = None, AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     done = {r.cell for r in read_results(args.out, model=MODEL, seed=args.seed)}
     timings_path = args.out.with_name("timings.jsonl")
     for length in lengths:

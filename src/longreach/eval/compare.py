@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from longreach.eval.niah import check_texts
+from longreach.eval.passkey import greedy_answer
 from longreach.eval.perplexity import BUCKET, token_losses
 from longreach.eval.records import append_record, read_records, same_settings
 from longreach.eval.task import Sample, Task
@@ -188,12 +189,7 @@ def run_compare(
 
 
 def _generate_cell(model, tokenizer, sample: Sample, task: Task) -> dict:
-    ids = torch.tensor([sample.prompt_ids], device=model.device)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    with torch.no_grad():
-        generated = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=sample.max_new_tokens,
-                                   do_sample=False, pad_token_id=pad)
-    answer = tokenizer.decode(generated[0, ids.shape[1]:], skip_special_tokens=True).strip()
+    answer = greedy_answer(model, tokenizer, sample.prompt_ids, sample.max_new_tokens)
     return {
         "task": sample.task, "length": sample.length, "depth": sample.depth, "sample": sample.index,
         "expected": list(sample.expected), "answer": answer, "score": task.score(sample, answer),

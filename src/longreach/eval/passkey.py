@@ -88,6 +88,22 @@ def score_answer(answer: str, key: str) -> bool:
     return found is not None and found.group(0) == key
 
 
+def greedy_answer(model, tokenizer, ids: list[int], max_new_tokens: int) -> str:
+    """The model's greedy continuation of the prompt ``ids``, decoded and stripped: how every
+    task of the suite asks its question.
+
+    Example:
+        >>> greedy_answer(model, tokenizer, passkey_prompt(tokenizer, 4096, 0.5, "48213"), 8)  # doctest: +SKIP
+        '48213. Remember'
+    """
+    prompt = torch.tensor([ids], device=model.device)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    with torch.no_grad():
+        generated = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=max_new_tokens,
+                                   do_sample=False, pad_token_id=pad)
+    return tokenizer.decode(generated[0, len(ids):], skip_special_tokens=True).strip()
+
+
 def passkey_key(seed: int, length: int, depth: float, sample: int) -> str:
     """The deterministic 5-digit key of one sample."""
     return str(random.Random(f"{seed}:{length}:{depth}:{sample}").randint(10000, 99999))
@@ -147,20 +163,12 @@ def run_passkey(
                 on_result(previous)
             continue
         key = passkey_key(seed, length, depth, sample)
-        ids = torch.tensor([passkey_prompt(tokenizer, length, depth, key, filler)], device=model.device)
+        ids = passkey_prompt(tokenizer, length, depth, key, filler)
         started = time.perf_counter()
-        with torch.no_grad():
-            generated = model.generate(
-                ids,
-                attention_mask=torch.ones_like(ids),
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
-            )
-        answer = tokenizer.decode(generated[0, ids.shape[1] :], skip_special_tokens=True)
+        answer = greedy_answer(model, tokenizer, ids, max_new_tokens)
         result = PasskeyResult(
             model=model_name, method=method, length=length, depth=depth, sample=sample, seed=seed,
-            key=key, answer=answer.strip(), correct=score_answer(answer, key),
+            key=key, answer=answer, correct=score_answer(answer, key),
             seconds=round(time.perf_counter() - started, 3), settings=settings or method,
         )
         if out is not None:
