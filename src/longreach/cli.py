@@ -290,7 +290,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     import longreach
     from longreach.eval.compare import PPL, run_compare
-    from longreach.eval.niah import check_texts
+    from longreach.eval.haystack import check_texts
     from longreach.eval.report import RUN, build_tables, write_report
     from longreach.eval.task import build_tasks, known_task_names
     from longreach.integration import sliding_window, trained_length

@@ -121,6 +121,29 @@ def test_cells_recorded_with_other_settings_are_rerun_and_counted_once(tiny_mode
     assert "group_size=3" not in report  # nor are the old settings listed as used
 
 
+def test_cells_asked_with_older_prompts_are_rerun_and_left_out_of_the_report(tiny_model_dir, tmp_path, novel,
+                                                                             monkeypatch):
+    out = tmp_path / "cmp"
+    argv = compare_argv(tiny_model_dir, out, novel, tasks="passkey,niah", methods=["vanilla"], lengths="200")
+    assert main(argv) == 0
+    first = records(out)
+    assert {(r["task"], r["prompt_version"]) for r in first} == {("passkey", 2), ("niah", 1)}
+    # Passkey cells as a LongReach before prompt versions left them: unversioned, so version 1.
+    old = [{k: v for k, v in r.items() if k != "prompt_version"} for r in first]
+    (out / compare.RESULTS).write_text("".join(json.dumps(r) + "\n" for r in old))
+    (out / "report.md").unlink()
+    assert main(["report", str(out)]) == 0
+    report = (out / "report.md").read_text()
+    assert "2 cells recorded with older prompts" in report and "## passkey" not in report and "## niah" in report
+    calls = counting(monkeypatch)
+    assert main(argv) == 0
+    assert len(calls) == 2  # the two passkey depths; niah's prompts are unchanged
+    rerun = records(out)[len(old):]
+    assert [(r["task"], r["prompt_version"]) for r in rerun] == [("passkey", 2)] * 2
+    report = (out / "report.md").read_text()
+    assert "older prompts" not in report and "## passkey" in report
+
+
 def test_same_seed_gives_the_same_results(tiny_model_dir, tmp_path, novel):
     runs = []
     for name in ("a", "b"):

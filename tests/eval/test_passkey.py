@@ -6,6 +6,7 @@ from conftest import tiny_model
 
 from longreach.eval.passkey import (
     NEEDLE,
+    PROMPT_VERSION,
     accuracy_table,
     passkey_key,
     passkey_prompt,
@@ -85,6 +86,23 @@ def test_results_stream_to_jsonl_and_a_rerun_resumes(tmp_path, smollm_tokenizer)
     rerun = run_passkey(model, smollm_tokenizer, **settings, settings="vanilla:other")
     assert len(calls) == 10 + 4 and all(r.settings == "vanilla:other" for r in rerun)
     assert accuracy_table(read_results(out, model=""))["vanilla"] == table["vanilla"]
+
+
+def test_samples_recorded_with_older_prompts_are_asked_again(tmp_path, smollm_tokenizer):
+    model = tiny_model("llama", vocab_size=len(smollm_tokenizer), max_position_embeddings=512)
+    out = tmp_path / "passkey.jsonl"
+    settings = dict(method="vanilla", lengths=[160], depths=[0.5], samples=2, out=out, max_new_tokens=2)
+    first = run_passkey(model, smollm_tokenizer, **settings)
+    assert all(r.prompt_version == PROMPT_VERSION for r in first)
+    # As records from before prompt versions: no version, so version 1.
+    legacy = [{k: v for k, v in json.loads(line).items() if k != "prompt_version"}
+              for line in out.read_text().splitlines()]
+    out.write_text("".join(json.dumps(r) + "\n" for r in legacy))
+    assert read_results(out) == [] and len(read_results(out, prompt_version=1)) == 2
+    assert len(read_results(out, prompt_version=None)) == 2
+    again = run_passkey(model, smollm_tokenizer, **settings)
+    assert [r.key for r in again] == [r.key for r in first] and len(out.read_text().splitlines()) == 4
+    assert read_results(out) == again
 
 
 @pytest.mark.model

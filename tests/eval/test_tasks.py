@@ -1,12 +1,15 @@
+import hashlib
+import json
 import re
 from collections import Counter
 
 import pytest
 
-from longreach.eval.niah import NEEDLE, insert_needles, noise_haystack, text_haystack, tokenizer_words
+from longreach.eval.haystack import insert_needles, noise_haystack, text_haystack
+from longreach.eval.niah import NEEDLE, tokenizer_words
 from longreach.eval.passkey import passkey_key, passkey_prompt
 from longreach.eval.ruler import RULER_TASKS
-from longreach.eval.task import Sample, Task, build_tasks, known_task_names, string_match_all
+from longreach.eval.task import Sample, Task, build_tasks, known_task_names, prompt_version, string_match_all
 
 LENGTHS = [512, 1500, 4096]
 DEPTHS = (0.1, 0.5, 0.9)
@@ -173,6 +176,43 @@ def test_string_match_all():
     assert string_match_all("", ["x"]) == 0.0
     with pytest.raises(ValueError):
         string_match_all("x", [])
+
+
+# The list tasks pad with a few newline tokens between the list and the question, which their
+# text would merge into fewer tokens.
+@pytest.mark.parametrize("length", [512, 4096])
+@pytest.mark.parametrize("name", [n for n in TASK_NAMES if n not in ("ruler:cwe", "ruler:fwe")])
+def test_prompts_are_what_their_text_tokenizes_to(tasks, smollm_tokenizer, name, length):
+    # What a model reads from the prompt's own text (a user's file) is what it was measured on.
+    for sample in tasks[name].samples(smollm_tokenizer, length, 1, seed=0):
+        text = smollm_tokenizer.decode(sample.prompt_ids)
+        assert smollm_tokenizer(text).input_ids == sample.prompt_ids, (name, sample.depth)
+
+
+# Each task's prompt at 1,024 tokens, seed 0, as (prompt version, sha256 of its token ids). A
+# change to a task's prompts fails here: bump the task's PROMPT_VERSIONS entry, so that cells
+# asked with the older prompts are asked again rather than reused or reported, and pin the new
+# fingerprint.
+PROMPT_FINGERPRINTS = {
+    "passkey": (2, "0ece82a848a2"),
+    "niah": (1, "23d6cbe6e1da"),
+    "niah-text": (2, "7fd9d5af584d"),
+    "ruler:niah_single_1": (1, "50b779c979f4"),
+    "ruler:niah_single_uuid": (1, "769c537f1487"),
+    "ruler:niah_multikey": (1, "385e2aef08c5"),
+    "ruler:niah_multivalue": (1, "f31fbe5b348d"),
+    "ruler:niah_multiquery": (1, "eaeadba2dc39"),
+    "ruler:vt": (1, "ae9cf9b1c4ab"),
+    "ruler:cwe": (1, "be8eb7412874"),
+    "ruler:fwe": (1, "3c85f254b420"),
+}
+
+
+@pytest.mark.parametrize("name", TASK_NAMES)
+def test_a_change_of_prompts_comes_with_a_new_prompt_version(tasks, smollm_tokenizer, name):
+    ids = tasks[name].samples(smollm_tokenizer, 1024, 1, seed=0)[0].prompt_ids
+    digest = hashlib.sha256(json.dumps(ids).encode()).hexdigest()[:12]
+    assert (prompt_version(name), digest) == PROMPT_FINGERPRINTS[name]
 
 
 @pytest.mark.parametrize("name", TASK_NAMES)

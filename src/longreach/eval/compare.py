@@ -17,11 +17,11 @@ from pathlib import Path
 
 import torch
 
-from longreach.eval.niah import check_texts
+from longreach.eval.haystack import check_texts
 from longreach.eval.passkey import greedy_answer
 from longreach.eval.perplexity import BUCKET, token_losses
 from longreach.eval.records import append_record, read_records, same_settings
-from longreach.eval.task import Sample, Task
+from longreach.eval.task import Sample, Task, current_prompts, prompt_version
 
 RESULTS = "results.jsonl"
 PPL = "ppl"
@@ -75,10 +75,10 @@ def plan(
     done: dict[tuple, str | None],
     settings: Callable[[str, int], str | None] = lambda method, length: None,
 ) -> list[Work]:
-    """Every cell not in ``done`` (cell -> the settings it ran with), grouped by method then
-    length (one model change per group). A cell recorded with other settings than
-    ``settings(method, length)`` resolves to now counts as missing: a ``NAME:auto`` whose choice
-    changed is rerun, not reported under its old choice."""
+    """Every cell not in ``done`` (cell -> the settings it ran with, of records with the task's
+    current prompts), grouped by method then length (one model change per group). A cell
+    recorded with other settings than ``settings(method, length)`` resolves to now counts as
+    missing: a ``NAME:auto`` whose choice changed is rerun, not reported under its old choice."""
 
     def finished(cell: tuple, run_length: int) -> bool:
         return cell in done and same_settings(done[cell], settings(cell[1], run_length))
@@ -148,7 +148,7 @@ def run_compare(
             f"{out} holds results of another model ({others[0]}), and one report compares one model: "
             "pass another --out"
         )
-    done = {cell_key(r): r.get("settings") for r in records}
+    done = {cell_key(r): r.get("settings") for r in records if current_prompts(r)}
     stream = text_stream(tokenizer, texts) if ppl else None
     if stream is not None and stream.shape[1] < max(lengths) + 1:
         raise ValueError(
@@ -193,6 +193,7 @@ def _generate_cell(model, tokenizer, sample: Sample, task: Task) -> dict:
     return {
         "task": sample.task, "length": sample.length, "depth": sample.depth, "sample": sample.index,
         "expected": list(sample.expected), "answer": answer, "score": task.score(sample, answer),
+        "prompt_version": prompt_version(sample.task),
     }
 
 

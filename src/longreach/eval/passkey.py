@@ -16,16 +16,20 @@ from pathlib import Path
 
 import torch
 
+from longreach.eval.haystack import NOISE, needle_prompt, noise_haystack
 from longreach.eval.records import append_record, read_records, same_settings
 
 INTRO = (
     "There is an important piece of information hidden inside a lot of irrelevant text. "
     "Find it and memorize it. I will quiz you about the important information there.\n\n"
 )
-FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
-NEEDLE = "The pass key is {key}. Remember it. {key} is the pass key. "
+FILLER = NOISE
+NEEDLE = "The pass key is {key}. Remember it. {key} is the pass key."
 QUESTION = "\n\nWhat is the pass key? The pass key is"
 DEFAULT_DEPTHS = (0.1, 0.5, 0.9)
+#: Bumped whenever the prompts change, so that results recorded with other prompts are not reused.
+#: 1: pieces tokenized alone (a filler sentence's trailing space its own token); 2: running text.
+PROMPT_VERSION = 2
 #: Tokens generated per answer: a 5-digit key and a little more.
 PASSKEY_NEW_TOKENS = 8
 
@@ -46,6 +50,7 @@ class PasskeyResult:
     correct: bool
     seconds: float
     settings: str = ""
+    prompt_version: int = PROMPT_VERSION
 
     @property
     def cell(self) -> tuple[str, int, float, int]:
@@ -53,33 +58,18 @@ class PasskeyResult:
 
 
 def passkey_prompt(tokenizer, length: int, depth: float, key: str, filler: str = FILLER) -> list[int]:
-    """Token ids of exactly ``length`` tokens with the needle starting at ``depth`` of the filler.
+    """Token ids of exactly ``length`` tokens with the needle starting at ``depth`` of the filler
+    (at a sentence end): the tokens the prompt's own text tokenizes to.
 
     Example:
         >>> ids = passkey_prompt(tokenizer, 4096, 0.5, "48213")  # doctest: +SKIP
         >>> len(ids)  # doctest: +SKIP
         4096
     """
-    if not 0.0 <= depth <= 1.0:
-        raise ValueError(f"depth must be within [0, 1], got {depth}")
     if not filler.strip():
         raise ValueError("filler text must not be empty")
-    intro = tokenizer(INTRO, add_special_tokens=True).input_ids
-    needle = tokenizer(NEEDLE.format(key=key), add_special_tokens=False).input_ids
-    question = tokenizer(QUESTION, add_special_tokens=False).input_ids
-    budget = length - len(intro) - len(needle) - len(question)
-    if budget < 0:
-        minimum = length - budget
-        raise ValueError(f"a passkey prompt needs at least {minimum} tokens, {length} were asked for")
-    unit = tokenizer(filler, add_special_tokens=False).input_ids
-    stream = unit * (budget // max(1, len(unit)) + 2)
-    # Move the cut back to a sentence end (at most one filler unit), so the needle starts a
-    # sentence; the rest of the budget goes after it.
-    before = round(depth * budget)
-    floor = max(0, before - len(unit))
-    while before > floor and not tokenizer.decode([stream[before - 1]]).strip().endswith("."):
-        before -= 1
-    return intro + stream[:before] + needle + stream[before:budget] + question
+    return needle_prompt(tokenizer, length, head=INTRO, tail=QUESTION, needles=[NEEDLE.format(key=key)],
+                         depths=[depth], haystack=lambda n: noise_haystack(tokenizer, n, filler), what="passkey")
 
 
 def score_answer(answer: str, key: str) -> bool:
@@ -109,16 +99,24 @@ def passkey_key(seed: int, length: int, depth: float, sample: int) -> str:
     return str(random.Random(f"{seed}:{length}:{depth}:{sample}").randint(10000, 99999))
 
 
-def read_results(path: Path, *, model: str | None = None, seed: int | None = None) -> list[PasskeyResult]:
+def read_results(
+    path: Path, *, model: str | None = None, seed: int | None = None, prompt_version: int | None = PROMPT_VERSION
+) -> list[PasskeyResult]:
     """Results already written to a JSON lines file (a torn last line is ignored), only those of
-    ``model`` and ``seed`` when given: a folder may hold other runs."""
+    ``model`` and ``seed`` when given: a folder may hold other runs. Only results asked with the
+    prompts built now are read, unless ``prompt_version`` says which (None: all).
+    """
     results = []
     for record in read_records(path):
         try:
-            result = PasskeyResult(**record)
+            result = PasskeyResult(**{"prompt_version": 1, **record})  # unversioned records predate version 2
         except TypeError:
             continue
-        if (model is None or result.model == model) and (seed is None or result.seed == seed):
+        if (
+            (model is None or result.model == model)
+            and (seed is None or result.seed == seed)
+            and (prompt_version is None or result.prompt_version == prompt_version)
+        ):
             results.append(result)
     return results
 
@@ -144,7 +142,8 @@ def run_passkey(
     ``method`` labels the results (use ``Method.spec()``, or the user's ``NAME:auto``, with the
     resolved spec as ``settings``). With ``out`` (a ``.jsonl`` file),
     finished samples are appended as they complete and samples already in it with the same
-    ``settings`` are skipped (a ``NAME:auto`` that now resolves otherwise runs again).
+    ``settings`` and prompts are skipped (a ``NAME:auto`` that now resolves otherwise, or a
+    sample recorded with an older prompt version, runs again).
 
     Example:
         >>> longreach.extend(model, longreach.SelfExtend(4, 1024))  # doctest: +SKIP

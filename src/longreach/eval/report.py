@@ -13,7 +13,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from longreach.eval.compare import PPL, RESULTS, latest_cells
+from longreach.eval.compare import PPL, RESULTS, cell_key, latest_cells
 from longreach.eval.plots import (
     length_label,
     plot_heatmaps,
@@ -21,6 +21,7 @@ from longreach.eval.plots import (
     plot_score_by_length,
 )
 from longreach.eval.records import read_records
+from longreach.eval.task import current_prompts
 
 RUN = "run.json"
 REPORT = "report.md"
@@ -81,7 +82,8 @@ def ruler_average(records: list[dict]) -> dict[str, dict[int, float]]:
 def build_tables(records: list[dict], folder: Path | None = None, *, trained_length: int | None = None) -> list[Table]:
     """The report's tables in order; with ``folder``, their PNGs are drawn into it."""
     tables = []
-    records = latest_cells([r for r in records if "task" in r and "method" in r and "length" in r])
+    complete = [r for r in records if "task" in r and "method" in r and "length" in r]
+    records = latest_cells([r for r in complete if current_prompts(r)])
     lengths = sorted({r["length"] for r in records})
     for task in _ordered(r["task"] for r in records):
         if task == PPL or task.startswith(RULER_PREFIX):
@@ -135,7 +137,9 @@ def write_report(folder: Path) -> Path:
         PosixPath('results/compare/report.md')
     """
     folder = Path(folder)
-    records = latest_cells([r for r in read_records(folder / RESULTS) if "task" in r])
+    recorded = [r for r in read_records(folder / RESULTS) if "task" in r]
+    records = latest_cells([r for r in recorded if current_prompts(r)])
+    outdated = {cell_key(r) for r in recorded if not current_prompts(r)} - {cell_key(r) for r in records}
     if not records:
         raise ValueError(f"{folder / RESULTS} holds no results; run `longreach compare --out {folder}` first")
     run = json.loads((folder / RUN).read_text()) if (folder / RUN).is_file() else {}
@@ -147,6 +151,9 @@ def write_report(folder: Path) -> Path:
     methods = _ordered(f"`{r['method']}`" for r in records)
     lines += [f"Methods: {', '.join(methods)}. Scores are the share of expected strings found in the answer "
               "(RULER's string_match_all), in percent.", ""]
+    if outdated:
+        lines += [f"{len(outdated)} cells recorded with older prompts than their tasks build now are left out; "
+                  "rerun the compare command to measure them again.", ""]
     for table in tables:
         lines += [f"## {table.title}", "", *markdown_table(table), ""]
         if table.note:

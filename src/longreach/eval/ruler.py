@@ -29,16 +29,8 @@ import string
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from longreach.eval.niah import (
-    NEEDLE,
-    NUMBER_NEW_TOKENS,
-    magic_number,
-    magic_uuid,
-    needle_prompt,
-    niah_wording,
-    noise_haystack,
-    tokenizer_words,
-)
+from longreach.eval.haystack import needle_prompt, noise_haystack
+from longreach.eval.niah import NEEDLE, NUMBER_NEW_TOKENS, magic_number, magic_uuid, niah_wording, tokenizer_words
 from longreach.eval.task import Sample, Task, check_count, string_match_all
 
 #: RULER draws needle depths from 40 evenly spaced ones, from 0 to 100% of the haystack.

@@ -13,9 +13,31 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from longreach.eval.passkey import PASSKEY_NEW_TOKENS, passkey_key, passkey_prompt, score_answer
+from longreach.eval.haystack import check_texts
+from longreach.eval.passkey import PASSKEY_NEW_TOKENS, PROMPT_VERSION, passkey_key, passkey_prompt, score_answer
 
 DEFAULT_DEPTHS = (0.1, 0.3, 0.5, 0.7, 0.9)
+#: The version of a task's prompts where it is not 1. Bump it whenever a task's prompts change,
+#: so that cells recorded with the older prompts are measured again, not reused or reported.
+#: passkey 2: running text (before, pieces tokenized alone); niah-text 2: a repeated text joins
+#: as running text (prompts of texts longer than the prompt are unchanged).
+PROMPT_VERSIONS = {"passkey": PROMPT_VERSION, "niah-text": 2}
+
+
+def prompt_version(task: str) -> int:
+    """The version of the prompts ``task`` builds now.
+
+    Example:
+        >>> prompt_version("passkey"), prompt_version("ruler:vt")
+        (2, 1)
+    """
+    return PROMPT_VERSIONS.get(task, 1)
+
+
+def current_prompts(record: dict) -> bool:
+    """Whether a recorded cell was asked with the prompts its task builds now (records from
+    before versions were recorded are version 1)."""
+    return record.get("prompt_version", 1) == prompt_version(record["task"])
 
 
 @dataclass(frozen=True)
@@ -117,7 +139,7 @@ def build_tasks(
         ValueError: unknown task 'needle'; known tasks: passkey, niah, niah-text, ruler, ruler:niah_single_1, ...
     """
     # Imported here: niah and ruler build their samples with Sample from this module.
-    from longreach.eval.niah import NiahTask, check_texts
+    from longreach.eval.niah import NiahTask
     from longreach.eval.ruler import RULER_TASKS
 
     depths = tuple(float(d) for d in depths)
