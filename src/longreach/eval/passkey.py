@@ -16,19 +16,20 @@ from pathlib import Path
 
 import torch
 
-from longreach.eval.haystack import NOISE, needle_prompt, noise_haystack
+from longreach.eval.haystack import NOISE, SENTENCE_ENDS, noise_haystack
 from longreach.eval.records import append_record, read_records, same_settings
 
 INTRO = (
     "There is an important piece of information hidden inside a lot of irrelevant text. "
-    "Find it and memorize it. I will quiz you about the important information there.\n\n"
+    "Find it and memorize it. I will quiz you about the important information there."
 )
 FILLER = NOISE
 NEEDLE = "The pass key is {key}. Remember it. {key} is the pass key."
-QUESTION = "\n\nWhat is the pass key? The pass key is"
+QUESTION = "What is the pass key? The pass key is"
 DEFAULT_DEPTHS = (0.1, 0.5, 0.9)
 #: Bumped whenever the prompts change, so that results recorded with other prompts are not reused.
-#: 1: pieces tokenized alone (a filler sentence's trailing space its own token); 2: running text.
+#: 1: pieces tokenized alone (a filler sentence's trailing space its own token, the needle inline);
+#: 2: the reference test's lines, tokenized as running text.
 PROMPT_VERSION = 2
 #: Tokens generated per answer: a 5-digit key and a little more.
 PASSKEY_NEW_TOKENS = 8
@@ -58,18 +59,35 @@ class PasskeyResult:
 
 
 def passkey_prompt(tokenizer, length: int, depth: float, key: str, filler: str = FILLER) -> list[int]:
-    """Token ids of exactly ``length`` tokens with the needle starting at ``depth`` of the filler
-    (at a sentence end): the tokens the prompt's own text tokenizes to.
+    """Token ids of exactly ``length`` tokens, laid out as the reference passkey test (landmark
+    attention's, which LongLM and others use): the task, the filler up to the needle, the needle
+    on a line of its own, the filler again from its start, the question, one per line. The
+    needle's line starts at ``depth`` of the filler, moved back to the nearest sentence end. The
+    ids are what the prompt's own text tokenizes to.
 
     Example:
         >>> ids = passkey_prompt(tokenizer, 4096, 0.5, "48213")  # doctest: +SKIP
         >>> len(ids)  # doctest: +SKIP
         4096
     """
+    if not 0.0 <= depth <= 1.0:
+        raise ValueError(f"depth must be within [0, 1], got {depth}")
     if not filler.strip():
         raise ValueError("filler text must not be empty")
-    return needle_prompt(tokenizer, length, head=INTRO, tail=QUESTION, needles=[NEEDLE.format(key=key)],
-                         depths=[depth], haystack=lambda n: noise_haystack(tokenizer, n, filler), what="passkey")
+    # Each piece with the newline that joins it to the next, as it tokenizes in the whole text.
+    head = tokenizer(INTRO + "\n", add_special_tokens=True).input_ids
+    needle = tokenizer("\n" + NEEDLE.format(key=key) + "\n", add_special_tokens=False).input_ids
+    question = tokenizer("\n" + QUESTION, add_special_tokens=False).input_ids
+    budget = length - len(head) - len(needle) - len(question)
+    if budget < 0:
+        raise ValueError(f"a passkey prompt needs at least {length - budget} tokens, {length} were asked for")
+    first = tokenizer(filler.strip(), add_special_tokens=False).input_ids
+    stream = first + noise_haystack(tokenizer, max(0, budget - len(first)), filler)
+    before = round(depth * budget)
+    floor = max(0, before - len(first))
+    while before > floor and not tokenizer.decode([stream[before - 1]]).rstrip().endswith(SENTENCE_ENDS):
+        before -= 1
+    return head + stream[:before] + needle + stream[: budget - before] + question
 
 
 def score_answer(answer: str, key: str) -> bool:
