@@ -59,9 +59,9 @@ class PasskeyResult:
 
 
 def passkey_prompt(tokenizer, length: int, depth: float, key: str, filler: str = FILLER) -> list[int]:
-    """Token ids of exactly ``length`` tokens, laid out as the reference passkey test (landmark
-    attention's, which LongLM and others use): the task, the filler up to the needle, the needle
-    on a line of its own, the filler again from its start, the question, one per line. The
+    """Token ids of exactly ``length`` tokens, laid out as landmark attention's passkey test (the
+    one most papers reuse): the task, the filler up to the needle, the needle on a line of its
+    own, the filler again from its start, the question, one per line. The
     needle's line starts at ``depth`` of the filler, moved back to the nearest sentence end. The
     ids are what the prompt's own text tokenizes to.
 
