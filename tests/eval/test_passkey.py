@@ -5,6 +5,7 @@ import torch
 from conftest import tiny_model
 
 from longreach.eval.passkey import (
+    INTRO,
     NEEDLE,
     PROMPT_VERSION,
     accuracy_table,
@@ -23,8 +24,10 @@ def test_prompt_has_exact_length_and_needle_at_depth(smollm_tokenizer, length, d
     ids = passkey_prompt(tok, length, depth, "48213")
     assert len(ids) == length
     text = tok.decode(ids)
-    needle = NEEDLE.format(key="48213").strip()
-    assert text.count("48213") == 2 and needle in text
+    needle = NEEDLE.format(key="48213")
+    assert text.count("48213") == 2 and f"\n{needle}\n" in text  # the reference layout: a line of its own
+    assert text.startswith(INTRO + "\nThe grass is green.") or depth == 0.0
+    assert tok(text).input_ids == ids  # what the prompt's own text tokenizes to
     where = text.index(needle) / len(text)
     assert abs(where - depth) < 0.1 + 150 / length  # within a filler unit or two of the depth
     assert text.rstrip().endswith("The pass key is")
