@@ -29,9 +29,20 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 import longreach
 from longreach.forward_args import cache_keyword
 
-SMALL = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=2, max_position_embeddings=64, head_dim=16, rotary_dim=8, pad_token_id=0,
-             bos_token_id=1, eos_token_id=2)
+SMALL = dict(
+    vocab_size=128,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
+    head_dim=16,
+    rotary_dim=8,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+)
 
 
 def forward(model, ids, **kwargs) -> torch.Tensor:
@@ -58,8 +69,10 @@ def check(model_type: str, max_params: int) -> dict:
         longreach.extend(model, longreach.SelfExtend(3, 6))
         at_once = forward(model, ids)
         cache = DynamicCache(config=model.config)
-        steps = [forward(model, ids[:, a:b], use_cache=True, **{cache_keyword(model.forward): cache})
-                 for a, b in [(0, 8), *((i, i + 1) for i in range(8, 40))]]
+        steps = [
+            forward(model, ids[:, a:b], use_cache=True, **{cache_keyword(model.forward): cache})
+            for a, b in [(0, 8), *((i, i + 1) for i in range(8, 40))]
+        ]
         difference = float((torch.cat(steps, dim=1) - at_once).abs().max())
     except longreach.UnsupportedModelError as error:
         return {"outcome": "refused", "detail": str(error)}
@@ -86,13 +99,15 @@ def main() -> None:
             table.add_row(model_type, result["outcome"], result["detail"][:100])
     console = Console()
     console.print(table)
-    counts = {o: sum(r["outcome"] == o for r in results.values()) for o in ("exact", "differs", "refused", "error",
-                                                                            "skipped")}
+    counts = {
+        o: sum(r["outcome"] == o for r in results.values()) for o in ("exact", "differs", "refused", "error", "skipped")
+    }
     console.print(counts)
     output = Path(args.out)
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps({"transformers": transformers.__version__, "counts": counts, "results": results},
-                                 indent=2) + "\n")
+    output.write_text(
+        json.dumps({"transformers": transformers.__version__, "counts": counts, "results": results}, indent=2) + "\n"
+    )
 
 
 if __name__ == "__main__":

@@ -19,8 +19,9 @@ from longreach.cache import AppendingLayer, EvictingLayer
 SINKS = 4
 
 
-def ms_per_token(layer_class: type[DynamicLayer], length: int, layers: int, kv_heads: int, head_dim: int,
-                 steps: int) -> float:
+def ms_per_token(
+    layer_class: type[DynamicLayer], length: int, layers: int, kv_heads: int, head_dim: int, steps: int
+) -> float:
     cache = [layer_class() for _ in range(layers)]
     for layer in cache:
         layer.update(torch.randn(1, kv_heads, length, head_dim), torch.randn(1, kv_heads, length, head_dim))
@@ -32,8 +33,7 @@ def ms_per_token(layer_class: type[DynamicLayer], length: int, layers: int, kv_h
     return (time.process_time() - started) / steps * 1000
 
 
-def sliding_ms_per_token(in_place: bool, window: int, layers: int, kv_heads: int, head_dim: int,
-                         steps: int) -> float:
+def sliding_ms_per_token(in_place: bool, window: int, layers: int, kv_heads: int, head_dim: int, steps: int) -> float:
     """A window of ``window`` keys after SINKS sinks: each step appends a key and drops the oldest."""
     cache = [EvictingLayer() for _ in range(layers)]
     held = torch.randn(1, kv_heads, SINKS + window, head_dim)
@@ -50,8 +50,9 @@ def sliding_ms_per_token(in_place: bool, window: int, layers: int, kv_heads: int
                 layer.keep(kept)
             else:  # one copy of the window per step
                 layer.keys = torch.cat((layer.keys[..., :SINKS, :], layer.keys[..., SINKS + 1 :, :], token), dim=-2)
-                layer.values = torch.cat((layer.values[..., :SINKS, :], layer.values[..., SINKS + 1 :, :], token),
-                                         dim=-2)
+                layer.values = torch.cat(
+                    (layer.values[..., :SINKS, :], layer.values[..., SINKS + 1 :, :], token), dim=-2
+                )
     return (time.process_time() - started) / steps * 1000
 
 

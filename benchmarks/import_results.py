@@ -23,10 +23,20 @@ from longreach.eval.records import append_record, read_records
 
 def from_passkey(record: dict, source: str) -> dict:
     return {
-        "task": "passkey", "length": record["length"], "depth": record["depth"], "sample": record["sample"],
-        "expected": [record["key"]], "answer": record["answer"], "score": 1.0 if record["correct"] else 0.0,
-        "method": record["method"], "settings": record["settings"], "model": record["model"],
-        "seed": record["seed"], "versions": {}, "seconds": record["seconds"], "source": source,
+        "task": "passkey",
+        "length": record["length"],
+        "depth": record["depth"],
+        "sample": record["sample"],
+        "expected": [record["key"]],
+        "answer": record["answer"],
+        "score": 1.0 if record["correct"] else 0.0,
+        "method": record["method"],
+        "settings": record["settings"],
+        "model": record["model"],
+        "seed": record["seed"],
+        "versions": {},
+        "seconds": record["seconds"],
+        "source": source,
         "prompt_version": record.get("prompt_version", 1),
     }
 
@@ -37,10 +47,21 @@ def from_perplexity(record: dict, source: str) -> list[dict]:
     losses = [math.log(p) for p in record["bucket_perplexity"]]
     return [
         {
-            "task": PPL, "length": int(n), "depth": None, "sample": 0, "texts": [record["text"]],
-            "perplexity": value, "bucket": bucket, "bucket_loss": [round(x, 5) for x in losses[: -(-int(n) // bucket)]],
-            "method": record["method"], "settings": record["settings"], "model": record["model"], "seed": 0,
-            "versions": {}, "seconds": record["seconds"], "source": source,
+            "task": PPL,
+            "length": int(n),
+            "depth": None,
+            "sample": 0,
+            "texts": [record["text"]],
+            "perplexity": value,
+            "bucket": bucket,
+            "bucket_loss": [round(x, 5) for x in losses[: -(-int(n) // bucket)]],
+            "method": record["method"],
+            "settings": record["settings"],
+            "model": record["model"],
+            "seed": 0,
+            "versions": {},
+            "seconds": record["seconds"],
+            "source": source,
         }
         for n, value in record["perplexity"].items()
     ]
@@ -54,12 +75,14 @@ def held_as(record: dict) -> tuple:
 def main(folder: str, *sources: str) -> None:
     results = Path(folder) / RESULTS
     held = {cell_key(r): held_as(r) for r in read_records(results) if "task" in r}  # the last record counts
-    converted = latest_cells([
-        entry
-        for source in sources
-        for record in read_records(Path(source))
-        for entry in (from_perplexity(record, source) if "perplexity" in record else [from_passkey(record, source)])
-    ])
+    converted = latest_cells(
+        [
+            entry
+            for source in sources
+            for record in read_records(Path(source))
+            for entry in (from_perplexity(record, source) if "perplexity" in record else [from_passkey(record, source)])
+        ]
+    )
     added = 0
     for entry in converted:
         if held.get(cell_key(entry)) != held_as(entry):

@@ -23,8 +23,21 @@ from longreach.forward_args import cache_keyword
 
 
 class MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
-                                                      "fsmblks", "uordblks", "fordblks", "keepcost")]
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
 
 
 def main() -> None:
@@ -36,8 +49,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--length", default="32k")
     parser.add_argument("--method", default="infllm:n_local=4096,storage=mmap")
-    parser.add_argument("--text", nargs="+", default=[f"../shared/data/texts/{name}.txt" for name in
-                                                      ("Stevenson_Treasure_1883", "Doyle_Hound_1902")])
+    parser.add_argument(
+        "--text",
+        nargs="+",
+        default=[f"../shared/data/texts/{name}.txt" for name in ("Stevenson_Treasure_1883", "Doyle_Hound_1902")],
+    )
     parser.add_argument("--keep-free-heap", action="store_true", help="do not release the heap (the old behaviour)")
     args = parser.parse_args()
 
@@ -64,8 +80,11 @@ def main() -> None:
         losses.append(-torch.log_softmax(logits, -1).gather(1, ids[0, start + 1 : stop + 1, None]).squeeze(1))
         if stop % 4096 == 0:
             heap = libc.mallinfo2()
-            print(f"{stop:6d}  {1024 * at_start[-1]:22.0f}  {1024 * rss_gib():19.0f}  {heap.uordblks / 2**20:15.0f}  "
-                  f"{heap.fordblks / 2**20:13.0f}", flush=True)
+            print(
+                f"{stop:6d}  {1024 * at_start[-1]:22.0f}  {1024 * rss_gib():19.0f}  {heap.uordblks / 2**20:15.0f}  "
+                f"{heap.fordblks / 2**20:13.0f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

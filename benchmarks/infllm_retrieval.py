@@ -59,21 +59,30 @@ def main() -> None:
     cache = longreach.prefill(model, ids)  # all but the last execution block, which holds the question
     calls.clear()
     with torch.no_grad():
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                             max_new_tokens=PASSKEY_NEW_TOKENS, pad_token_id=tokenizer.eos_token_id,
-                             **{cache_keyword(model.forward): cache},
-                             output_scores=True, return_dict_in_generate=True)
+        out = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=False,
+            max_new_tokens=PASSKEY_NEW_TOKENS,
+            pad_token_id=tokenizer.eos_token_id,
+            **{cache_keyword(model.forward): cache},
+            output_scores=True,
+            return_dict_in_generate=True,
+        )
     memory_attention.select_blocks = select
     answer = tokenizer.decode(out.sequences[0, ids.shape[1] :], skip_special_tokens=True).strip()
     question = calls[: model.config.num_hidden_layers]  # one call per layer for the question's block
-    table = Table(title=f"{method.spec()} at {length} tokens, depth {args.depth}: needle in block(s) "
-                        f"{needle_blocks} (key tokens {start}-{start + len(needle) - 1})")
+    table = Table(
+        title=f"{method.spec()} at {length} tokens, depth {args.depth}: needle in block(s) "
+        f"{needle_blocks} (key tokens {start}-{start + len(needle) - 1})"
+    )
     for column in ("layer", "blocks", "needle rank per block", f"distinct in top {method.topk}"):
         table.add_column(column, justify="right")
     for layer, (relevance, representatives) in enumerate(question):
         order = relevance.argsort(descending=True)
-        rank = ", ".join(f"{b}: {int((order == b).nonzero())}" if b < relevance.numel() else f"{b}: held"
-                         for b in needle_blocks)
+        rank = ", ".join(
+            f"{b}: {int((order == b).nonzero())}" if b < relevance.numel() else f"{b}: held" for b in needle_blocks
+        )
         top = order[: method.topk].tolist()
         distinct = len({tuple(representatives[:, b].flatten().tolist()) for b in top})
         table.add_row(str(layer), str(relevance.numel()), rank, str(distinct))
@@ -88,8 +97,9 @@ def main() -> None:
     for step, (scores, token) in enumerate(zip(out.scores[:3], needle, strict=False)):
         probs = torch.softmax(scores[0].float(), dim=-1)
         top = probs.topk(3)
-        shown = ", ".join(f"{tokenizer.decode([t])!r} {p:.3f}" for p, t in zip(top.values.tolist(),
-                                                                            top.indices.tolist(), strict=True))
+        shown = ", ".join(
+            f"{tokenizer.decode([t])!r} {p:.3f}" for p, t in zip(top.values.tolist(), top.indices.tolist(), strict=True)
+        )
         expected = f"{tokenizer.decode([token])!r} {float(probs[token]):.3f}"
         console.print(f"answer token {step}: {shown}; the key's {expected}")
 

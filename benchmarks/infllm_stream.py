@@ -65,8 +65,10 @@ def main() -> None:
     needed = length + args.decode_steps + 1
     ids = tokenizer(text, return_tensors="pt").input_ids[:, :needed]
     if ids.shape[1] < needed:
-        parser.error(f"the texts hold {ids.shape[1]} tokens, fewer than --length {length} + --decode-steps "
-                     f"{args.decode_steps} + 1: pass more --text files")
+        parser.error(
+            f"the texts hold {ids.shape[1]} tokens, fewer than --length {length} + --decode-steps "
+            f"{args.decode_steps} + 1: pass more --text files"
+        )
 
     console = Console()
     cache = DynamicCache(config=model.config)
@@ -88,13 +90,25 @@ def main() -> None:
         # After every checkpoint, so a run stopped on the way still leaves the rows it measured.
         all_losses = torch.cat(losses)
         curve = bucket_perplexity(all_losses, 4096)
-        summary = {"model": args.model, "method": method.spec(), "texts": [Path(t).name for t in args.text],
-                   "torch_threads": torch.get_num_threads(), "tokens_read": position, "rows": rows,
-                   "bucket": 4096, "bucket_perplexity": curve, "perplexity": float(torch.exp(all_losses.mean()))}
+        summary = {
+            "model": args.model,
+            "method": method.spec(),
+            "texts": [Path(t).name for t in args.text],
+            "torch_threads": torch.get_num_threads(),
+            "tokens_read": position,
+            "rows": rows,
+            "bucket": 4096,
+            "bucket_perplexity": curve,
+            "perplexity": float(torch.exp(all_losses.mean())),
+        }
         (output / "stream.json").write_text(json.dumps(summary, indent=2) + "\n")
-        plot_perplexity_by_position({method.spec(): curve}, output / "stream.png", bucket=4096,
-                                    title=f"Perplexity by position, {args.model}, {method.spec()}",
-                                    trained_length=trained_length(model.config))
+        plot_perplexity_by_position(
+            {method.spec(): curve},
+            output / "stream.png",
+            bucket=4096,
+            title=f"Perplexity by position, {args.model}, {method.spec()}",
+            trained_length=trained_length(model.config),
+        )
 
     with Progress(*columns, console=console) as progress:
         task = progress.add_task("stream", total=length + args.decode_steps)
@@ -113,17 +127,26 @@ def main() -> None:
                 position += 1
             decode_ms = 1000 * (time.perf_counter() - started) / max(1, args.decode_steps)
             progress.advance(task, args.decode_steps)
-            store_bytes = sum(state.store.nbytes()["storage"] for state in cache.memory_states.values()
-                              if getattr(state, "store", None) is not None) if hasattr(cache, "memory_states") else 0
-            rows.append({
-                "context": checkpoint,
-                "prefill_tokens_per_s": round(prefill_rate, 1),
-                "decode_ms_per_token": round(decode_ms, 1),
-                "rss_gib": round(rss_gib(), 2),
-                "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
-                "cache_keys_per_layer": int(cache.layers[0].keys.shape[2]),
-                "block_store_gib": round(store_bytes / 2**30, 2),
-            })
+            store_bytes = (
+                sum(
+                    state.store.nbytes()["storage"]
+                    for state in cache.memory_states.values()
+                    if getattr(state, "store", None) is not None
+                )
+                if hasattr(cache, "memory_states")
+                else 0
+            )
+            rows.append(
+                {
+                    "context": checkpoint,
+                    "prefill_tokens_per_s": round(prefill_rate, 1),
+                    "decode_ms_per_token": round(decode_ms, 1),
+                    "rss_gib": round(rss_gib(), 2),
+                    "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+                    "cache_keys_per_layer": int(cache.layers[0].keys.shape[2]),
+                    "block_store_gib": round(store_bytes / 2**30, 2),
+                }
+            )
             progress.console.print(rows[-1])
             write_results()
             segment_start, segment_time = position, 0.0

@@ -85,8 +85,12 @@ class LlamaCppGroups(Method):
     def parts(self) -> tuple[Part, ...]:
         g, w = self.group_size, self.width
         same_batch = Part("same batch", key_span=lambda i: ((i // w) * w, i + 1))
-        earlier = Part("earlier batches", key_span=lambda i: (i.new_zeros(i.shape), (i // w) * w),
-                       query_position=lambda i: (i // w) * w // g + i % w, key_position=lambda j: j // g)
+        earlier = Part(
+            "earlier batches",
+            key_span=lambda i: (i.new_zeros(i.shape), (i // w) * w),
+            query_position=lambda i: (i // w) * w // g + i % w,
+            key_position=lambda j: j // g,
+        )
         return (same_batch, earlier)
 
     def max_length(self, trained_length: int) -> int | None:
@@ -98,16 +102,34 @@ PROMPT_EVAL = re.compile(r"prompt eval time =\s*([\d.]+) ms /\s*(\d+) tokens")
 EVAL = re.compile(r"\beval time =\s*([\d.]+) ms /\s*(\d+) runs")
 
 
-def llama_completion(binary: Path, gguf: Path, prompt: str, context: int, group: tuple[int, int] | None,
-                     threads: int) -> tuple[str, dict]:
+def llama_completion(
+    binary: Path, gguf: Path, prompt: str, context: int, group: tuple[int, int] | None, threads: int
+) -> tuple[str, dict]:
     """Greedy continuation of ``prompt`` (``context`` tokens at most) by llama.cpp, and its
     timings: its own prompt and decode times, and the token count it read."""
     with tempfile.NamedTemporaryFile("w", suffix=".txt") as file:
         file.write(prompt)
         file.flush()
-        command = [str(binary), "-m", str(gguf), "-f", file.name, "-n", str(PASSKEY_NEW_TOKENS), "--temp", "0",
-                   "-c", str(context + 2 * PASSKEY_NEW_TOKENS), "-t", str(threads), "-no-cnv",
-                   "--no-display-prompt", "--no-warmup", "--seed", "0"]
+        command = [
+            str(binary),
+            "-m",
+            str(gguf),
+            "-f",
+            file.name,
+            "-n",
+            str(PASSKEY_NEW_TOKENS),
+            "--temp",
+            "0",
+            "-c",
+            str(context + 2 * PASSKEY_NEW_TOKENS),
+            "-t",
+            str(threads),
+            "-no-cnv",
+            "--no-display-prompt",
+            "--no-warmup",
+            "--seed",
+            "0",
+        ]
         if group is not None:
             factor, width = group
             # The shift runs between batches: batches of the group width keep it exact.
@@ -146,11 +168,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--binary", type=Path, help="llama.cpp's llama-completion (for --group)")
     parser.add_argument("--name", default="llama.cpp", help="what the binary is called in the records")
-    parser.add_argument("--group", action="append", default=[],
-                        help="llama.cpp with --grp-attn-n G --grp-attn-w W, as G:W ('none': plain); repeatable")
+    parser.add_argument(
+        "--group",
+        action="append",
+        default=[],
+        help="llama.cpp with --grp-attn-n G --grp-attn-w W, as G:W ('none': plain); repeatable",
+    )
     parser.add_argument("--method", action="append", default=[], help="a LongReach method spec; repeatable")
-    parser.add_argument("--emulate", action="append", default=[],
-                        help="LongReach running llama.cpp's grouping plan, as G:W; repeatable")
+    parser.add_argument(
+        "--emulate", action="append", default=[], help="LongReach running llama.cpp's grouping plan, as G:W; repeatable"
+    )
     parser.add_argument("--lengths", default="16k")
     parser.add_argument("--depths", default="0.1,0.3,0.5,0.7,0.9")
     parser.add_argument("--threads", type=int, default=1, help="llama.cpp's threads (torch: OMP_NUM_THREADS)")
@@ -183,8 +210,9 @@ def main() -> None:
     for length in lengths:
         for label in [*groups, *emulated, *args.method]:
             if label not in groups:
-                method = emulated.get(label) or parse_method(label, target_length=length + PASSKEY_NEW_TOKENS,
-                                                             trained_length=trained_length(model.config))
+                method = emulated.get(label) or parse_method(
+                    label, target_length=length + PASSKEY_NEW_TOKENS, trained_length=trained_length(model.config)
+                )
                 longreach.extend(model, method)
             for depth in depths:
                 if (label, length, depth, 0) in done:
@@ -198,15 +226,29 @@ def main() -> None:
                 else:
                     answer, timings = longreach_answer(model, tokenizer, tokenizer(text).input_ids)
                     settings = method.spec()
-                result = PasskeyResult(model=MODEL, method=label, length=length, depth=depth, sample=0,
-                                       seed=args.seed, key=key, answer=answer, correct=score_answer(answer, key),
-                                       seconds=timings["seconds"], settings=settings)
+                result = PasskeyResult(
+                    model=MODEL,
+                    method=label,
+                    length=length,
+                    depth=depth,
+                    sample=0,
+                    seed=args.seed,
+                    key=key,
+                    answer=answer,
+                    correct=score_answer(answer, key),
+                    seconds=timings["seconds"],
+                    settings=settings,
+                )
                 append_record(args.out, asdict(result))
-                append_record(timings_path, {"method": label, "settings": settings, "length": length, "depth": depth,
-                                             **timings})
-                print(f"{settings} {length} depth {depth}: key {key} -> {answer!r} "
-                      f"({'ok' if result.correct else 'wrong'}, {timings['prompt_tokens']} tokens, "
-                      f"{timings['seconds']:.0f} s)", flush=True)
+                append_record(
+                    timings_path, {"method": label, "settings": settings, "length": length, "depth": depth, **timings}
+                )
+                print(
+                    f"{settings} {length} depth {depth}: key {key} -> {answer!r} "
+                    f"({'ok' if result.correct else 'wrong'}, {timings['prompt_tokens']} tokens, "
+                    f"{timings['seconds']:.0f} s)",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -81,8 +81,15 @@ def measure(model_name: str, spec: str, length: int, decode_steps: int, seed: in
     }
 
 
-COLUMNS = {"length": "length", "method": "method", "prefill_s": "prefill s", "decode_ms_per_token": "decode ms/token",
-           "kv_mib_after_decode": "KV MiB", "blocks_mib_after_decode": "blocks MiB", "peak_rss_gib": "peak RSS GiB"}
+COLUMNS = {
+    "length": "length",
+    "method": "method",
+    "prefill_s": "prefill s",
+    "decode_ms_per_token": "decode ms/token",
+    "kv_mib_after_decode": "KV MiB",
+    "blocks_mib_after_decode": "blocks MiB",
+    "peak_rss_gib": "peak RSS GiB",
+}
 
 
 def main() -> None:
@@ -112,15 +119,34 @@ def main() -> None:
             if (length, spec) in done:
                 continue
             with console.status(f"{spec} at {length} tokens"):
-                command = [sys.executable, __file__, "--model", args.model, "--decode-steps", str(args.decode_steps),
-                           "--cell", str(length), spec]
+                command = [
+                    sys.executable,
+                    __file__,
+                    "--model",
+                    args.model,
+                    "--decode-steps",
+                    str(args.decode_steps),
+                    "--cell",
+                    str(length),
+                    spec,
+                ]
                 finished = subprocess.run(command, capture_output=True, text=True, check=True)
             row = json.loads(finished.stdout.strip().splitlines()[-1])
             console.print(row)
             rows.append(row)
             output.parent.mkdir(parents=True, exist_ok=True)
-            output.write_text(json.dumps({"model": args.model, "torch_threads": torch.get_num_threads(),
-                                          "decode_steps": args.decode_steps, "rows": rows}, indent=2) + "\n")
+            output.write_text(
+                json.dumps(
+                    {
+                        "model": args.model,
+                        "torch_threads": torch.get_num_threads(),
+                        "decode_steps": args.decode_steps,
+                        "rows": rows,
+                    },
+                    indent=2,
+                )
+                + "\n"
+            )
     table = Table(title=f"Speed and memory, {args.model}, {torch.get_num_threads()} CPU threads")
     for title in COLUMNS.values():
         table.add_column(title)

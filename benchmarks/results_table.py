@@ -39,15 +39,20 @@ def perplexity_table(records: list[dict]) -> Table:
 def speed_lines(rows: list[dict]) -> list[str]:
     """One row per (length, method): times, the speed-up over vanilla at that length, KV and RSS."""
     vanilla = {r["length"]: r for r in rows if r.get("spec") == "vanilla"}
-    lines = ["| length | method | prefill s | prefill vs vanilla | decode ms/token | decode vs vanilla | KV MiB | "
-             "blocks MiB | peak RSS GiB |", "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| length | method | prefill s | prefill vs vanilla | decode ms/token | decode vs vanilla | KV MiB | "
+        "blocks MiB | peak RSS GiB |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in sorted(rows, key=lambda r: r["length"]):
         base = vanilla.get(r["length"])
         prefill_ratio = f"{base['prefill_s'] / r['prefill_s']:.2f}x" if base else "-"
         decode_ratio = f"{base['decode_ms_per_token'] / r['decode_ms_per_token']:.2f}x" if base else "-"
-        lines.append(f"| {r['length']} | {r['method']} | {r['prefill_s']:.1f} | {prefill_ratio} | "
-                     f"{r['decode_ms_per_token']:.1f} | {decode_ratio} | {r.get('kv_mib_after_decode', '-')} | "
-                     f"{r.get('blocks_mib_after_decode', '-')} | {r['peak_rss_gib']:.2f} |")
+        lines.append(
+            f"| {r['length']} | {r['method']} | {r['prefill_s']:.1f} | {prefill_ratio} | "
+            f"{r['decode_ms_per_token']:.1f} | {decode_ratio} | {r.get('kv_mib_after_decode', '-')} | "
+            f"{r.get('blocks_mib_after_decode', '-')} | {r['peak_rss_gib']:.2f} |"
+        )
     return lines
 
 

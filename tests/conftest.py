@@ -26,24 +26,47 @@ FAMILIES = {
     "mistral": ("MistralConfig", "MistralForCausalLM", {"sliding_window": None}),
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {}),
     # One full layer, then one with a 12-token sliding window (transformers' DynamicSlidingWindowLayer).
-    "qwen2-windowed": ("Qwen2Config", "Qwen2ForCausalLM", {"use_sliding_window": True, "sliding_window": 12,
-                                                           "max_window_layers": 1}),
+    "qwen2-windowed": (
+        "Qwen2Config",
+        "Qwen2ForCausalLM",
+        {"use_sliding_window": True, "sliding_window": 12, "max_window_layers": 1},
+    ),
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"head_dim": 16}),
     "phi3": ("Phi3Config", "Phi3ForCausalLM", {"sliding_window": None}),
     # A RoPE per layer type: local layers (window 12, base 10k), global ones (base 1M, linear x2).
     # Attention logit soft-capping at 1.0, with weights large enough for it to bite; eager attention.
-    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", {
-        "head_dim": 16, "attn_logit_softcapping": 1.0, "initializer_range": 0.2, "sliding_window": 12,
-        "_attn_implementation": "eager"}),
+    "gemma2": (
+        "Gemma2Config",
+        "Gemma2ForCausalLM",
+        {
+            "head_dim": 16,
+            "attn_logit_softcapping": 1.0,
+            "initializer_range": 0.2,
+            "sliding_window": 12,
+            "_attn_implementation": "eager",
+        },
+    ),
     # RoPE on the sliding-window layer only (Cohere2's rule: its global layers are NoPE).
-    "cohere2": ("Cohere2Config", "Cohere2ForCausalLM", {"layer_types": ["sliding_attention", "full_attention"],
-                                                        "sliding_window": 12}),
+    "cohere2": (
+        "Cohere2Config",
+        "Cohere2ForCausalLM",
+        {"layer_types": ["sliding_attention", "full_attention"], "sliding_window": 12},
+    ),
     # NoPE: the second layer applies no RoPE.
     "smollm3": ("SmolLM3Config", "SmolLM3ForCausalLM", {"no_rope_layers": [1, 0]}),
-    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", {
-        "head_dim": 16, "layer_types": ["sliding_attention", "full_attention"], "sliding_window": 12,
-        "rope_parameters": {"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
-                            "full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e6}}}),
+    "gemma3": (
+        "Gemma3TextConfig",
+        "Gemma3ForCausalLM",
+        {
+            "head_dim": 16,
+            "layer_types": ["sliding_attention", "full_attention"],
+            "sliding_window": 12,
+            "rope_parameters": {
+                "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                "full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e6},
+            },
+        },
+    ),
     "phi": ("PhiConfig", "PhiForCausalLM", {"partial_rotary_factor": 0.5}),
     "cohere": ("CohereConfig", "CohereForCausalLM", {}),
     "glm": ("GlmConfig", "GlmForCausalLM", {"head_dim": 16, "partial_rotary_factor": 0.5}),

@@ -29,8 +29,9 @@ def test_a_sliding_cache_layer_appends_and_drops_without_copying_its_window():
 
 
 def test_an_evicting_method_takes_over_sliding_window_layers_unless_they_already_dropped_tokens():
-    config = transformers.MistralConfig(sliding_window=4, num_hidden_layers=1, num_attention_heads=2,
-                                        num_key_value_heads=1, hidden_size=8)
+    config = transformers.MistralConfig(
+        sliding_window=4, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, hidden_size=8
+    )
     fresh = DynamicCache(config=config)
     assert type(fresh.layers[0]) is DynamicSlidingWindowLayer
     LongReachCache.adopt(fresh, layer_class=EvictingLayer)

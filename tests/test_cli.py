@@ -28,8 +28,21 @@ def test_bad_arguments_are_one_line_errors_with_exit_code_2(argv, message, capsy
 
 def test_passkey_writes_jsonl_summary_and_plot(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "run"
-    argv = ["passkey", "--model", str(tiny_model_dir), "--method", "vanilla", "--method",
-            "self-extend:group_size=2,window=64", "--lengths", "160,300", "--depths", "0.5", "--out", str(out)]
+    argv = [
+        "passkey",
+        "--model",
+        str(tiny_model_dir),
+        "--method",
+        "vanilla",
+        "--method",
+        "self-extend:group_size=2,window=64",
+        "--lengths",
+        "160,300",
+        "--depths",
+        "0.5",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     lines = (out / "passkey.jsonl").read_text().splitlines()
     assert len(lines) == 4
@@ -46,20 +59,51 @@ def test_passkey_writes_jsonl_summary_and_plot(tiny_model_dir, tmp_path, capsys)
 
 
 def test_passkey_too_long_for_settings_is_a_clear_error(tiny_model_dir, tmp_path, capsys):
-    argv = ["passkey", "--model", str(tiny_model_dir), "--method", "self-extend:group_size=2,window=200",
-            "--lengths", "400", "--out", str(tmp_path)]
+    argv = [
+        "passkey",
+        "--model",
+        str(tiny_model_dir),
+        "--method",
+        "self-extend:group_size=2,window=200",
+        "--lengths",
+        "400",
+        "--out",
+        str(tmp_path),
+    ]
     assert main(argv) == 2
     assert "longer than SelfExtend(group_size=2, window=200) covers" in capsys.readouterr().err
 
 
 def test_settings_that_cover_the_prompt_but_not_the_answer_fail_before_running(tiny_model_dir, tmp_path, capsys):
     # group 2, window 64 covers 448 tokens on this model: a 445-token prompt fits, its 8-token answer does not.
-    argv = ["passkey", "--model", str(tiny_model_dir), "--method", "self-extend:group_size=2,window=64",
-            "--lengths", "445", "--depths", "0.5", "--out", str(tmp_path / "a")]
+    argv = [
+        "passkey",
+        "--model",
+        str(tiny_model_dir),
+        "--method",
+        "self-extend:group_size=2,window=64",
+        "--lengths",
+        "445",
+        "--depths",
+        "0.5",
+        "--out",
+        str(tmp_path / "a"),
+    ]
     assert main(argv) == 2
     assert "input of 453 tokens is longer than SelfExtend(group_size=2, window=64) covers" in capsys.readouterr().err
-    argv = ["compare", "--model", str(tiny_model_dir), "--method", "self-extend:group_size=2,window=64",
-            "--tasks", "ruler:niah_single_1", "--lengths", "440", "--out", str(tmp_path / "b")]
+    argv = [
+        "compare",
+        "--model",
+        str(tiny_model_dir),
+        "--method",
+        "self-extend:group_size=2,window=64",
+        "--tasks",
+        "ruler:niah_single_1",
+        "--lengths",
+        "440",
+        "--out",
+        str(tmp_path / "b"),
+    ]
     assert main(argv) == 2
     assert "input of 472 tokens is longer than" in capsys.readouterr().err
     assert not (tmp_path / "b" / "results.jsonl").exists()
@@ -73,8 +117,17 @@ def test_info_and_generate(tiny_model_dir, tmp_path, capsys):
     assert "half-split" in shown and "self-extend:group_size=" in shown
     prompt = tmp_path / "prompt.txt"
     prompt.write_text("Once upon a time " * 20)
-    argv = ["generate", "--model", str(tiny_model_dir), "--method", "self-extend:auto", "--prompt-file",
-            str(prompt), "--max-new-tokens", "5"]
+    argv = [
+        "generate",
+        "--model",
+        str(tiny_model_dir),
+        "--method",
+        "self-extend:auto",
+        "--prompt-file",
+        str(prompt),
+        "--max-new-tokens",
+        "5",
+    ]
     assert main(argv) == 0
     argv[-1] = "1000"
     argv[4] = "self-extend:group_size=2,window=64"
@@ -84,9 +137,17 @@ def test_info_and_generate(tiny_model_dir, tmp_path, capsys):
 
 def test_auto_settings_are_picked_per_length_and_every_method_runs(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "auto"
-    methods = ["self-extend:auto", "dual-chunk:auto", "lm-infinite:local_window=64,n_global=4,distance_limit=128",
-               "rerope:window=64", "leaky-rerope:auto", "streaming-llm:auto", "linear:auto", "dynamic-ntk:auto",
-               "yarn:auto"]
+    methods = [
+        "self-extend:auto",
+        "dual-chunk:auto",
+        "lm-infinite:local_window=64,n_global=4,distance_limit=128",
+        "rerope:window=64",
+        "leaky-rerope:auto",
+        "streaming-llm:auto",
+        "linear:auto",
+        "dynamic-ntk:auto",
+        "yarn:auto",
+    ]
     argv = ["passkey", "--model", str(tiny_model_dir), "--lengths", "160,600", "--depths", "0.5", "--out", str(out)]
     for spec in methods:
         argv += ["--method", spec]
@@ -100,8 +161,17 @@ def test_auto_settings_are_picked_per_length_and_every_method_runs(tiny_model_di
 
 
 def test_settings_the_model_cannot_take_are_usage_errors(tiny_model_dir, tmp_path, capsys):
-    argv = ["passkey", "--model", str(tiny_model_dir), "--method", "dual-chunk:chunk_size=300,local_window=8",
-            "--lengths", "160", "--out", str(tmp_path)]
+    argv = [
+        "passkey",
+        "--model",
+        str(tiny_model_dir),
+        "--method",
+        "dual-chunk:chunk_size=300,local_window=8",
+        "--lengths",
+        "160",
+        "--out",
+        str(tmp_path),
+    ]
     assert main(argv) == 2
     assert "chunk_size=300 reaches rotary distance 300" in capsys.readouterr().err
 
@@ -110,8 +180,23 @@ def test_perplexity_writes_table_json_and_plot(tiny_model_dir, tmp_path, capsys)
     text = tmp_path / "novel.txt"
     text.write_text("It was a dark and stormy night; the rain fell in torrents. " * 60)
     out = tmp_path / "ppl"
-    argv = ["perplexity", "--model", str(tiny_model_dir), "--method", "vanilla", "--method", "dual-chunk:auto",
-            "--method", "dynamic-ntk:factor=2", "--text", str(text), "--lengths", "128,400", "--out", str(out)]
+    argv = [
+        "perplexity",
+        "--model",
+        str(tiny_model_dir),
+        "--method",
+        "vanilla",
+        "--method",
+        "dual-chunk:auto",
+        "--method",
+        "dynamic-ntk:factor=2",
+        "--text",
+        str(text),
+        "--lengths",
+        "128,400",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     summary = json.loads((out / "perplexity.json").read_text())
     assert set(summary["perplexity"]) == {"vanilla", "dual-chunk:auto", "dynamic-ntk:factor=2"}

@@ -52,9 +52,17 @@ def dense_reference_attention(module, query, key, value, attention_mask, scaling
     raw_q = layout.rotate(query, -positions[n_key - n_query :].float())
     raw_k = layout.rotate(key, -positions.float())
     out = reference_attention(
-        raw_q, raw_k, value, extension.parts, layout.inv_freq, interleaved=layout.interleaved,
-        query_positions=positions[n_key - n_query :], key_positions=positions, scale=scaling,
-        sliding_window=kwargs.get("sliding_window"), softcap=kwargs.get("softcap"),
+        raw_q,
+        raw_k,
+        value,
+        extension.parts,
+        layout.inv_freq,
+        interleaved=layout.interleaved,
+        query_positions=positions[n_key - n_query :],
+        key_positions=positions,
+        scale=scaling,
+        sliding_window=kwargs.get("sliding_window"),
+        softcap=kwargs.get("softcap"),
     )
     return out.to(query.dtype).transpose(1, 2).contiguous(), None
 
@@ -93,14 +101,18 @@ def test_chunked_prefill_and_decode_match_one_shot(family):
 
 
 @pytest.mark.filterwarnings("ignore:this model's sliding-window layers")  # the windowed family
-@pytest.mark.parametrize("method", [
-    longreach.SelfExtend(group_size=3, window=6),
-    longreach.DualChunk(chunk_size=24, local_window=4),
-    longreach.ReRoPE(window=8),
-    longreach.StreamingLLM(n_sink=2, window=10),
-    longreach.LMInfinite(local_window=10, n_global=2, distance_limit=32),
-    longreach.InfLLM(n_init=4, n_local=12, block_size=4, topk=16, repr_topk=1, exec_block=4, max_cached_blocks=16),
-], ids=lambda method: type(method).__name__)
+@pytest.mark.parametrize(
+    "method",
+    [
+        longreach.SelfExtend(group_size=3, window=6),
+        longreach.DualChunk(chunk_size=24, local_window=4),
+        longreach.ReRoPE(window=8),
+        longreach.StreamingLLM(n_sink=2, window=10),
+        longreach.LMInfinite(local_window=10, n_global=2, distance_limit=32),
+        longreach.InfLLM(n_init=4, n_local=12, block_size=4, topk=16, repr_topk=1, exec_block=4, max_cached_blocks=16),
+    ],
+    ids=lambda method: type(method).__name__,
+)
 @pytest.mark.parametrize("family", ["qwen2-windowed", "gemma2", "gemma3", "smollm3", "cohere2"])
 def test_decoding_matches_one_shot_with_full_and_sliding_window_layers(method, family):
     """A sliding layer drops its oldest keys, so keys re-rotated on an earlier step sit at other
@@ -110,8 +122,11 @@ def test_decoding_matches_one_shot_with_full_and_sliding_window_layers(method, f
     longreach.extend(model, method)
     ids = torch.randint(3, 128, (2, 50))
     full = logits(model, ids)
-    pieces = logits_in_pieces(model, ids, [(0, 8), *((i, i + 1) for i in range(8, 20)), (20, 24), (24, 40),
-                                           *((i, i + 1) for i in range(40, 50))])
+    pieces = logits_in_pieces(
+        model,
+        ids,
+        [(0, 8), *((i, i + 1) for i in range(8, 20)), (20, 24), (24, 40), *((i, i + 1) for i in range(40, 50))],
+    )
     torch.testing.assert_close(pieces, full, atol=1e-5, rtol=1e-5)
     if family != "smollm3":  # the window matters: the same weights and method without it differ
         unwindowed = longreach.extend(tiny_model(family, sliding_window=1000), method)
@@ -139,8 +154,9 @@ def test_decoding_matches_one_shot_across_rope_conventions(model_type):
 def test_learned_attention_sinks_join_every_softmax():
     """GPT-OSS adds one learned logit per head to each softmax (a key with value 0): a plan
     covering everything at true positions must give the model's own eager attention."""
-    config = transformers.AutoConfig.for_model("gpt_oss", **{**COMMON, "head_dim": 16, "num_local_experts": 2,
-                                                               "num_experts_per_tok": 1, "sliding_window": 12})
+    config = transformers.AutoConfig.for_model(
+        "gpt_oss", **{**COMMON, "head_dim": 16, "num_local_experts": 2, "num_experts_per_tok": 1, "sliding_window": 12}
+    )
     torch.manual_seed(0)
     model = transformers.AutoModelForCausalLM.from_config(config).eval()
     with torch.no_grad():
@@ -172,16 +188,20 @@ def test_sinks_in_any_other_form_are_refused_not_dropped():
         longreach_attention(attention, q, kv, kv, None, sinks=torch.zeros(attention.config.num_attention_heads))
 
 
-@pytest.mark.parametrize(("family", "nope"), [("smollm3", {"no_rope_layers": [0, 0]}),
-                                            ("cohere2", {"layer_types": ["full_attention"] * 2})])
+@pytest.mark.parametrize(
+    ("family", "nope"), [("smollm3", {"no_rope_layers": [0, 0]}), ("cohere2", {"layer_types": ["full_attention"] * 2})]
+)
 def test_position_plans_leave_nope_layers_as_they_are(family, nope):
     """A model whose layers apply no RoPE (SmolLM3's NoPE layers, Cohere2's global layers; all of
     them here) has no positions to move: a plan covering every key leaves it exactly as it is."""
     model = tiny_model(family, **nope)
     ids = torch.randint(3, 128, (2, 50))
     own = logits(model, ids)
-    for method in (longreach.SelfExtend(3, 6), longreach.DualChunk(chunk_size=24, local_window=4),
-                   longreach.ReRoPE(window=8)):
+    for method in (
+        longreach.SelfExtend(3, 6),
+        longreach.DualChunk(chunk_size=24, local_window=4),
+        longreach.ReRoPE(window=8),
+    ):
         longreach.extend(model, method)
         torch.testing.assert_close(logits(model, ids), own, atol=1e-5, rtol=1e-5)
 
@@ -242,10 +262,18 @@ def test_models_without_rope_are_refused():
 
 
 def test_chunked_attention_is_refused():
-    config = transformers.Llama4TextConfig(vocab_size=128, hidden_size=32, intermediate_size=64,
-                                           intermediate_size_mlp=64, num_hidden_layers=2, num_attention_heads=2,
-                                           num_key_value_heads=1, head_dim=16, num_local_experts=2,
-                                           attention_chunk_size=16)
+    config = transformers.Llama4TextConfig(
+        vocab_size=128,
+        hidden_size=32,
+        intermediate_size=64,
+        intermediate_size_mlp=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        num_local_experts=2,
+        attention_chunk_size=16,
+    )
     model = transformers.Llama4ForCausalLM(config).eval()
     with pytest.raises(longreach.UnsupportedModelError, match="chunks of 16 tokens"):
         longreach.extend(model, longreach.SelfExtend(4, 8))
@@ -253,8 +281,13 @@ def test_chunked_attention_is_refused():
 
 def test_models_outside_the_attention_interface_are_refused():
     config = transformers.StableLmConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=2, max_position_embeddings=32,
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=32,
     )
     model = transformers.StableLmForCausalLM(config).eval()
     with pytest.raises(longreach.UnsupportedModelError, match="AttentionInterface"):
@@ -289,8 +322,13 @@ def test_static_cache_is_refused():
     longreach.extend(model, longreach.SelfExtend(group_size=2, window=8))
     with pytest.raises(ValueError, match="static"):
         with torch.no_grad():
-            model.generate(torch.randint(3, 128, (1, 10)), max_new_tokens=2, do_sample=False,
-                           pad_token_id=0, cache_implementation="static")
+            model.generate(
+                torch.randint(3, 128, (1, 10)),
+                max_new_tokens=2,
+                do_sample=False,
+                pad_token_id=0,
+                cache_implementation="static",
+            )
 
 
 @pytest.mark.filterwarnings("ignore:this model's sliding-window layers")
@@ -373,8 +411,11 @@ def test_decoding_appends_to_the_cache_in_place():
 
 
 @pytest.mark.filterwarnings("ignore:Using the model-agnostic default")  # the plain model's refused call
-@pytest.mark.parametrize("method", [longreach.SelfExtend(group_size=4, window=8), longreach.RopeScaling("linear", 4.0)],
-                         ids=lambda m: m.spec())
+@pytest.mark.parametrize(
+    "method",
+    [longreach.SelfExtend(group_size=4, window=8), longreach.RopeScaling("linear", 4.0)],
+    ids=lambda m: m.spec(),
+)
 def test_generate_without_a_length_reads_prompts_past_the_trained_length(method):
     """transformers caps a call that names no length at max_position_embeddings (the trained
     length), refusing any longer prompt; extended, such a call gets its 20 new tokens."""

@@ -49,18 +49,21 @@ def test_dynamic_ntk_cached_decoding_equals_recomputing():
     (Each run gets a fresh model: transformers' dynamic frequencies remember the longest input.)"""
 
     def scaled_model():
-        return longreach.extend(tiny_model("llama", max_position_embeddings=TRAINED),
-                                longreach.RopeScaling("dynamic", 2.0))
+        return longreach.extend(
+            tiny_model("llama", max_position_embeddings=TRAINED), longreach.RopeScaling("dynamic", 2.0)
+        )
 
     gen = torch.Generator().manual_seed(0)
     rows = [torch.randint(3, 128, (n,), generator=gen).tolist() for n in (40, 26)]
     ids, mask = left_pad(rows)
     settings = dict(max_new_tokens=15, min_new_tokens=15, do_sample=False, pad_token_id=0)
     with torch.no_grad():
-        cached = scaled_model().generate(ids, attention_mask=mask, output_logits=True,
-                                         return_dict_in_generate=True, **settings)
-        uncached = scaled_model().generate(ids, attention_mask=mask, use_cache=False, output_logits=True,
-                                  return_dict_in_generate=True, **settings)
+        cached = scaled_model().generate(
+            ids, attention_mask=mask, output_logits=True, return_dict_in_generate=True, **settings
+        )
+        uncached = scaled_model().generate(
+            ids, attention_mask=mask, use_cache=False, output_logits=True, return_dict_in_generate=True, **settings
+        )
     assert cached.sequences.tolist() == uncached.sequences.tolist()
     torch.testing.assert_close(torch.stack(cached.logits), torch.stack(uncached.logits), atol=1e-4, rtol=1e-4)
 
@@ -78,8 +81,11 @@ def test_dynamic_ntk_chunked_prefill_past_the_trained_length():
 
 
 def test_scaling_a_model_that_already_scales_is_refused():
-    model = tiny_model("llama", max_position_embeddings=TRAINED,
-                       rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0})
+    model = tiny_model(
+        "llama",
+        max_position_embeddings=TRAINED,
+        rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0},
+    )
     with pytest.raises(ValueError, match="already uses 'linear' RoPE scaling"):
         longreach.extend(model, longreach.RopeScaling("yarn", 2.0))
 

@@ -161,8 +161,9 @@ class LongReachCache(DynamicCache):
         if layer_class is not None:
             # An evicting method keeps exactly what it still attends to, so a model's sliding window
             # must not drop keys on its own (InfLLM's first tokens and leftovers lie beyond it).
-            adoptable = (DynamicLayer, AppendingLayer) + ((DynamicSlidingWindowLayer,) if layer_class is EvictingLayer
-                                                          else ())
+            adoptable = (DynamicLayer, AppendingLayer) + (
+                (DynamicSlidingWindowLayer,) if layer_class is EvictingLayer else ()
+            )
             for layer in cache.layers:
                 if type(layer) in adoptable:
                     _check_nothing_dropped(layer)

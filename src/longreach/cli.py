@@ -153,8 +153,13 @@ def cmd_passkey(args: argparse.Namespace) -> int:
     jsonl = output / "passkey.jsonl"
     total = len(specs) * len(lengths) * len(depths) * args.samples
     results = []
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=console) as progress:
         task = progress.add_task("passkey", total=total)
 
@@ -171,17 +176,29 @@ def cmd_passkey(args: argparse.Namespace) -> int:
                 _apply(model, method)
                 progress.update(task, description=f"passkey {method.spec()}")
                 results += run_passkey(
-                    model, tokenizer, method=label, settings=method.spec(), lengths=[length], depths=depths,
-                    samples=args.samples, seed=args.seed, filler=filler, model_name=args.model,
-                    out=jsonl, on_result=advance,
+                    model,
+                    tokenizer,
+                    method=label,
+                    settings=method.spec(),
+                    lengths=[length],
+                    depths=depths,
+                    samples=args.samples,
+                    seed=args.seed,
+                    filler=filler,
+                    model_name=args.model,
+                    out=jsonl,
+                    on_result=advance,
                 )
         longreach.restore(model)
     # The summary and plot cover every sample of this model and seed in the folder, so methods run
     # one command at a time into one folder end up side by side.
     folder = read_results(jsonl, model=args.model, seed=args.seed) or results
     table = accuracy_table(folder)
-    _print_table(table, sorted({r.length for r in folder}),
-                 title=f"Passkey retrieval, {args.model} (trained to {trained} tokens)")
+    _print_table(
+        table,
+        sorted({r.length for r in folder}),
+        title=f"Passkey retrieval, {args.model} (trained to {trained} tokens)",
+    )
     summary = {
         "model": args.model,
         "trained_length": trained,
@@ -194,8 +211,9 @@ def cmd_passkey(args: argparse.Namespace) -> int:
         "versions": _versions(),
     }
     (output / "passkey.json").write_text(json.dumps(summary, indent=2) + "\n")
-    png = plot_accuracy_by_length(table, output / "passkey.png", title=f"Passkey retrieval, {args.model}",
-                                  trained_length=trained)
+    png = plot_accuracy_by_length(
+        table, output / "passkey.png", title=f"Passkey retrieval, {args.model}", trained_length=trained
+    )
     console.print(f"wrote {jsonl}, {output / 'passkey.json'} and {png}")
     return 0
 
@@ -246,8 +264,13 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
     output.mkdir(parents=True, exist_ok=True)
     jsonl = output / "perplexity.jsonl"
     results = []
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=console) as progress:
         for spec in specs:
             method = _method(spec, longest, trained, window)
@@ -260,9 +283,15 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
                 _apply(model, method)
                 try:
                     found = run_perplexity(
-                        model, tokenizer, method=label, settings=method.spec(), text_path=text,
+                        model,
+                        tokenizer,
+                        method=label,
+                        settings=method.spec(),
+                        text_path=text,
                         lengths=[n for n in lengths if n <= length] if not method.depends_on_length else [length],
-                        depends_on_length=method.depends_on_length, model_name=args.model, out=jsonl,
+                        depends_on_length=method.depends_on_length,
+                        model_name=args.model,
+                        out=jsonl,
                         on_chunk=lambda n, task=task: progress.advance(task, n),
                     )
                 except ValueError as error:
@@ -271,16 +300,30 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
                 results += found
         longreach.restore(model)
     table = perplexity_table(results)
-    _print_table(table, lengths, title=f"Perplexity on {text.name}, {args.model} (trained to {trained} tokens)",
-                 show=lambda value: f"{value:.2f}")
+    _print_table(
+        table,
+        lengths,
+        title=f"Perplexity on {text.name}, {args.model} (trained to {trained} tokens)",
+        show=lambda value: f"{value:.2f}",
+    )
     curves = {r.method: r.bucket_perplexity for r in results if r.length == longest}
-    summary = {"model": args.model, "trained_length": trained, "text": text.name,
-               "perplexity": {m: {str(n): v for n, v in cells.items()} for m, cells in table.items()},
-               "bucket": results[0].bucket if results else None, "bucket_perplexity": curves,
-               "versions": _versions()}
+    summary = {
+        "model": args.model,
+        "trained_length": trained,
+        "text": text.name,
+        "perplexity": {m: {str(n): v for n, v in cells.items()} for m, cells in table.items()},
+        "bucket": results[0].bucket if results else None,
+        "bucket_perplexity": curves,
+        "versions": _versions(),
+    }
     (output / "perplexity.json").write_text(json.dumps(summary, indent=2) + "\n")
-    png = plot_perplexity_by_position(curves, output / "perplexity.png", bucket=summary["bucket"] or 1,
-                                      title=f"Perplexity by position, {text.name}", trained_length=trained)
+    png = plot_perplexity_by_position(
+        curves,
+        output / "perplexity.png",
+        bucket=summary["bucket"] or 1,
+        title=f"Perplexity by position, {text.name}",
+        trained_length=trained,
+    )
     console.print(f"wrote {jsonl}, {output / 'perplexity.json'} and {png}")
     return 0
 
@@ -337,11 +380,21 @@ def cmd_compare(args: argparse.Namespace) -> int:
     run_file = output / RUN
     run = json.loads(run_file.read_text()) if run_file.is_file() else {}
     command = "longreach " + shlex.join(args.argv)
-    run.update(model=args.model, trained_length=trained,
-               commands=list(dict.fromkeys([*run.get("commands", []), command])), versions=_versions())
+    run.update(
+        model=args.model,
+        trained_length=trained,
+        commands=list(dict.fromkeys([*run.get("commands", []), command])),
+        versions=_versions(),
+    )
     run_file.write_text(json.dumps(run, indent=2) + "\n")
-    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[cells]} cells"),
-               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[cells]} cells"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=console) as progress:
         bar = progress.add_task("compare", total=None, cells=0)
 
@@ -355,18 +408,33 @@ def cmd_compare(args: argparse.Namespace) -> int:
                 missed = "" if record["score"] == 1 else f" ({record['answer']!r})"
                 mark = f"score {100 * record['score']:.0f}%{missed}"
             where = "" if record.get("depth") is None else f", depth {record['depth']:g}"
-            progress.console.print(f"  {record['task']} {record['settings']} {record['length']} tokens{where}: {mark}",
-                                   highlight=False)
+            progress.console.print(
+                f"  {record['task']} {record['settings']} {record['length']} tokens{where}: {mark}", highlight=False
+            )
             cells = progress.tasks[0].fields["cells"] + 1
-            progress.update(bar, advance=tokens, cells=cells,
-                            description=f"{record['method']} {record['task']} {record['length']}")
+            progress.update(
+                bar, advance=tokens, cells=cells, description=f"{record['method']} {record['task']} {record['length']}"
+            )
 
         try:
             records = run_compare(
-                model, tokenizer, methods=specs, tasks=tasks, lengths=lengths, out=output, resolve=resolve, apply=apply,
-                samples=args.samples, seed=args.seed, texts=texts, ppl=PPL in names,
+                model,
+                tokenizer,
+                methods=specs,
+                tasks=tasks,
+                lengths=lengths,
+                out=output,
+                resolve=resolve,
+                apply=apply,
+                samples=args.samples,
+                seed=args.seed,
+                texts=texts,
+                ppl=PPL in names,
                 depends_on_length=lambda spec: _method(spec, lengths[0], trained).depends_on_length,
-                model_name=args.model, versions=_versions(), on_start=start, on_cell=finished,
+                model_name=args.model,
+                versions=_versions(),
+                on_start=start,
+                on_cell=finished,
             )
         except ValueError as error:
             raise UsageError(str(error)) from None
@@ -409,8 +477,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     model, tokenizer = _load(args.model, args.dtype, args.device)
     text = prompt_path.read_text()
     if args.chat:
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
-                                            return_tensors="pt", return_dict=True)["input_ids"]
+        ids = tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )["input_ids"]
     else:
         ids = tokenizer(text, return_tensors="pt").input_ids
     total = ids.shape[1] + args.max_new_tokens
@@ -421,9 +490,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
     console.print(f"[dim]{ids.shape[1]} prompt tokens, method {method.spec()}[/]")
     streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     with torch.no_grad():
-        model.generate(ids.to(model.device), attention_mask=torch.ones_like(ids).to(model.device),
-                       max_new_tokens=args.max_new_tokens, do_sample=False, streamer=streamer,
-                       pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+        model.generate(
+            ids.to(model.device),
+            attention_mask=torch.ones_like(ids).to(model.device),
+            max_new_tokens=args.max_new_tokens,
+            do_sample=False,
+            streamer=streamer,
+            pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+        )
     return 0
 
 
@@ -444,8 +518,10 @@ def cmd_info(args: argparse.Namespace) -> int:
         grid.add_row("RoPE", f"{info.rope_type}{base}")
         grid.add_row("rotary layout", f"{info.rotary_layout}, {info.rotary_dims} of {info.head_dim} head dims")
         if info.sliding_window is not None:
-            grid.add_row("sliding window", f"{info.sliding_window} tokens: no method reaches further back, "
-                         "InfLLM's local window fits inside it")
+            grid.add_row(
+                "sliding window",
+                f"{info.sliding_window} tokens: no method reaches further back, InfLLM's local window fits inside it",
+            )
     for name, verdict in info.methods.items():
         grid.add_row(f"method {name}", verdict)
     for name, spec in info.suggested.items():
@@ -493,8 +569,11 @@ def build_parser() -> argparse.ArgumentParser:
     compare = commands.add_parser("compare", help="methods x tasks x lengths in one run, with a report")
     model_options(compare)
     compare.add_argument("--method", action="append", help="NAME[:key=value,...|:auto], repeatable")
-    compare.add_argument("--tasks", default="passkey,niah",
-                         help="comma-separated: passkey, niah, niah-text, ruler (all RULER tasks), ruler:NAME, ppl")
+    compare.add_argument(
+        "--tasks",
+        default="passkey,niah",
+        help="comma-separated: passkey, niah, niah-text, ruler (all RULER tasks), ruler:NAME, ppl",
+    )
     compare.add_argument("--lengths", default="4k,8k,16k", help="comma-separated, e.g. 4k,8k,16k,32k")
     compare.add_argument("--depths", default=None, help="needle depths of passkey and niah, e.g. 0.1,0.5,0.9")
     compare.add_argument("--samples", type=int, default=1, help="samples per cell (per depth for needle tasks)")

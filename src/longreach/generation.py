@@ -64,7 +64,13 @@ def prefill(
             position_ids = None
             if mask is not None:  # left padding: positions count real tokens only
                 position_ids = (mask.long().cumsum(-1) - 1).clamp_min(0)[:, a:b]
-            model(input_ids[:, a:b].to(model.device), attention_mask=mask, position_ids=position_ids,
-                  use_cache=True, logits_to_keep=1, **cache_argument)
+            model(
+                input_ids[:, a:b].to(model.device),
+                attention_mask=mask,
+                position_ids=position_ids,
+                use_cache=True,
+                logits_to_keep=1,
+                **cache_argument,
+            )
             progress.advance(task, b - a)
     return cache

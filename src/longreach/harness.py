@@ -72,8 +72,12 @@ class LongReachLM(HFLM):
             device = "cuda" if torch.cuda.is_available() else "cpu"
         model, tokenizer = longreach.load_model(pretrained, dtype=None if dtype == "auto" else dtype, device=device)
         trained = trained_length(model.config)
-        chosen = parse_method(spec, target_length=length or 4 * trained, trained_length=trained,
-                              sliding_window=sliding_window(model.config))
+        chosen = parse_method(
+            spec,
+            target_length=length or 4 * trained,
+            trained_length=trained,
+            sliding_window=sliding_window(model.config),
+        )
         if length is None:
             length = default_max_length(chosen, trained, auto=spec.strip().endswith(":auto"))
         check_length(chosen, length, trained)

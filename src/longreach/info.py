@@ -48,8 +48,15 @@ def model_info(model: PreTrainedModel, target_length: int | None = None) -> Mode
         _, layouts, rope_type = describe_rotary(model)
     except UnsupportedModelError as error:
         return ModelInfo(
-            model_type=config.model_type, trained_length=length, rope_type=None, rope_base=base,
-            rotary_layout=None, rotary_dims=None, head_dim=head_dim, supported=False, reason=str(error),
+            model_type=config.model_type,
+            trained_length=length,
+            rope_type=None,
+            rope_base=base,
+            rotary_layout=None,
+            rotary_dims=None,
+            head_dim=head_dim,
+            supported=False,
+            reason=str(error),
             methods=dict.fromkeys(METHODS, "n/a"),
         )
     layout = next(iter(layouts.values()))  # the layer types' RoPEs differ in base, not in layout

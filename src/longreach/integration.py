@@ -330,8 +330,11 @@ def _rope_of(module: torch.nn.Module, layouts: dict[str | None, RotaryLayout]) -
     kind = None
     if None not in layouts:
         kind = getattr(module, "layer_type", None) or module.config.layer_types[module.layer_idx]
-    nope = not getattr(module, "use_rope", True) or kind not in layouts or (
-        family in ROPE_ONLY_WITH_SLIDING_WINDOW and getattr(module, "sliding_window", None) is None)
+    nope = (
+        not getattr(module, "use_rope", True)
+        or kind not in layouts
+        or (family in ROPE_ONLY_WITH_SLIDING_WINDOW and getattr(module, "sliding_window", None) is None)
+    )
     if nope:
         return "nope", RotaryLayout(inv_freq=torch.empty(0))
     return kind, layouts[kind]
@@ -478,22 +481,54 @@ def longreach_attention(
                 )
             state = _memory_state(cache, module.layer_idx, tuple(rows), offset, method)
             out, kept = attend_with_memory(
-                query[index], key[index], value[index], method, layout, state,
-                query_positions=query_positions, key_positions=token_index - offset, scale=scale,
-                query_scale=query_scale, sliding_window=kwargs.get("sliding_window"), softcap=kwargs.get("softcap"),
-                position_memo=memo.setdefault(("memory", tuple(rows), offset, n_query, total,
-                                               kwargs.get("sliding_window"), rope_kind), {}),
+                query[index],
+                key[index],
+                value[index],
+                method,
+                layout,
+                state,
+                query_positions=query_positions,
+                key_positions=token_index - offset,
+                scale=scale,
+                query_scale=query_scale,
+                sliding_window=kwargs.get("sliding_window"),
+                softcap=kwargs.get("softcap"),
+                position_memo=memo.setdefault(
+                    ("memory", tuple(rows), offset, n_query, total, kwargs.get("sliding_window"), rope_kind), {}
+                ),
             )
             memory_kept.append((state, kept))
             return out
         store = cache.store(module.layer_idx, tuple(rows), offset) if cache is not None else None
         return attend(
-            query[index], key[index], value[index], extension.parts, layout,
-            query_positions=query_positions, key_positions=token_index - offset, scale=scale,
-            key_valid=valid, sliding_window=kwargs.get("sliding_window"), key_store=store,
-            query_scale=query_scale, softcap=kwargs.get("softcap"), sink_logits=kwargs.get("s_aux"),
-            position_memo=memo.setdefault(("spans", tuple(rows), offset, n_query, n_key, total, layer_kind,
-                                       kwargs.get("sliding_window"), rope_kind), {}),
+            query[index],
+            key[index],
+            value[index],
+            extension.parts,
+            layout,
+            query_positions=query_positions,
+            key_positions=token_index - offset,
+            scale=scale,
+            key_valid=valid,
+            sliding_window=kwargs.get("sliding_window"),
+            key_store=store,
+            query_scale=query_scale,
+            softcap=kwargs.get("softcap"),
+            sink_logits=kwargs.get("s_aux"),
+            position_memo=memo.setdefault(
+                (
+                    "spans",
+                    tuple(rows),
+                    offset,
+                    n_query,
+                    n_key,
+                    total,
+                    layer_kind,
+                    kwargs.get("sliding_window"),
+                    rope_kind,
+                ),
+                {},
+            ),
         )
 
     memory_kept: list[tuple[MemoryState, torch.Tensor]] = []
@@ -522,6 +557,7 @@ def longreach_attention(
 
 def _memory_state(cache, layer_idx: int, rows: tuple[int, ...], offset: int, method: InfLLM) -> MemoryState:
     """The layer's block memory for these rows; a fresh one for a call without a cache."""
+
     def fresh() -> MemoryState:
         return MemoryState(blocks_end=method.n_init)
 

@@ -130,8 +130,7 @@ class BlockStore:
         seg_values[:, :, slot].copy_(values)
         self._release(segment)
         if self.count == self._representatives.shape[2]:
-            grown = self._representatives.new_empty(
-                (self.rows, self.kv_heads, max(16, 2 * self.count), self.head_dim))
+            grown = self._representatives.new_empty((self.rows, self.kv_heads, max(16, 2 * self.count), self.head_dim))
             grown[:, :, : self.count] = self._representatives[:, :, : self.count]
             self._representatives = grown
         self._representatives[:, :, self.count] = representative.to(torch.float32)
@@ -161,8 +160,10 @@ class BlockStore:
         a slice of its segment, so one copy joins a row's blocks."""
         read = []
         for which in (0, 1):
-            rows = [torch.cat([self._segments[b // SEGMENT_BLOCKS][which][r, :, b % SEGMENT_BLOCKS] for b in ids],
-                              dim=1) for r, ids in enumerate(block_ids)]
+            rows = [
+                torch.cat([self._segments[b // SEGMENT_BLOCKS][which][r, :, b % SEGMENT_BLOCKS] for b in ids], dim=1)
+                for r, ids in enumerate(block_ids)
+            ]
             read.append(rows[0][None] if len(rows) == 1 else torch.stack(rows))
         return read[0], read[1]
 
@@ -223,12 +224,16 @@ class BlockStore:
     def _new_segment(self) -> tuple[torch.Tensor, torch.Tensor]:
         shape = (self.rows, self.kv_heads, SEGMENT_BLOCKS, self.block_size, self.head_dim)
         if self.storage == "ram":
-            return (torch.empty(shape, dtype=self.dtype, device=self.device),
-                    torch.empty(shape, dtype=self.dtype, device=self.device))
+            return (
+                torch.empty(shape, dtype=self.dtype, device=self.device),
+                torch.empty(shape, dtype=self.dtype, device=self.device),
+            )
         if self.storage == "pinned":
             pin = torch.cuda.is_available()
-            return (torch.empty(shape, dtype=self.dtype, pin_memory=pin),
-                    torch.empty(shape, dtype=self.dtype, pin_memory=pin))
+            return (
+                torch.empty(shape, dtype=self.dtype, pin_memory=pin),
+                torch.empty(shape, dtype=self.dtype, pin_memory=pin),
+            )
         numel = 1
         for n in shape:
             numel *= n

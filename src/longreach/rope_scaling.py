@@ -37,8 +37,12 @@ def apply_rope_scaling(
     rotaries = [m for m in model.modules() if isinstance(getattr(m, "inv_freq", None), torch.Tensor)]
     saved_parameters = copy.deepcopy(config.rope_parameters)
     saved = [
-        (m, {name: getattr(m, name) for name in _ROTARY_STATE if hasattr(m, name)},
-         m.inv_freq.clone(), m.original_inv_freq.clone() if hasattr(m, "original_inv_freq") else None)
+        (
+            m,
+            {name: getattr(m, name) for name in _ROTARY_STATE if hasattr(m, name)},
+            m.inv_freq.clone(),
+            m.original_inv_freq.clone() if hasattr(m, "original_inv_freq") else None,
+        )
         for m in rotaries
     ]
     parameters = {**saved_parameters, "rope_type": method.rope_type, "factor": float(method.factor)}

@@ -65,4 +65,3 @@ def test_dropping_a_run_moves_the_tokens_before_it_in_place():
 def test_a_view_that_would_pin_a_mostly_empty_buffer_is_not_kept():
     held = append_tokens(torch.randn(1, 1, 64, 2), torch.randn(1, 1, 1, 2))
     assert not can_drop_in_place(held, 2, 50)  # 17 tokens left of a 73-token buffer: copy them
-

@@ -47,16 +47,30 @@ def run_case(case):
     interleaved = case["interleaved"]
     parts = case["method"].parts()
     expected = reference_attention(
-        x["raw_q"], x["raw_k"], x["value"], parts, inv_freq, interleaved=interleaved,
-        query_positions=query_positions, key_positions=key_positions, scale=x["scale"],
-        key_valid=key_valid, sliding_window=case["sliding_window"],
+        x["raw_q"],
+        x["raw_k"],
+        x["value"],
+        parts,
+        inv_freq,
+        interleaved=interleaved,
+        query_positions=query_positions,
+        key_positions=key_positions,
+        scale=x["scale"],
+        key_valid=key_valid,
+        sliding_window=case["sliding_window"],
     )
     got = attend(
         rope(x["raw_q"], query_positions, inv_freq, interleaved).float(),
         rope(x["raw_k"], key_positions, inv_freq, interleaved).float(),
-        x["value"], parts, RotaryLayout(inv_freq, interleaved),
-        query_positions=query_positions, key_positions=key_positions, scale=x["scale"],
-        key_valid=key_valid, sliding_window=case["sliding_window"], tile=case["tile"],
+        x["value"],
+        parts,
+        RotaryLayout(inv_freq, interleaved),
+        query_positions=query_positions,
+        key_positions=key_positions,
+        scale=x["scale"],
+        key_valid=key_valid,
+        sliding_window=case["sliding_window"],
+        tile=case["tile"],
     )
     return got, expected
 
@@ -70,9 +84,22 @@ def test_engine_matches_dense_reference(case):
 
 def test_queries_without_keys_get_zeros():
     """Padding queries (negative positions) see no key at all: zeros, never NaN."""
-    case = dict(batch=1, kv_heads=1, group=2, head_dim=8, rotary_fraction=1.0, interleaved=False,
-                n_key=10, n_query=10, pad=4, holes=False, sliding_window=None,
-                method=SelfExtend(2, 3), tile=4, seed=1)
+    case = dict(
+        batch=1,
+        kv_heads=1,
+        group=2,
+        head_dim=8,
+        rotary_fraction=1.0,
+        interleaved=False,
+        n_key=10,
+        n_query=10,
+        pad=4,
+        holes=False,
+        sliding_window=None,
+        method=SelfExtend(2, 3),
+        tile=4,
+        seed=1,
+    )
     got, expected = run_case(case)
     assert torch.equal(got[:, :, :4], torch.zeros_like(got[:, :, :4]))
     torch.testing.assert_close(got.double(), expected, atol=2e-5, rtol=1e-4)
@@ -82,8 +109,16 @@ def test_decreasing_spans_are_rejected():
     backwards = Part("backwards", key_span=lambda i: (i * 0, 3 - i))
     q = torch.randn(1, 1, 4, 8)
     with pytest.raises(ValueError, match="non-decreasing"):
-        attend(q, q, q, (backwards,), RotaryLayout(torch.ones(4)), query_positions=torch.arange(4),
-               key_positions=torch.arange(4), scale=1.0)
+        attend(
+            q,
+            q,
+            q,
+            (backwards,),
+            RotaryLayout(torch.ones(4)),
+            query_positions=torch.arange(4),
+            key_positions=torch.arange(4),
+            scale=1.0,
+        )
 
 
 @settings(max_examples=40, deadline=None)

@@ -24,8 +24,23 @@ def novel(tmp_path_factory):
 
 
 def compare_argv(model_dir, out, novel, *, tasks=TASKS, methods=METHODS, lengths="200,400"):
-    argv = ["compare", "--model", str(model_dir), "--tasks", tasks, "--lengths", lengths, "--depths", "0.2,0.8",
-            "--samples", "1", "--text", str(novel), "--out", str(out)]
+    argv = [
+        "compare",
+        "--model",
+        str(model_dir),
+        "--tasks",
+        tasks,
+        "--lengths",
+        lengths,
+        "--depths",
+        "0.2,0.8",
+        "--samples",
+        "1",
+        "--text",
+        str(novel),
+        "--out",
+        str(out),
+    ]
     for spec in methods:
         argv += ["--method", spec]
     return argv
@@ -100,29 +115,29 @@ def test_interrupted_compare_resumes_with_only_missing_cells_and_writes_the_repo
     assert (out / "niah-heatmap.png").is_file()
 
 
-def test_cells_recorded_with_other_settings_are_rerun_and_counted_once(tiny_model_dir, tmp_path, novel,
-                                                                      monkeypatch):
+def test_cells_recorded_with_other_settings_are_rerun_and_counted_once(tiny_model_dir, tmp_path, novel, monkeypatch):
     out = tmp_path / "cmp"
     argv = compare_argv(tiny_model_dir, out, novel, tasks="passkey,ppl", lengths="200")
     assert main(argv) == 0
     first = records(out)
     # As an older LongReach would have left them: METHODS[1] resolved to other settings.
-    stale = [{**r, "settings": "self-extend:group_size=3,window=64"} if r["method"] == METHODS[1] else r
-             for r in first]
+    stale = [{**r, "settings": "self-extend:group_size=3,window=64"} if r["method"] == METHODS[1] else r for r in first]
     (out / compare.RESULTS).write_text("".join(json.dumps(r) + "\n" for r in stale))
     calls = counting(monkeypatch)
     assert main(argv) == 0
     assert len(calls) == 2  # METHODS[1]'s two passkey depths; vanilla's cells stand
-    rerun = records(out)[len(first):]
-    assert [(r["task"], r["method"], r["settings"]) for r in rerun] == \
-        [("passkey", METHODS[1], METHODS[1])] * 2 + [("ppl", METHODS[1], METHODS[1])]
+    rerun = records(out)[len(first) :]
+    assert [(r["task"], r["method"], r["settings"]) for r in rerun] == [("passkey", METHODS[1], METHODS[1])] * 2 + [
+        ("ppl", METHODS[1], METHODS[1])
+    ]
     report = (out / "report.md").read_text()
     assert "_2 samples per cell" in report and "4 samples" not in report  # two depths, each once
     assert "group_size=3" not in report  # nor are the old settings listed as used
 
 
-def test_cells_asked_with_older_prompts_are_rerun_and_left_out_of_the_report(tiny_model_dir, tmp_path, novel,
-                                                                             monkeypatch):
+def test_cells_asked_with_older_prompts_are_rerun_and_left_out_of_the_report(
+    tiny_model_dir, tmp_path, novel, monkeypatch
+):
     out = tmp_path / "cmp"
     argv = compare_argv(tiny_model_dir, out, novel, tasks="passkey,niah", methods=["vanilla"], lengths="200")
     assert main(argv) == 0
@@ -138,7 +153,7 @@ def test_cells_asked_with_older_prompts_are_rerun_and_left_out_of_the_report(tin
     calls = counting(monkeypatch)
     assert main(argv) == 0
     assert len(calls) == 2  # the two passkey depths; niah's prompts are unchanged
-    rerun = records(out)[len(old):]
+    rerun = records(out)[len(old) :]
     assert [(r["task"], r["prompt_version"]) for r in rerun] == [("passkey", 2)] * 2
     report = (out / "report.md").read_text()
     assert "older prompts" not in report and "## passkey" in report
@@ -148,8 +163,9 @@ def test_same_seed_gives_the_same_results(tiny_model_dir, tmp_path, novel):
     runs = []
     for name in ("a", "b"):
         out = tmp_path / name
-        argv = compare_argv(tiny_model_dir, out, novel, tasks="niah,ruler:niah_single_1", methods=METHODS[1:],
-                            lengths="300")
+        argv = compare_argv(
+            tiny_model_dir, out, novel, tasks="niah,ruler:niah_single_1", methods=METHODS[1:], lengths="300"
+        )
         assert main(argv) == 0
         runs.append([{k: v for k, v in r.items() if k != "seconds"} for r in records(out)])
     assert runs[0] == runs[1]
@@ -172,8 +188,17 @@ def test_bad_compare_input_is_a_one_line_error(tiny_model_dir, tmp_path, novel, 
 
 
 def test_missing_text_and_empty_report_folder_are_errors(tiny_model_dir, tmp_path, capsys):
-    argv = ["compare", "--model", str(tiny_model_dir), "--tasks", "ppl", "--text", str(tmp_path / "nope.txt"),
-            "--out", str(tmp_path)]
+    argv = [
+        "compare",
+        "--model",
+        str(tiny_model_dir),
+        "--tasks",
+        "ppl",
+        "--text",
+        str(tmp_path / "nope.txt"),
+        "--out",
+        str(tmp_path),
+    ]
     assert main(argv) == 2
     assert f"text file {tmp_path / 'nope.txt'} does not exist" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "empty")]) == 2
@@ -183,8 +208,19 @@ def test_missing_text_and_empty_report_folder_are_errors(tiny_model_dir, tmp_pat
 def test_ppl_text_too_short_for_the_lengths_is_an_error(tiny_model_dir, tmp_path, capsys):
     short = tmp_path / "short.txt"
     short.write_text("A short text. " * 10)
-    argv = ["compare", "--model", str(tiny_model_dir), "--tasks", "ppl", "--text", str(short), "--lengths", "400",
-            "--out", str(tmp_path / "out")]
+    argv = [
+        "compare",
+        "--model",
+        str(tiny_model_dir),
+        "--tasks",
+        "ppl",
+        "--text",
+        str(short),
+        "--lengths",
+        "400",
+        "--out",
+        str(tmp_path / "out"),
+    ]
     assert main(argv) == 2
     assert "fewer than the 401 the ppl task needs" in capsys.readouterr().err
 
@@ -192,8 +228,16 @@ def test_ppl_text_too_short_for_the_lengths_is_an_error(tiny_model_dir, tmp_path
 def test_a_folder_with_another_models_results_is_refused(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
-    foreign = {"task": "passkey", "method": "vanilla", "length": 200, "depth": 0.5, "sample": 0, "seed": 0,
-               "model": "some-other-model", "score": 1.0}
+    foreign = {
+        "task": "passkey",
+        "method": "vanilla",
+        "length": 200,
+        "depth": 0.5,
+        "sample": 0,
+        "seed": 0,
+        "model": "some-other-model",
+        "score": 1.0,
+    }
     (out / "results.jsonl").write_text(json.dumps(foreign) + "\n")
     argv = ["compare", "--model", str(tiny_model_dir), "--tasks", "passkey", "--lengths", "200", "--out", str(out)]
     assert main(argv) == 2
@@ -203,8 +247,18 @@ def test_a_folder_with_another_models_results_is_refused(tiny_model_dir, tmp_pat
 
 def test_a_cell_is_counted_against_the_fullest_cell_of_its_own_length():
     def cells(method, length, n):
-        return [{"task": "niah", "method": method, "settings": method, "length": length, "depth": d / 10,
-                 "sample": 0, "score": 1.0} for d in range(1, n + 1)]
+        return [
+            {
+                "task": "niah",
+                "method": method,
+                "settings": method,
+                "length": length,
+                "depth": d / 10,
+                "sample": 0,
+                "score": 1.0,
+            }
+            for d in range(1, n + 1)
+        ]
 
     # 4k at five depths for both; 16k at three depths, one method not finished.
     records = cells("a", 4096, 5) + cells("b", 4096, 5) + cells("a", 16384, 3) + cells("b", 16384, 1)

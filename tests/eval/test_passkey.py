@@ -98,8 +98,9 @@ def test_samples_recorded_with_older_prompts_are_asked_again(tmp_path, smollm_to
     first = run_passkey(model, smollm_tokenizer, **settings)
     assert all(r.prompt_version == PROMPT_VERSION for r in first)
     # As records from before prompt versions: no version, so version 1.
-    legacy = [{k: v for k, v in json.loads(line).items() if k != "prompt_version"}
-              for line in out.read_text().splitlines()]
+    legacy = [
+        {k: v for k, v in json.loads(line).items() if k != "prompt_version"} for line in out.read_text().splitlines()
+    ]
     out.write_text("".join(json.dumps(r) + "\n" for r in legacy))
     assert read_results(out) == [] and len(read_results(out, prompt_version=1)) == 2
     assert len(read_results(out, prompt_version=None)) == 2

@@ -38,8 +38,9 @@ def test_chunked_losses_equal_one_forward():
 def test_shorter_lengths_come_from_the_longest_run_exactly(novel, tmp_path):
     model = longreach.extend(tiny_model("llama", max_position_embeddings=32), longreach.DualChunk(12, 3))
     out = tmp_path / "ppl.jsonl"
-    [long_run] = run_perplexity(model, CharTokenizer(), method="dual-chunk", text_path=novel, lengths=[64, 200],
-                                out=out)
+    [long_run] = run_perplexity(
+        model, CharTokenizer(), method="dual-chunk", text_path=novel, lengths=[64, 200], out=out
+    )
     [short_run] = run_perplexity(model, CharTokenizer(), method="dual-chunk-alone", text_path=novel, lengths=[64])
     assert long_run.perplexity["64"] == pytest.approx(short_run.perplexity["64"], rel=1e-5)
     assert len(long_run.bucket_perplexity) == 1  # 200 predictions in one 1024 bucket
@@ -47,19 +48,28 @@ def test_shorter_lengths_come_from_the_longest_run_exactly(novel, tmp_path):
     again = run_perplexity(None, CharTokenizer(), method="dual-chunk", text_path=novel, lengths=[64, 200], out=out)
     assert again == [long_run]
     # Another model's run in the same file is not taken for this one's: it is computed.
-    [other] = run_perplexity(model, CharTokenizer(), method="dual-chunk", text_path=novel, lengths=[64, 200],
-                             out=out, model_name="another")
+    [other] = run_perplexity(
+        model, CharTokenizer(), method="dual-chunk", text_path=novel, lengths=[64, 200], out=out, model_name="another"
+    )
     assert other.model == "another" and other.perplexity == pytest.approx(long_run.perplexity)
     # A run recorded with other settings under the same label is computed again.
     with pytest.raises(AttributeError):  # no model given: proof that it would compute
-        run_perplexity(None, CharTokenizer(), method="dual-chunk", settings="dual-chunk:chunk_size=16",
-                       text_path=novel, lengths=[64, 200], out=out)
+        run_perplexity(
+            None,
+            CharTokenizer(),
+            method="dual-chunk",
+            settings="dual-chunk:chunk_size=16",
+            text_path=novel,
+            lengths=[64, 200],
+            out=out,
+        )
 
 
 def test_length_dependent_methods_run_each_length(novel):
     model = longreach.extend(tiny_model("llama", max_position_embeddings=32), longreach.RopeScaling("dynamic", 2.0))
-    runs = run_perplexity(model, CharTokenizer(), method="dynamic-ntk", text_path=novel, lengths=[64, 200],
-                          depends_on_length=True)
+    runs = run_perplexity(
+        model, CharTokenizer(), method="dynamic-ntk", text_path=novel, lengths=[64, 200], depends_on_length=True
+    )
     assert [r.length for r in runs] == [64, 200]
     assert all(math.isfinite(v) for r in runs for v in r.perplexity.values())
 

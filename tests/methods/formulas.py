@@ -82,8 +82,18 @@ def score_scale(method, i: torch.Tensor, trained_length: int) -> torch.Tensor:
 
 
 def formula_attention(
-    method, raw_query, raw_key, value, inv_freq, *, interleaved, query_positions, key_positions, scale,
-    trained_length, key_valid=None,
+    method,
+    raw_query,
+    raw_key,
+    value,
+    inv_freq,
+    *,
+    interleaved,
+    query_positions,
+    key_positions,
+    scale,
+    trained_length,
+    key_valid=None,
 ) -> torch.Tensor:
     """Dense float64 attention of unrotated q (B, Hq, Nq, D) over k, v (B, Hkv, Nk, D)."""
     b, hq, nq, dim = raw_query.shape

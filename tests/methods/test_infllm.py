@@ -29,13 +29,25 @@ def memory_cases(draw):
     cuts = sorted(draw(st.sets(st.integers(1, n_key - 1), max_size=4))) if n_key > 1 else []
     return dict(
         method=longreach.InfLLM(
-            n_init=draw(st.integers(0, 4)), n_local=n_local, block_size=block_size, topk=64,
-            repr_topk=draw(st.integers(1, block_size)), exec_block=draw(st.integers(1, n_local)),
-            max_cached_blocks=64, log_scale_base=draw(st.one_of(st.none(), st.integers(2, 40))),
+            n_init=draw(st.integers(0, 4)),
+            n_local=n_local,
+            block_size=block_size,
+            topk=64,
+            repr_topk=draw(st.integers(1, block_size)),
+            exec_block=draw(st.integers(1, n_local)),
+            max_cached_blocks=64,
+            log_scale_base=draw(st.one_of(st.none(), st.integers(2, 40))),
         ),
-        batch=draw(st.integers(1, 2)), kv_heads=draw(st.integers(1, 2)), group=draw(st.integers(1, 3)),
-        head_dim=draw(st.sampled_from([8, 16])), rotary_fraction=draw(st.sampled_from([0.5, 1.0])),
-        interleaved=draw(st.booleans()), n_key=n_key, n_query=n_key, pad=0, seed=draw(st.integers(0, 2**16)),
+        batch=draw(st.integers(1, 2)),
+        kv_heads=draw(st.integers(1, 2)),
+        group=draw(st.integers(1, 3)),
+        head_dim=draw(st.sampled_from([8, 16])),
+        rotary_fraction=draw(st.sampled_from([0.5, 1.0])),
+        interleaved=draw(st.booleans()),
+        n_key=n_key,
+        n_query=n_key,
+        pad=0,
+        seed=draw(st.integers(0, 2**16)),
         # Calls: one prefill, or a chunked prefill, ending with token-by-token decoding.
         cuts=cuts + list(range(max(cuts, default=0) + 1, n_key)) if draw(st.booleans()) else cuts,
     )
@@ -58,16 +70,31 @@ def run_calls(case, method=None):
     for a, b in zip(edges, edges[1:], strict=False):
         held = torch.cat((held, torch.arange(a, b)))
         out, kept = attend_with_memory(
-            queries[:, :, a:b], keys[:, :, held], x["value"][:, :, held], method, layout, state,
-            query_positions=positions[a:b], key_positions=positions[held], scale=x["scale"],
+            queries[:, :, a:b],
+            keys[:, :, held],
+            x["value"][:, :, held],
+            method,
+            layout,
+            state,
+            query_positions=positions[a:b],
+            key_positions=positions[held],
+            scale=x["scale"],
             query_scale=method.query_scale(positions[a:b], 64),
         )
         state.keep(kept)
         held = held[kept]
         outputs.append(out)
     expected = formula_attention(
-        method, x["raw_q"], x["raw_k"], x["value"], inv_freq, interleaved=interleaved,
-        query_positions=positions, key_positions=positions, scale=x["scale"], trained_length=64,
+        method,
+        x["raw_q"],
+        x["raw_k"],
+        x["value"],
+        inv_freq,
+        interleaved=interleaved,
+        query_positions=positions,
+        key_positions=positions,
+        scale=x["scale"],
+        trained_length=64,
     )
     return torch.cat(outputs, dim=2), expected, state, held
 
@@ -87,8 +114,16 @@ def test_memory_attention_with_every_block_retrieved_matches_the_formulas(case):
 def test_retrieval_finds_the_block_that_holds_a_planted_key():
     torch.manual_seed(0)
     kv_heads, group, dim, size, n_blocks = 2, 2, 16, 4, 12
-    store = BlockStore(rows=1, kv_heads=kv_heads, block_size=size, head_dim=dim, dtype=torch.float32,
-                       device=torch.device("cpu"), storage="ram", max_cached_blocks=4)
+    store = BlockStore(
+        rows=1,
+        kv_heads=kv_heads,
+        block_size=size,
+        head_dim=dim,
+        dtype=torch.float32,
+        device=torch.device("cpu"),
+        storage="ram",
+        max_cached_blocks=4,
+    )
     needle = torch.randn(kv_heads, dim)
     planted = 7  # the block holding the needle; only KV head 1 sees it clearly
     for block in range(n_blocks):
@@ -109,8 +144,9 @@ def test_cached_storage_holds_at_most_max_cached_blocks_and_reads_what_ram_reads
     torch.manual_seed(1)
     shape = dict(rows=2, kv_heads=3, block_size=4, head_dim=8, dtype=torch.float32, device=torch.device("cpu"))
     ram = BlockStore(**shape, storage="ram", max_cached_blocks=3)
-    cached = BlockStore(**shape, storage=storage, max_cached_blocks=3,
-                        directory=str(tmp_path) if storage == "mmap" else None)
+    cached = BlockStore(
+        **shape, storage=storage, max_cached_blocks=3, directory=str(tmp_path) if storage == "mmap" else None
+    )
     added = []
     for _ in range(70):  # more than one storage segment
         keys, values = torch.randn(2, 3, 4, 8), torch.randn(2, 3, 4, 8)
@@ -123,8 +159,12 @@ def test_cached_storage_holds_at_most_max_cached_blocks_and_reads_what_ram_reads
         if draw % 2:  # as retrieval asks: the same blocks for every head of a row
             ids = ids[:, :1].expand(2, 3, 3)
         for kind in (0, 1):  # keys, values: each (row, head) reads its own blocks, in the order asked
-            expected = torch.stack([torch.stack([torch.cat([added[b][kind][r, h] for b in ids[r, h].tolist()])
-                                                 for h in range(3)]) for r in range(2)])
+            expected = torch.stack(
+                [
+                    torch.stack([torch.cat([added[b][kind][r, h] for b in ids[r, h].tolist()]) for h in range(3)])
+                    for r in range(2)
+                ]
+            )
             assert torch.equal(ram.gather(ids)[kind], expected)
             assert torch.equal(cached.gather(ids)[kind], expected)
         assert max(cached.cached_blocks()) <= 3
@@ -137,27 +177,51 @@ def test_infllm_reduces_to_the_model_up_to_n_init_plus_n_local():
         model = tiny_model(family)
         ids = torch.randint(3, 128, (2, 48))
         vanilla = logits(model, ids)
-        longreach.extend(model, longreach.InfLLM(n_init=8, n_local=40, block_size=4, topk=2, exec_block=16,
-                                                 max_cached_blocks=4))
+        longreach.extend(
+            model, longreach.InfLLM(n_init=8, n_local=40, block_size=4, topk=2, exec_block=16, max_cached_blocks=4)
+        )
         assert (logits(model, ids) - vanilla).abs().max() <= 1e-5, family
 
 
 TRAINED = 32
-def general_path_for_one_query(query, key, value, method, layout, state, key_positions, position, scale, softcap,
-                               sliding_window, memo):
+
+
+def general_path_for_one_query(
+    query, key, value, method, layout, state, key_positions, position, scale, softcap, sliding_window, memo
+):
     return memory_attention._attend_in_execution_blocks(
-        query, key, value, method, layout, state, torch.tensor([position]), key_positions, scale, softcap,
-        sliding_window, memo)
+        query,
+        key,
+        value,
+        method,
+        layout,
+        state,
+        torch.tensor([position]),
+        key_positions,
+        scale,
+        softcap,
+        sliding_window,
+        memo,
+    )
 
 
 @pytest.mark.parametrize(("pad", "sliding_window"), [(0, None), (5, None), (0, 9)])
 def test_decoding_one_query_equals_the_general_path_when_retrieval_picks_blocks(pad, sliding_window, monkeypatch):
     """Decoding takes its own path (slices of the cache, one softmax); the tiled general path must
     give the same outputs and scores (a sliding window of 9 clips the first 11 queries' window)."""
-    method = longreach.InfLLM(n_init=3, n_local=8, block_size=4, topk=2, repr_topk=2, exec_block=4,
-                              max_cached_blocks=4)
-    case = dict(batch=2, kv_heads=2, group=3, head_dim=16, rotary_fraction=0.5, interleaved=False, n_key=70,
-                n_query=70, pad=pad, seed=11)
+    method = longreach.InfLLM(n_init=3, n_local=8, block_size=4, topk=2, repr_topk=2, exec_block=4, max_cached_blocks=4)
+    case = dict(
+        batch=2,
+        kv_heads=2,
+        group=3,
+        head_dim=16,
+        rotary_fraction=0.5,
+        interleaved=False,
+        n_key=70,
+        n_query=70,
+        pad=pad,
+        seed=11,
+    )
     x = attention_inputs(case)
     positions = x["key_positions"]
     queries = rope(x["raw_q"], positions, x["inv_freq"], False).float()
@@ -171,8 +235,15 @@ def test_decoding_one_query_equals_the_general_path_when_retrieval_picks_blocks(
         for a, b in [(0, 6), *((t, t + 1) for t in range(6, 70))]:  # decoding also before n_init + n_local
             held = torch.cat((held, torch.arange(a, b)))
             out, kept = attend_with_memory(
-                queries[:, :, a:b], keys[:, :, held], x["value"][:, :, held], method, layout, state,
-                query_positions=positions[a:b], key_positions=positions[held], scale=x["scale"],
+                queries[:, :, a:b],
+                keys[:, :, held],
+                x["value"][:, :, held],
+                method,
+                layout,
+                state,
+                query_positions=positions[a:b],
+                key_positions=positions[held],
+                scale=x["scale"],
                 sliding_window=sliding_window,
             )
             state.keep(kept)
@@ -229,8 +300,9 @@ def test_a_sliding_window_model_narrows_only_the_local_part_and_refuses_a_wider_
     # A plan method cannot reach past the window: said at once.
     with pytest.warns(UserWarning, match="sliding-window layers attend at most 12 tokens back"):
         longreach.extend(model, longreach.SelfExtend(group_size=4, window=6))
-    every_block = longreach.InfLLM(n_init=4, n_local=12, block_size=4, topk=16, repr_topk=1, exec_block=4,
-                                   max_cached_blocks=16)  # retrieval then does not depend on the split
+    every_block = longreach.InfLLM(
+        n_init=4, n_local=12, block_size=4, topk=16, repr_topk=1, exec_block=4, max_cached_blocks=16
+    )  # retrieval then does not depend on the split
     longreach.extend(model, every_block)
     assert (logits(model, ids[:, :16]) - own).abs().max() <= 1e-5
     at_once = logits(model, ids)
@@ -290,14 +362,16 @@ def test_left_padded_batch_read_at_once_equals_rows_alone():
     longreach.extend(model, ACTIVE)
     rows = [torch.randint(3, 128, (70,)).tolist(), torch.randint(3, 128, (53,)).tolist()]
     ids, mask = left_pad(rows)
-    settings_ = dict(max_new_tokens=8, do_sample=False, output_scores=True, return_dict_in_generate=True,
-                     prefill_chunk_size=None)
+    settings_ = dict(
+        max_new_tokens=8, do_sample=False, output_scores=True, return_dict_in_generate=True, prefill_chunk_size=None
+    )
     with torch.no_grad():
         batch = model.generate(ids, attention_mask=mask, **settings_)
         for r, row in enumerate(rows):
             alone = model.generate(torch.tensor([row]), **settings_)
-            torch.testing.assert_close(torch.stack(batch.scores)[:, r], torch.stack(alone.scores)[:, 0],
-                                       atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(
+                torch.stack(batch.scores)[:, r], torch.stack(alone.scores)[:, 0], atol=1e-5, rtol=1e-5
+            )
 
 
 def test_bad_settings_and_unsupported_decoding_are_refused():
@@ -325,8 +399,9 @@ def test_for_model_scales_with_the_trained_length():
     small = longreach.InfLLM.for_model(64)
     assert (small.n_local, small.n_init, small.exec_block, small.block_size) == (32, 32, 32, 4)
     assert longreach.InfLLM.for_model(8192, n_local=2048).n_local == 2048
-    assert longreach.methods.parse_method("infllm:auto", target_length=1 << 18, trained_length=8192) == \
-        longreach.InfLLM(n_local=4096)
+    assert longreach.methods.parse_method(
+        "infllm:auto", target_length=1 << 18, trained_length=8192
+    ) == longreach.InfLLM(n_local=4096)
 
 
 @pytest.mark.parametrize("heads_at_once", [True, False], ids=["heads-at-once", "head-by-head"])
@@ -335,18 +410,39 @@ def test_window_keys_accumulate_the_attention_they_receive(n_local, heads_at_onc
     """Scores equal the dense softmax weights of local pairs, summed over queries and the group;
     whether the window's products run for all heads at once (decoding) or head by head (prefill)."""
     monkeypatch.setattr(memory_attention, "SMALL_SCORES", 1 << 30 if heads_at_once else 0)
-    method = longreach.InfLLM(n_init=3, n_local=n_local, block_size=64, topk=1, repr_topk=1,
-                              exec_block=min(5, n_local), max_cached_blocks=1)
-    case = dict(batch=2, kv_heads=2, group=2, head_dim=8, rotary_fraction=1.0, interleaved=False, n_key=40,
-                n_query=40, pad=0, seed=5, cuts=[9, 23, 24])
+    method = longreach.InfLLM(
+        n_init=3, n_local=n_local, block_size=64, topk=1, repr_topk=1, exec_block=min(5, n_local), max_cached_blocks=1
+    )
+    case = dict(
+        batch=2,
+        kv_heads=2,
+        group=2,
+        head_dim=8,
+        rotary_fraction=1.0,
+        interleaved=False,
+        n_key=40,
+        n_query=40,
+        pad=0,
+        seed=5,
+        cuts=[9, 23, 24],
+    )
     got, expected_out, state, held = run_calls(case, method)
     torch.testing.assert_close(got.double(), expected_out, atol=3e-5, rtol=1e-4)
     x = attention_inputs(case)
     positions = x["key_positions"]
     identity = torch.eye(40, dtype=torch.float64).expand(2, 2, 40, 40)  # values that return the weights
-    weights = formula_attention(method, x["raw_q"], x["raw_k"], identity, x["inv_freq"], interleaved=False,
-                                query_positions=positions, key_positions=positions, scale=x["scale"],
-                                trained_length=64)
+    weights = formula_attention(
+        method,
+        x["raw_q"],
+        x["raw_k"],
+        identity,
+        x["inv_freq"],
+        interleaved=False,
+        query_positions=positions,
+        key_positions=positions,
+        scale=x["scale"],
+        trained_length=64,
+    )
     i, j = positions[:, None], positions[None, :]
     local = (i < method.n_init + n_local) | (i - j < n_local)
     expected = (weights * local).view(2, 2, 2, 40, 40).sum(dim=(2, 3))

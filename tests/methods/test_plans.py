@@ -18,26 +18,37 @@ log_base = st.one_of(st.none(), st.integers(2, 40))
 @st.composite
 def dual_chunks(draw):
     size = draw(st.integers(2, 24))
-    return longreach.DualChunk(size, draw(st.integers(0, size - 1)), mscale=draw(st.booleans()),
-                               log_scale_base=draw(log_base))
+    return longreach.DualChunk(
+        size, draw(st.integers(0, size - 1)), mscale=draw(st.booleans()), log_scale_base=draw(log_base)
+    )
 
 
 @st.composite
 def infllms(draw):
     """InfLLM's plan (every block retrieved): the memory executor is checked in test_infllm."""
     n_local = draw(st.integers(1, 24))
-    return longreach.InfLLM(n_init=draw(st.integers(0, 6)), n_local=n_local, block_size=2, repr_topk=1,
-                            exec_block=1, log_scale_base=draw(log_base))
+    return longreach.InfLLM(
+        n_init=draw(st.integers(0, 6)),
+        n_local=n_local,
+        block_size=2,
+        repr_topk=1,
+        exec_block=1,
+        log_scale_base=draw(log_base),
+    )
 
 
 METHODS = st.one_of(
     dual_chunks(),
     infllms(),
-    st.builds(longreach.LMInfinite, local_window=st.integers(1, 30), n_global=st.integers(0, 6),
-              distance_limit=st.integers(1, 40), log_scale_base=log_base),
+    st.builds(
+        longreach.LMInfinite,
+        local_window=st.integers(1, 30),
+        n_global=st.integers(0, 6),
+        distance_limit=st.integers(1, 40),
+        log_scale_base=log_base,
+    ),
     st.builds(longreach.ReRoPE, window=st.integers(1, 30), log_scale_base=log_base),
-    st.builds(longreach.ReRoPE, window=st.integers(1, 30), leaky_factor=st.floats(1.0, 8.0),
-              log_scale_base=log_base),
+    st.builds(longreach.ReRoPE, window=st.integers(1, 30), leaky_factor=st.floats(1.0, 8.0), log_scale_base=log_base),
     st.builds(longreach.StreamingLLM, n_sink=st.integers(0, 6), window=st.integers(1, 30), log_scale_base=log_base),
     st.builds(longreach.SelfExtend, group_size=st.integers(1, 6), window=st.integers(1, 30), log_scale_base=log_base),
 )
@@ -70,16 +81,29 @@ def run(case, kept: torch.Tensor | None = None):
     method, interleaved, inv_freq = case["method"], case["interleaved"], x["inv_freq"]
     query_positions, key_positions = x["query_positions"], x["key_positions"]
     expected = formula_attention(
-        method, x["raw_q"], x["raw_k"], x["value"], inv_freq, interleaved=interleaved,
-        query_positions=query_positions, key_positions=key_positions, scale=x["scale"],
+        method,
+        x["raw_q"],
+        x["raw_k"],
+        x["value"],
+        inv_freq,
+        interleaved=interleaved,
+        query_positions=query_positions,
+        key_positions=key_positions,
+        scale=x["scale"],
         trained_length=case["trained"],
     )
     keys = rope(x["raw_k"], key_positions, inv_freq, interleaved).float()
     kept = torch.ones(case["n_key"], dtype=torch.bool) if kept is None else kept
     got = attend(
-        rope(x["raw_q"], query_positions, inv_freq, interleaved).float(), keys[:, :, kept], x["value"][:, :, kept],
-        method.parts(), RotaryLayout(inv_freq, interleaved), query_positions=query_positions,
-        key_positions=key_positions[kept], scale=x["scale"], tile=case["tile"],
+        rope(x["raw_q"], query_positions, inv_freq, interleaved).float(),
+        keys[:, :, kept],
+        x["value"][:, :, kept],
+        method.parts(),
+        RotaryLayout(inv_freq, interleaved),
+        query_positions=query_positions,
+        key_positions=key_positions[kept],
+        scale=x["scale"],
+        tile=case["tile"],
         query_scale=method.query_scale(query_positions, case["trained"]),
     )
     return got, expected
@@ -99,8 +123,12 @@ def test_attending_only_retained_keys_changes_nothing(case):
     from longreach.integration import _still_visible
 
     first_query = case["n_key"] - case["n_query"]
-    kept = torch.cat((_still_visible(case["method"].parts(), torch.arange(first_query), first_query, {case["pad"]}),
-                      torch.ones(case["n_query"], dtype=torch.bool)))
+    kept = torch.cat(
+        (
+            _still_visible(case["method"].parts(), torch.arange(first_query), first_query, {case["pad"]}),
+            torch.ones(case["n_query"], dtype=torch.bool),
+        )
+    )
     full, _ = run(case)
     evicted, _ = run(case, kept)
     torch.testing.assert_close(evicted, full, atol=1e-5, rtol=1e-5)
@@ -118,8 +146,21 @@ def test_attending_only_retained_keys_changes_nothing(case):
 )
 def test_methods_change_attention_beyond_their_window(method):
     """The formulas (and so the engine) differ from plain attention on long inputs."""
-    case = dict(method=method, batch=1, kv_heads=1, group=1, head_dim=8, rotary_fraction=1.0,
-                interleaved=False, n_key=40, n_query=40, pad=0, trained=64, tile=8, seed=3)
+    case = dict(
+        method=method,
+        batch=1,
+        kv_heads=1,
+        group=1,
+        head_dim=8,
+        rotary_fraction=1.0,
+        interleaved=False,
+        n_key=40,
+        n_query=40,
+        pad=0,
+        trained=64,
+        tile=8,
+        seed=3,
+    )
     got, expected = run(case)
     vanilla, _ = run({**case, "method": longreach.Vanilla()})
     assert (got - vanilla).abs().max() > 1e-2

@@ -85,8 +85,9 @@ def attend(
     if query_scale is not None:
         query = query * query_scale.to(query.device, torch.float32)[:, None].to(query.dtype)
     prepared = (
-        _prepare(part, query, key, value, layout, query_positions, key_positions, sliding_window, key_store,
-                 position_memo)
+        _prepare(
+            part, query, key, value, layout, query_positions, key_positions, sliding_window, key_store, position_memo
+        )
         for part in parts
     )
     views = [view for view in prepared if view is not None]
@@ -100,8 +101,9 @@ def attend(
                 if first:  # every piece covers the tile's rows: the first needs no merge
                     out[..., rows, :], lse[..., rows], first = piece_out, piece_lse, False
                 else:
-                    out[..., rows, :], lse[..., rows] = merge_by_lse(out[..., rows, :], lse[..., rows],
-                                                                     piece_out, piece_lse)
+                    out[..., rows, :], lse[..., rows] = merge_by_lse(
+                        out[..., rows, :], lse[..., rows], piece_out, piece_lse
+                    )
     if sink_logits is not None:  # a key with logit sink_h and value 0, merged like any part
         sinks = sink_logits.to(lse.device, torch.float32).view(1, kv_heads, group, 1).expand_as(lse)
         out, lse = merge_by_lse(out, lse, torch.zeros_like(out), sinks)
@@ -123,8 +125,11 @@ def _prepare(
 
     queries = query
     if part.query_position is not None:
-        angles = memoized(position_memo, ("query angles", part),
-                           lambda: layout.angles(part.query_position(query_positions) - query_positions))
+        angles = memoized(
+            position_memo,
+            ("query angles", part),
+            lambda: layout.angles(part.query_position(query_positions) - query_positions),
+        )
         queries = layout.apply(query, angles)
     keys = key[:, :, key_start:key_stop]
     if part.key_position is not None:
@@ -243,9 +248,7 @@ def _pieces(view: _PartView, start: int, stop: int, has_holes: bool) -> list[_Pi
 
 
 def _attend_piece(view: _PartView, piece: _Piece, key_valid, scale, softcap, group):
-    start, stop, key_lo, key_hi, kind = (
-        piece.query_start, piece.query_stop, piece.key_lo, piece.key_hi, piece.kind
-    )
+    start, stop, key_lo, key_hi, kind = (piece.query_start, piece.query_stop, piece.key_lo, piece.key_hi, piece.kind)
     queries = view.queries[..., start:stop, :]  # (B, Hkv, G, T, D)
     batch, kv_heads, _, rows, head_dim = queries.shape
     keys = view.keys[:, :, key_lo - view.key_start : key_hi - view.key_start]

@@ -98,17 +98,53 @@ def attend_with_memory(
         fresh = state.scores.new_zeros(batch, kv_heads, held - state.scores.shape[2])
         state.scores = torch.cat((state.scores, fresh), dim=2)
     if n_query == 1:
-        out = _attend_one_query(query, key, value, method, layout, state, key_positions, int(query_positions[0]),
-                                scale, softcap, sliding_window, position_memo)
+        out = _attend_one_query(
+            query,
+            key,
+            value,
+            method,
+            layout,
+            state,
+            key_positions,
+            int(query_positions[0]),
+            scale,
+            softcap,
+            sliding_window,
+            position_memo,
+        )
     else:
-        out = _attend_in_execution_blocks(query, key, value, method, layout, state, query_positions, key_positions,
-                                          scale, softcap, sliding_window, position_memo)
+        out = _attend_in_execution_blocks(
+            query,
+            key,
+            value,
+            method,
+            layout,
+            state,
+            query_positions,
+            key_positions,
+            scale,
+            softcap,
+            sliding_window,
+            position_memo,
+        )
     kept = (key_positions < method.n_init) | (key_positions >= state.blocks_end)
     return out, kept
 
 
-def _attend_in_execution_blocks(query, key, value, method, layout, state, query_positions, key_positions, scale,
-                                softcap, sliding_window, position_memo) -> torch.Tensor:
+def _attend_in_execution_blocks(
+    query,
+    key,
+    value,
+    method,
+    layout,
+    state,
+    query_positions,
+    key_positions,
+    scale,
+    softcap,
+    sliding_window,
+    position_memo,
+) -> torch.Tensor:
     """The general path: execution block by execution block, each part attended by the engine's
     tiles and merged by LSE; the window's probabilities give the keys' scores."""
     held = key.shape[2]
@@ -125,20 +161,44 @@ def _attend_in_execution_blocks(query, key, value, method, layout, state, query_
             memo = position_memo.setdefault((start, stop, state.blocks_end, held), {})
         # The memory first (held leftovers, then retrieved blocks), so that the local part, which
         # needs the final softmax for its scores, comes last.
-        out, lse = attend(queries, keys, values, (memory,), layout, query_positions=positions,
-                          key_positions=resident_positions, scale=scale, return_lse=True, position_memo=memo,
-                          softcap=softcap)
+        out, lse = attend(
+            queries,
+            keys,
+            values,
+            (memory,),
+            layout,
+            query_positions=positions,
+            key_positions=resident_positions,
+            scale=scale,
+            return_lse=True,
+            position_memo=memo,
+            softcap=softcap,
+        )
         if state.store is not None and state.store.count:
             out, lse = _attend_blocks(queries, positions, method, layout, state.store, scale, softcap, out, lse, memo)
-        out = _attend_local_and_score(state, queries, keys, values, positions, resident_positions, index, method,
-                                      scale, softcap, sliding_window, out, lse)
+        out = _attend_local_and_score(
+            state,
+            queries,
+            keys,
+            values,
+            positions,
+            resident_positions,
+            index,
+            method,
+            scale,
+            softcap,
+            sliding_window,
+            out,
+            lse,
+        )
         _form_blocks(state, key, value, key_positions, method, layout, next_position=int(positions[-1]) + 1)
         outputs.append(out.to(query.dtype))
     return torch.cat(outputs, dim=2)
 
 
-def _attend_one_query(query, key, value, method, layout, state, key_positions, position, scale, softcap,
-                      sliding_window, memo) -> torch.Tensor:
+def _attend_one_query(
+    query, key, value, method, layout, state, key_positions, position, scale, softcap, sliding_window, memo
+) -> torch.Tensor:
     """Decoding: the general path's result for one query at ``position``, in a dozen products.
 
     Nothing is gathered or re-tiled: the first tokens, the leftovers and the window are slices
@@ -155,7 +215,8 @@ def _attend_one_query(query, key, value, method, layout, state, key_positions, p
         seen_from = local_start if sliding_window is None else max(local_start, position - sliding_window + 1)
         edges = torch.tensor([0, method.n_init, state.blocks_end, local_start, seen_from, position + 1])
         init_start, init_stop, rest_start, memory_stop, window_start, stop = torch.searchsorted(
-            key_positions.cpu(), edges).tolist()
+            key_positions.cpu(), edges
+        ).tolist()
         # Memory held in the cache: the first tokens, then the leftovers, both before the window.
         spans = [(init_start, min(init_stop, memory_stop)), (max(init_stop, rest_start), memory_stop)]
         spans = [(a, b) for a, b in spans if b > a]
@@ -166,7 +227,8 @@ def _attend_one_query(query, key, value, method, layout, state, key_positions, p
 
     # Every layer of a forward holds the same positions: the bounds and angles serve them all.
     spans, window_start, stop, key_angles, query_angles = memoized(
-        memo, ("one query", position, state.blocks_end, key.shape[2]), bounds)
+        memo, ("one query", position, state.blocks_end, key.shape[2]), bounds
+    )
     grouped = query.reshape(batch, kv_heads, group, head_dim)
     memory_query = layout.apply(query, query_angles)
     keys, values = [], []
@@ -181,7 +243,7 @@ def _attend_one_query(query, key, value, method, layout, state, key_positions, p
     scores = [torch.matmul(memory_query, k.transpose(2, 3)) for k in keys]
     scores.append(torch.matmul(grouped, key[:, :, window_start:stop].transpose(2, 3)))
     weights = torch.softmax(cap_scores(torch.cat(scores, dim=-1).to(torch.float32) * scale, softcap), dim=-1)
-    window_weights = weights[..., weights.shape[-1] - (stop - window_start):]
+    window_weights = weights[..., weights.shape[-1] - (stop - window_start) :]
     out = torch.matmul(window_weights.to(value.dtype), value[:, :, window_start:stop])
     first = 0
     for v in values:
@@ -229,8 +291,9 @@ def _attend_blocks(queries, positions, method, layout, store, scale, softcap, ou
     packed = memory_queries.reshape(batch, kv_heads, group * rows, head_dim)
     block_ids = select_blocks(memory_queries, store, method.topk)
     keys, values = store.gather(block_ids)
-    block_out, block_lse = attention_with_lse(packed, keys.to(packed.dtype), values.to(packed.dtype), scale=scale,
-                                              softcap=softcap)
+    block_out, block_lse = attention_with_lse(
+        packed, keys.to(packed.dtype), values.to(packed.dtype), scale=scale, softcap=softcap
+    )
     block_out = block_out.reshape(batch, q_heads, rows, head_dim)
     block_lse = block_lse.reshape(batch, q_heads, rows)
     return merge_by_lse(out, lse, block_out, block_lse)
@@ -263,8 +326,9 @@ def block_relevance(memory_queries: torch.Tensor, store: BlockStore) -> torch.Te
     return torch.einsum("bhd,bhnd->bn", probe, store.representatives)
 
 
-def _attend_local_and_score(state, queries, keys, values, positions, resident_positions, index, method, scale,
-                            softcap, sliding_window, out, lse) -> torch.Tensor:
+def _attend_local_and_score(
+    state, queries, keys, values, positions, resident_positions, index, method, scale, softcap, sliding_window, out, lse
+) -> torch.Tensor:
     """Attend each query's local window at true positions, merge it into the memory's (out, lse)
     and add to each window key the attention it received (summed over the query heads of its KV
     head) under the final softmax; returns the merged output (B, Hq, Nq, D) float32.
@@ -313,8 +377,9 @@ def _attend_local_and_score(state, queries, keys, values, positions, resident_po
             weights = weights.sub_(row_max).exp_()
             total = weights.sum(dim=-1, keepdim=True)
             local_out = torch.bmm(weights, window_values[heads]) / total.clamp_min(1e-30)
-            merged_out, merged_lse = merge_by_lse(out[heads, a:b], lse[heads, a:b, 0], local_out,
-                                                  (row_max + total.log()).squeeze(-1))
+            merged_out, merged_lse = merge_by_lse(
+                out[heads, a:b], lse[heads, a:b, 0], local_out, (row_max + total.log()).squeeze(-1)
+            )
             out[heads, a:b], lse[heads, a:b, 0] = merged_out, merged_lse
             # Final softmax weight of each pair = exp(score - row_max) * exp(row_max - final lse).
             received[heads] += torch.bmm(torch.exp(row_max - lse[heads, a:b]).transpose(1, 2), weights)
@@ -339,9 +404,15 @@ def _form_blocks(state, key, value, key_positions, method, layout, *, next_posit
         if state.store is None:
             batch, kv_heads, _, head_dim = key.shape
             state.store = BlockStore(
-                rows=batch, kv_heads=kv_heads, block_size=size, head_dim=head_dim, dtype=key.dtype,
-                device=key.device, storage=storage_for(method, key.device),
-                max_cached_blocks=method.max_cached_blocks, directory=method.storage_dir,
+                rows=batch,
+                kv_heads=kv_heads,
+                block_size=size,
+                head_dim=head_dim,
+                dtype=key.dtype,
+                device=key.device,
+                storage=storage_for(method, key.device),
+                max_cached_blocks=method.max_cached_blocks,
+                directory=method.storage_dir,
             )
         state.store.add(keys, value[:, :, block], chosen.to(torch.float32).mean(dim=2))
         state.blocks_end += size

@@ -145,8 +145,7 @@ def run_compare(
     others = sorted({str(r.get("model")) for r in records} - {model_name})
     if others:
         raise ValueError(
-            f"{out} holds results of another model ({others[0]}), and one report compares one model: "
-            "pass another --out"
+            f"{out} holds results of another model ({others[0]}), and one report compares one model: pass another --out"
         )
     done = {cell_key(r): r.get("settings") for r in records if current_prompts(r)}
     stream = text_stream(tokenizer, texts) if ppl else None
@@ -162,9 +161,17 @@ def run_compare(
             for n in lengths:
                 answer = max((s.max_new_tokens for task in tasks for s in prompts[task.name, n]), default=0)
                 resolved[method, n] = resolve(method, n, n + answer)
-    work = plan(prompts, methods=methods, tasks=tasks, lengths=lengths, seed=seed, ppl=ppl,
-                depends_on_length=depends_on_length, done=done,
-                settings=lambda method, n: resolved.get((method, n)))
+    work = plan(
+        prompts,
+        methods=methods,
+        tasks=tasks,
+        lengths=lengths,
+        seed=seed,
+        ppl=ppl,
+        depends_on_length=depends_on_length,
+        done=done,
+        settings=lambda method, n: resolved.get((method, n)),
+    )
     if on_start:
         on_start(sum(w.tokens for w in work))
     common = {"model": model_name, "seed": seed, "versions": versions or {}}
@@ -191,8 +198,13 @@ def run_compare(
 def _generate_cell(model, tokenizer, sample: Sample, task: Task) -> dict:
     answer = greedy_answer(model, tokenizer, sample.prompt_ids, sample.max_new_tokens)
     return {
-        "task": sample.task, "length": sample.length, "depth": sample.depth, "sample": sample.index,
-        "expected": list(sample.expected), "answer": answer, "score": task.score(sample, answer),
+        "task": sample.task,
+        "length": sample.length,
+        "depth": sample.depth,
+        "sample": sample.index,
+        "expected": list(sample.expected),
+        "answer": answer,
+        "score": task.score(sample, answer),
         "prompt_version": prompt_version(sample.task),
     }
 
@@ -205,8 +217,16 @@ def _perplexity_cells(model, stream: torch.Tensor, item: Work, texts: Sequence[P
     for n in item.covers:
         head = losses[:n]
         buckets = [round(float(head[i : i + BUCKET].mean()), 5) for i in range(0, n, BUCKET)]
-        records.append({
-            "task": PPL, "length": n, "depth": None, "sample": 0, "texts": [Path(p).name for p in texts],
-            "perplexity": round(float(torch.exp(head.mean())), 4), "bucket": BUCKET, "bucket_loss": buckets,
-        })
+        records.append(
+            {
+                "task": PPL,
+                "length": n,
+                "depth": None,
+                "sample": 0,
+                "texts": [Path(p).name for p in texts],
+                "perplexity": round(float(torch.exp(head.mean())), 4),
+                "bucket": BUCKET,
+                "bucket_loss": buckets,
+            }
+        )
     return records

@@ -107,9 +107,14 @@ def greedy_answer(model, tokenizer, ids: list[int], max_new_tokens: int) -> str:
     prompt = torch.tensor([ids], device=model.device)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     with torch.no_grad():
-        generated = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=max_new_tokens,
-                                   do_sample=False, pad_token_id=pad)
-    return tokenizer.decode(generated[0, len(ids):], skip_special_tokens=True).strip()
+        generated = model.generate(
+            prompt,
+            attention_mask=torch.ones_like(prompt),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=pad,
+        )
+    return tokenizer.decode(generated[0, len(ids) :], skip_special_tokens=True).strip()
 
 
 def passkey_key(seed: int, length: int, depth: float, sample: int) -> str:
@@ -184,9 +189,17 @@ def run_passkey(
         started = time.perf_counter()
         answer = greedy_answer(model, tokenizer, ids, max_new_tokens)
         result = PasskeyResult(
-            model=model_name, method=method, length=length, depth=depth, sample=sample, seed=seed,
-            key=key, answer=answer, correct=score_answer(answer, key),
-            seconds=round(time.perf_counter() - started, 3), settings=settings or method,
+            model=model_name,
+            method=method,
+            length=length,
+            depth=depth,
+            sample=sample,
+            seed=seed,
+            key=key,
+            answer=answer,
+            correct=score_answer(answer, key),
+            seconds=round(time.perf_counter() - started, 3),
+            settings=settings or method,
         )
         if out is not None:
             append_record(out, asdict(result))

@@ -128,7 +128,11 @@ def run_perplexity(
         losses = token_losses(model, ids[:, : run_length + 1], on_chunk=on_chunk)
         covered = [n for n in lengths if n <= run_length] if not depends_on_length else [run_length]
         result = PerplexityResult(
-            model=model_name, method=method, settings=settings or method, text=text_path.name, length=run_length,
+            model=model_name,
+            method=method,
+            settings=settings or method,
+            text=text_path.name,
+            length=run_length,
             perplexity={str(n): round(perplexity(losses[:n]), 4) for n in covered},
             bucket_perplexity=[round(p, 4) for p in bucket_perplexity(losses)],
             seconds=round(time.perf_counter() - started, 1),

@@ -40,9 +40,15 @@ def plot_score_by_length(
         lengths = sorted(cells)
         # Methods often score the same (all 100, or all 0): each later line is drawn thinner with
         # smaller markers of another shape on top, so lines that coincide stay visible.
-        axes.plot(lengths, [cells[n] for n in lengths], marker=MARKERS[index % len(MARKERS)],
-                  markersize=max(3.0, 12.0 - 2.0 * index), linewidth=max(1.0, 3.6 - 0.5 * index), label=method,
-                  linestyle=_line_style(index))
+        axes.plot(
+            lengths,
+            [cells[n] for n in lengths],
+            marker=MARKERS[index % len(MARKERS)],
+            markersize=max(3.0, 12.0 - 2.0 * index),
+            linewidth=max(1.0, 3.6 - 0.5 * index),
+            label=method,
+            linestyle=_line_style(index),
+        )
     _mark_trained_length(axes, trained_length)
     axes.set_xscale("log", base=2)
     all_lengths = sorted({n for cells in table.values() for n in cells})
@@ -67,10 +73,15 @@ def plot_heatmaps(
     depths = sorted({d for grid in grids.values() for d, _ in grid})
     lengths = sorted({n for grid in grids.values() for _, n in grid})
     # Constrained layout keeps titles, axis labels and the colour bar apart at any grid size.
-    figure, panels = plt.subplots(rows, columns, figsize=(1.6 + 0.75 * len(lengths) * columns,
-                                                          0.9 + (0.42 * len(depths) + 0.7) * rows),
-                                  dpi=110, squeeze=False, layout="constrained")
-    for axes in panels.flat[len(methods):]:
+    figure, panels = plt.subplots(
+        rows,
+        columns,
+        figsize=(1.6 + 0.75 * len(lengths) * columns, 0.9 + (0.42 * len(depths) + 0.7) * rows),
+        dpi=110,
+        squeeze=False,
+        layout="constrained",
+    )
+    for axes in panels.flat[len(methods) :]:
         axes.set_visible(False)
     colours = plt.get_cmap("RdYlGn").with_extremes(bad="#e6e6e6")
     image = None
@@ -103,8 +114,9 @@ def plot_loss_by_position(
 ) -> Path:
     """Mean loss (nats per token) of each ``bucket`` of positions, one line per method: where a
     method stops using its context, its curve turns up."""
-    return _plot_by_position(curves, path, bucket=bucket, title=title, trained_length=trained_length,
-                             ylabel="loss (nats per token)")
+    return _plot_by_position(
+        curves, path, bucket=bucket, title=title, trained_length=trained_length, ylabel="loss (nats per token)"
+    )
 
 
 def length_label(n: int) -> str:
@@ -121,17 +133,24 @@ def plot_perplexity_by_position(
     trained_length: int | None = None,
 ) -> Path:
     """Perplexity of each ``bucket`` of positions, one line per method (log scale)."""
-    return _plot_by_position(curves, path, bucket=bucket, title=title, trained_length=trained_length,
-                             ylabel="perplexity", log=True)
+    return _plot_by_position(
+        curves, path, bucket=bucket, title=title, trained_length=trained_length, ylabel="perplexity", log=True
+    )
 
 
-def _plot_by_position(curves, path: Path, *, bucket: int, title: str, trained_length: int | None, ylabel: str,
-                      log: bool = False) -> Path:
+def _plot_by_position(
+    curves, path: Path, *, bucket: int, title: str, trained_length: int | None, ylabel: str, log: bool = False
+) -> Path:
     """One line per method of a value per ``bucket`` of positions; a dashed line at the trained length."""
     figure, axes = plt.subplots(figsize=(7, 4.2), dpi=110)
     for index, (method, values) in enumerate(curves.items()):
-        axes.plot([bucket * (k + 1) for k in range(len(values))], values, linewidth=1.8, label=method,
-                  linestyle=_line_style(index))
+        axes.plot(
+            [bucket * (k + 1) for k in range(len(values))],
+            values,
+            linewidth=1.8,
+            label=method,
+            linestyle=_line_style(index),
+        )
     _mark_trained_length(axes, trained_length)
     if log:
         axes.set_yscale("log")
@@ -144,9 +163,17 @@ def _mark_trained_length(axes, trained_length: int | None) -> None:
     """A dashed line at the trained length, labelled above the axes where no curve runs."""
     if trained_length:
         axes.axvline(trained_length, color="grey", linestyle="--", linewidth=1)
-        axes.annotate("trained length", (trained_length, 1.0), xycoords=("data", "axes fraction"),
-                      xytext=(0, 2), textcoords="offset points", va="bottom", ha="center", fontsize=8,
-                      color="grey")
+        axes.annotate(
+            "trained length",
+            (trained_length, 1.0),
+            xycoords=("data", "axes fraction"),
+            xytext=(0, 2),
+            textcoords="offset points",
+            va="bottom",
+            ha="center",
+            fontsize=8,
+            color="grey",
+        )
 
 
 def _line_style(index: int) -> str:

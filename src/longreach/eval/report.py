@@ -88,32 +88,56 @@ def build_tables(records: list[dict], folder: Path | None = None, *, trained_len
     for task in _ordered(r["task"] for r in records):
         if task == PPL or task.startswith(RULER_PREFIX):
             continue
-        entry = Table(f"{task}: score (%)", lengths, _format_scores(records, task, "{:.0f}"),
-                      note=_per_cell(_samples_per_length(records, task)) + _depth_note(records, task))
+        entry = Table(
+            f"{task}: score (%)",
+            lengths,
+            _format_scores(records, task, "{:.0f}"),
+            note=_per_cell(_samples_per_length(records, task)) + _depth_note(records, task),
+        )
         grids = _depth_grids(records, task)
         if folder is not None and grids:
-            entry.figures.append(plot_heatmaps(grids, folder / f"{_slug(task)}-heatmap.png",
-                                               title=f"{task}: score by needle depth and length"))
+            entry.figures.append(
+                plot_heatmaps(
+                    grids, folder / f"{_slug(task)}-heatmap.png", title=f"{task}: score by needle depth and length"
+                )
+            )
         tables.append(entry)
     ruler_tasks = _ordered(r["task"] for r in records if r["task"].startswith(RULER_PREFIX))
     if ruler_tasks:
         average = ruler_average(records)
-        names = ", ".join(t[len(RULER_PREFIX):] for t in ruler_tasks)
-        entry = Table("RULER average: score (%)", lengths, _format(average, "{:.1f}"),
-                      note=f"mean of {len(ruler_tasks)} tasks: {names}")
+        names = ", ".join(t[len(RULER_PREFIX) :] for t in ruler_tasks)
+        entry = Table(
+            "RULER average: score (%)",
+            lengths,
+            _format(average, "{:.1f}"),
+            note=f"mean of {len(ruler_tasks)} tasks: {names}",
+        )
         if folder is not None and average:
-            entry.figures.append(plot_score_by_length(average, folder / "ruler.png", title="RULER-style tasks, average",
-                                                      trained_length=trained_length, ylabel="score (%)"))
+            entry.figures.append(
+                plot_score_by_length(
+                    average,
+                    folder / "ruler.png",
+                    title="RULER-style tasks, average",
+                    trained_length=trained_length,
+                    ylabel="score (%)",
+                )
+            )
         tables.append(entry)
-        by_task = {f"{task[len(RULER_PREFIX):]} · {method}": cells for task in ruler_tasks
-                   for method, cells in _format_scores(records, task, "{:.1f}").items()}
+        by_task = {
+            f"{task[len(RULER_PREFIX) :]} · {method}": cells
+            for task in ruler_tasks
+            for method, cells in _format_scores(records, task, "{:.1f}").items()
+        }
         samples = _samples_per_length(records, ruler_tasks[0])
-        tables.append(Table("RULER tasks: score (%)", lengths, by_task, note=_per_cell(samples),
-                            row_label="task · method"))
+        tables.append(
+            Table("RULER tasks: score (%)", lengths, by_task, note=_per_cell(samples), row_label="task · method")
+        )
     ppl = [r for r in records if r["task"] == PPL]
     if ppl:
-        table = {m: {r["length"]: r["perplexity"] for r in ppl if r["method"] == m}
-                 for m in _ordered(r["method"] for r in ppl)}
+        table = {
+            m: {r["length"]: r["perplexity"] for r in ppl if r["method"] == m}
+            for m in _ordered(r["method"] for r in ppl)
+        }
         texts = ", ".join(ppl[0].get("texts", []))
         entry = Table("ppl: perplexity", lengths, _format(table, "{:.2f}"), note=f"on {texts}")
         curves = {}
@@ -121,9 +145,15 @@ def build_tables(records: list[dict], folder: Path | None = None, *, trained_len
             longest = max((r for r in ppl if r["method"] == method), key=lambda r: r["length"])
             curves[method] = longest["bucket_loss"]
         if folder is not None:
-            entry.figures.append(plot_loss_by_position(curves, folder / "ppl.png", bucket=ppl[0]["bucket"],
-                                                       title=f"Loss by position on {texts}",
-                                                       trained_length=trained_length))
+            entry.figures.append(
+                plot_loss_by_position(
+                    curves,
+                    folder / "ppl.png",
+                    bucket=ppl[0]["bucket"],
+                    title=f"Loss by position on {texts}",
+                    trained_length=trained_length,
+                )
+            )
         tables.append(entry)
     return tables
 
@@ -149,11 +179,17 @@ def write_report(folder: Path) -> Path:
     if trained:
         lines += [f"Trained length {trained} tokens; seed {records[0]['seed']}.", ""]
     methods = _ordered(f"`{r['method']}`" for r in records)
-    lines += [f"Methods: {', '.join(methods)}. Scores are the share of expected strings found in the answer "
-              "(RULER's string_match_all), in percent.", ""]
+    lines += [
+        f"Methods: {', '.join(methods)}. Scores are the share of expected strings found in the answer "
+        "(RULER's string_match_all), in percent.",
+        "",
+    ]
     if outdated:
-        lines += [f"{len(outdated)} cells recorded with older prompts than their tasks build now are left out; "
-                  "rerun the compare command to measure them again.", ""]
+        lines += [
+            f"{len(outdated)} cells recorded with older prompts than their tasks build now are left out; "
+            "rerun the compare command to measure them again.",
+            "",
+        ]
     for table in tables:
         lines += [f"## {table.title}", "", *markdown_table(table), ""]
         if table.note:
@@ -184,8 +220,9 @@ def markdown_table(table: Table) -> list[str]:
     """The lines of a markdown table: methods x lengths."""
     head = f"| {table.row_label} | " + " | ".join(length_label(n) for n in table.lengths) + " |"
     rule = "| --- |" + " ---: |" * len(table.lengths)
-    rows = [f"| {m} | " + " | ".join(cells.get(n, "-") for n in table.lengths) + " |"
-            for m, cells in table.cells.items()]
+    rows = [
+        f"| {m} | " + " | ".join(cells.get(n, "-") for n in table.lengths) + " |" for m, cells in table.cells.items()
+    ]
     return [head, rule, *rows]
 
 
@@ -194,8 +231,13 @@ def _format_scores(records: list[dict], task: str, pattern: str) -> dict[str, di
     cell of its length (a comparison may sample longer lengths at fewer depths)."""
     table, count = scores(records, task), counts(records, task)
     full = _samples_per_length(records, task)
-    return {m: {n: pattern.format(v) + ("" if count[m][n] == full[n] else f" ({count[m][n]} of {full[n]})")
-                for n, v in cells.items()} for m, cells in table.items()}
+    return {
+        m: {
+            n: pattern.format(v) + ("" if count[m][n] == full[n] else f" ({count[m][n]} of {full[n]})")
+            for n, v in cells.items()
+        }
+        for m, cells in table.items()
+    }
 
 
 def _format(table: dict[str, dict[int, float]], pattern: str) -> dict[str, dict[int, str]]:

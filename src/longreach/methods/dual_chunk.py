@@ -73,8 +73,13 @@ class DualChunk(Method):
         return temperature if scale is None else scale * temperature
 
     def check_model(self, trained_length: int) -> None:
-        check_fits("DualChunk", f"chunk_size={self.chunk_size}", self.chunk_size, trained_length,
-                   f"use DualChunk.for_model({trained_length})")
+        check_fits(
+            "DualChunk",
+            f"chunk_size={self.chunk_size}",
+            self.chunk_size,
+            trained_length,
+            f"use DualChunk.for_model({trained_length})",
+        )
 
     @classmethod
     def for_model(cls, trained_length: int, **common) -> DualChunk:

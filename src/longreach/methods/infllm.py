@@ -91,8 +91,13 @@ class InfLLM(Method):
         return (local, memory)
 
     def check_model(self, trained_length: int) -> None:
-        check_fits("InfLLM", f"n_init + n_local = {self.vanilla_length}", self.vanilla_length - 1, trained_length,
-                   f"use InfLLM.for_model({trained_length})")
+        check_fits(
+            "InfLLM",
+            f"n_init + n_local = {self.vanilla_length}",
+            self.vanilla_length - 1,
+            trained_length,
+            f"use InfLLM.for_model({trained_length})",
+        )
 
     @classmethod
     def for_model(cls, trained_length: int, n_local: int | None = None, **common) -> InfLLM:

@@ -81,13 +81,16 @@ class ReRoPE(Method):
         return ReRoPE.for_target(length, trained_length, leaky=True, log_scale_base=self.log_scale_base)
 
     def check_model(self, trained_length: int) -> None:
-        check_fits("ReRoPE", f"window={self.window}", self.window, trained_length,
-                   f"use a window below {trained_length}, e.g. ReRoPE.for_target(n, {trained_length})")
+        check_fits(
+            "ReRoPE",
+            f"window={self.window}",
+            self.window,
+            trained_length,
+            f"use a window below {trained_length}, e.g. ReRoPE.for_target(n, {trained_length})",
+        )
 
     @classmethod
-    def for_target(
-        cls, target_length: int, trained_length: int, *, leaky: bool = False, **common
-    ) -> ReRoPE:
+    def for_target(cls, target_length: int, trained_length: int, *, leaky: bool = False, **common) -> ReRoPE:
         """window = trained_length // 8 (ReRoPE's author uses 512 on 4k models) and log-n scaling
         with base trained_length, as in the reference. Leaky: the smallest integer factor that
         keeps every distance inside the trained length.

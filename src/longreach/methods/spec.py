@@ -11,8 +11,9 @@ class MethodSpecError(ValueError):
     """A method spec that names no method or gives bad settings."""
 
 
-def parse_method(spec: str, *, target_length: int | None = None, trained_length: int | None = None,
-                 sliding_window: int | None = None) -> Method:
+def parse_method(
+    spec: str, *, target_length: int | None = None, trained_length: int | None = None, sliding_window: int | None = None
+) -> Method:
     """Build a method config from a spec.
 
     ``NAME:auto`` picks settings for ``target_length`` on a model trained to ``trained_length``

@@ -37,8 +37,13 @@ class StreamingLLM(Method):
         return (recent, sinks)
 
     def check_model(self, trained_length: int) -> None:
-        check_fits("StreamingLLM", f"n_sink + window = {self.n_sink + self.window}", self.n_sink + self.window - 1,
-                   trained_length, f"use StreamingLLM.for_model({trained_length})")
+        check_fits(
+            "StreamingLLM",
+            f"n_sink + window = {self.n_sink + self.window}",
+            self.n_sink + self.window - 1,
+            trained_length,
+            f"use StreamingLLM.for_model({trained_length})",
+        )
 
     @classmethod
     def for_model(cls, trained_length: int, **common) -> StreamingLLM:
