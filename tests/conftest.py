@@ -6,6 +6,8 @@ import pytest
 import torch
 import transformers
 
+from longreach.forward_args import cache_keyword
+
 COMMON = dict(
     vocab_size=128,
     hidden_size=64,
@@ -103,6 +105,12 @@ def attention_inputs(case: dict) -> dict:
     )
 
 
+def cached(model, cache) -> dict:
+    """``cache`` as the keyword argument the installed transformers names it (``cache`` from 5.24,
+    ``past_key_values`` before), so tests take the path users' current code takes."""
+    return {cache_keyword(model.forward): cache}
+
+
 def logits(model, ids, **kwargs) -> torch.Tensor:
     with torch.no_grad():
         return model(ids, **kwargs).logits
@@ -112,7 +120,7 @@ def logits_in_pieces(model, ids, spans) -> torch.Tensor:
     """Logits of ``ids`` read as the (start, stop) ``spans``, in order, through one cache: a
     chunked prefill and token-by-token decoding, to compare with reading ``ids`` at once."""
     cache = transformers.DynamicCache(config=model.config)
-    return torch.cat([logits(model, ids[:, a:b], past_key_values=cache, use_cache=True) for a, b in spans], dim=1)
+    return torch.cat([logits(model, ids[:, a:b], **cached(model, cache), use_cache=True) for a, b in spans], dim=1)
 
 
 def left_pad(rows: list[list[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
