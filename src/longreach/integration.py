@@ -231,7 +231,13 @@ def restore(model: PreTrainedModel) -> PreTrainedModel:
 
 
 def current_method(model: PreTrainedModel) -> Method | None:
-    """The method a model is extended with, or None."""
+    """The method a model is extended with, or None.
+
+    Example:
+        >>> longreach.extend(model, longreach.SelfExtend(group_size=4, window=1024))  # doctest: +SKIP
+        >>> current_method(model)  # doctest: +SKIP
+        SelfExtend(group_size=4, window=1024)
+    """
     extension = _extension(model)
     return extension.method if extension else None
 

@@ -57,6 +57,12 @@ class Method:
 
     ``log_scale_base`` (every method accepts it) scales each query by
     ``max(1, log(i + 1) / log(log_scale_base))``, the log-n attention scaling of ReRoPE and LongLM.
+
+    Example:
+        >>> from longreach import SelfExtend
+        >>> method = SelfExtend(group_size=4, window=1024)
+        >>> method.spec(), method.max_length(8192)
+        ('self-extend:group_size=4,window=1024', 29696)
     """
 
     log_scale_base: int | None = field(default=None, kw_only=True)
