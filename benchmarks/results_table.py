@@ -1,28 +1,31 @@
 """Markdown tables for docs/results.md from the benchmarks' JSON lines.
 
     .venv/bin/python benchmarks/results_table.py docs/benchmarks/passkey-methods/passkey.jsonl
+    .venv/bin/python benchmarks/results_table.py docs/benchmarks/passkey-methods/passkey.jsonl --prompt-version 1
     .venv/bin/python benchmarks/results_table.py docs/benchmarks/perplexity-methods/perplexity.jsonl
     .venv/bin/python benchmarks/results_table.py docs/benchmarks/speed-methods.json
 
 Passkey cells are correct/total over the samples recorded for (method, length), the last record
 of each; perplexity cells the perplexity over the first `length` tokens; speed rows (from
 benchmarks/prefill_speed.py) each method's prefill and decode against vanilla's at the same length.
+Passkey tables hold the records of the prompts built now unless ``--prompt-version`` names older ones.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from collections import defaultdict
 from pathlib import Path
 
-from longreach.eval.passkey import accuracy_table, read_results
+from longreach.eval.passkey import PROMPT_VERSION, accuracy_table, read_results
 from longreach.eval.records import read_records
 from longreach.eval.report import Table, markdown_table
 
 
-def passkey_table(path: Path) -> Table:
-    table = accuracy_table(read_results(path))  # a sample recorded twice counts once: the last
+def passkey_table(path: Path, prompt_version: int = PROMPT_VERSION) -> Table:
+    # A sample recorded twice counts once: the last.
+    table = accuracy_table(read_results(path, prompt_version=prompt_version))
     lengths = sorted({n for by in table.values() for n in by})
     return Table("passkey", lengths, {m: {n: f"{c}/{t}" for n, (c, t) in by.items()} for m, by in table.items()})
 
@@ -56,14 +59,21 @@ def speed_lines(rows: list[dict]) -> list[str]:
     return lines
 
 
-def main(path: str) -> None:
-    if path.endswith(".json"):
-        print("\n".join(speed_lines(json.loads(Path(path).read_text())["rows"])))
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("path", help="a passkey or perplexity .jsonl, or a prefill_speed.py .json")
+    parser.add_argument("--prompt-version", type=int, default=PROMPT_VERSION, help="passkey prompts of this version")
+    args = parser.parse_args()
+    if args.path.endswith(".json"):
+        print("\n".join(speed_lines(json.loads(Path(args.path).read_text())["rows"])))
         return
-    records = read_records(Path(path))
-    table = perplexity_table(records) if records and "perplexity" in records[0] else passkey_table(Path(path))
+    records = read_records(Path(args.path))
+    if records and "perplexity" in records[0]:
+        table = perplexity_table(records)
+    else:
+        table = passkey_table(Path(args.path), args.prompt_version)
     print("\n".join(markdown_table(table)))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main()
