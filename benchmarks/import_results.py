@@ -13,12 +13,15 @@ version is left alone.
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
 
 from longreach.eval.compare import PPL, RESULTS, cell_key, latest_cells
 from longreach.eval.records import append_record, read_records
+from longreach.eval.report import RUN
+from longreach.methods import parse_method
 
 
 def from_passkey(record: dict, source: str) -> dict:
@@ -41,20 +44,38 @@ def from_passkey(record: dict, source: str) -> dict:
     }
 
 
-def from_perplexity(record: dict, source: str) -> list[dict]:
-    """One compare record per length the run covers (bucket losses from its bucket perplexities)."""
+def from_perplexity(record: dict, source: str, trained_length: int | None) -> list[dict]:
+    """One compare record per length the run answers (bucket losses from its bucket perplexities).
+
+    The perplexity command reads every prefix with the settings of its longest length, where
+    compare reads each length with the settings of that length: a shorter prefix answers a cell
+    only where the spec picks the same settings for it (always, but for a ``NAME:auto``; with the
+    trained length unknown, a ``NAME:auto`` run answers only its longest length)."""
     bucket = record["bucket"]
     losses = [math.log(p) for p in record["bucket_perplexity"]]
+    lengths = {int(n): value for n, value in record["perplexity"].items()}
+    longest = max(lengths)
+
+    def same_choice(n: int) -> bool:
+        if n == longest or record["method"].partition(":")[2].strip() != "auto":
+            return True
+        if trained_length is None:
+            return False
+        return (
+            parse_method(record["method"], target_length=n, trained_length=trained_length).spec() == record["settings"]
+        )
+
+    lengths = {n: value for n, value in lengths.items() if same_choice(n)}
     return [
         {
             "task": PPL,
-            "length": int(n),
+            "length": n,
             "depth": None,
             "sample": 0,
             "texts": [record["text"]],
             "perplexity": value,
             "bucket": bucket,
-            "bucket_loss": [round(x, 5) for x in losses[: -(-int(n) // bucket)]],
+            "bucket_loss": [round(x, 5) for x in losses[: -(-n // bucket)]],
             "method": record["method"],
             "settings": record["settings"],
             "model": record["model"],
@@ -63,7 +84,7 @@ def from_perplexity(record: dict, source: str) -> list[dict]:
             "seconds": record["seconds"],
             "source": source,
         }
-        for n, value in record["perplexity"].items()
+        for n, value in lengths.items()
     ]
 
 
@@ -74,13 +95,17 @@ def held_as(record: dict) -> tuple:
 
 def main(folder: str, *sources: str) -> None:
     results = Path(folder) / RESULTS
+    run = Path(folder) / RUN
+    trained = json.loads(run.read_text()).get("trained_length") if run.is_file() else None
     held = {cell_key(r): held_as(r) for r in read_records(results) if "task" in r}  # the last record counts
     converted = latest_cells(
         [
             entry
             for source in sources
             for record in read_records(Path(source))
-            for entry in (from_perplexity(record, source) if "perplexity" in record else [from_passkey(record, source)])
+            for entry in (
+                from_perplexity(record, source, trained) if "perplexity" in record else [from_passkey(record, source)]
+            )
         ]
     )
     added = 0

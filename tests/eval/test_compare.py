@@ -265,3 +265,18 @@ def test_a_cell_is_counted_against_the_fullest_cell_of_its_own_length():
     (table,) = build_tables(records)
     assert table.cells == {"a": {4096: "100", 16384: "100"}, "b": {4096: "100", 16384: "100 (1 of 3)"}}
     assert table.note.startswith("5 samples per cell (3 at 16k) over depths")
+
+
+def test_a_ppl_cell_reads_its_length_with_the_settings_of_that_length(tiny_model_dir, tmp_path, novel):
+    # Trained to 256: self-extend:auto is the model itself at 200 tokens and groups at 400, so one
+    # 400-token run cannot answer the 200 cell (it would group what a 200-token input does not).
+    out = tmp_path / "cmp"
+    argv = compare_argv(tiny_model_dir, out, novel, tasks="passkey,ppl", methods=["vanilla", "self-extend:auto"])
+    assert main(argv) == 0
+    found = records(out)
+    settings = {(r["task"], r["method"], r["length"]): r["settings"] for r in found}
+    for n in (200, 400):
+        assert settings["ppl", "self-extend:auto", n] == settings["passkey", "self-extend:auto", n]
+    assert settings["ppl", "self-extend:auto", 200] != settings["ppl", "self-extend:auto", 400]
+    ppl = {(r["method"], r["length"]): r["perplexity"] for r in found if r["task"] == "ppl"}
+    assert ppl["self-extend:auto", 200] == pytest.approx(ppl["vanilla", 200], rel=1e-5)

@@ -11,6 +11,7 @@ the order of work, so results are deterministic for a seed.
 from __future__ import annotations
 
 import time
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,7 +79,9 @@ def plan(
     """Every cell not in ``done`` (cell -> the settings it ran with, of records with the task's
     current prompts), grouped by method then length (one model change per group). A cell
     recorded with other settings than ``settings(method, length)`` resolves to now counts as
-    missing: a ``NAME:auto`` whose choice changed is rerun, not reported under its old choice."""
+    missing: a ``NAME:auto`` whose choice changed is rerun, not reported under its old choice.
+    A perplexity cell at length n is the first n tokens read with the settings of length n, like
+    every other cell of that column."""
 
     def finished(cell: tuple, run_length: int) -> bool:
         return cell in done and same_settings(done[cell], settings(cell[1], run_length))
@@ -91,7 +94,15 @@ def plan(
                     if not finished((task.name, method, length, sample.depth, sample.index, seed), length):
                         work.append(Work(method, length, sample))
         if ppl:
-            runs = [(n, (n,)) for n in lengths] if depends_on_length(method) else [(max(lengths), tuple(lengths))]
+            if depends_on_length(method):
+                runs = [(n, (n,)) for n in lengths]
+            else:
+                # A causal method's run reads every shorter prefix too, but only lengths it would
+                # run with the same settings at may share it: a NAME:auto chooses per length.
+                alike: dict[str | None, list[int]] = defaultdict(list)
+                for n in sorted(lengths):
+                    alike[settings(method, n)].append(n)
+                runs = sorted((max(covers), tuple(covers)) for covers in alike.values())
             for run_length, covers in runs:
                 missing = tuple(n for n in covers if not finished((PPL, method, n, None, 0, seed), run_length))
                 if missing:
