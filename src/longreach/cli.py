@@ -554,7 +554,12 @@ def build_parser() -> argparse.ArgumentParser:
     model_options(perplexity)
     perplexity.add_argument("--method", action="append", help="NAME[:key=value,...|:auto], repeatable")
     perplexity.add_argument("--text", required=True, help="a long plain-text file (e.g. a public-domain novel)")
-    perplexity.add_argument("--lengths", default="4k,8k,16k,32k", help="comma-separated input lengths")
+    perplexity.add_argument(
+        "--lengths",
+        default="4k,8k,16k,32k",
+        help="comma-separated input lengths; NAME:auto picks its settings for the longest and reads the shorter "
+        "as its prefixes (compare's ppl task picks them per length)",
+    )
     perplexity.add_argument("--out", default="results/perplexity", help="output folder (resumes from its JSON lines)")
     perplexity.set_defaults(run=cmd_perplexity)
 

@@ -5,7 +5,10 @@ The text is tokenized once; for an input of L tokens the model reads the first L
 chunks through its cache (chunked prefill, so logits never exceed one chunk) and the loss of
 every next-token prediction is kept. Methods whose attention at a position does not depend on
 how long the input will become (all but dynamic NTK) are run once at the longest length: by
-causality the first L losses are exactly those of an input of L tokens.
+causality the first L losses are exactly those of an input of L tokens. So the command reads
+one document with the settings a ``NAME:auto`` picks for its longest length, and the shorter
+lengths are positions along it; compare's ``ppl`` task instead reads each length with the
+settings picked for that length, like its other tasks.
 """
 
 from __future__ import annotations
