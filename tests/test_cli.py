@@ -5,6 +5,7 @@ import json
 import pytest
 
 from longreach.cli import main
+from longreach.eval.passkey import PROMPT_VERSION
 
 
 @pytest.mark.parametrize(
@@ -48,6 +49,7 @@ def test_passkey_writes_jsonl_summary_and_plot(tiny_model_dir, tmp_path, capsys)
     assert len(lines) == 4
     summary = json.loads((out / "passkey.json").read_text())
     assert set(summary["accuracy"]) == {"vanilla", "self-extend:group_size=2,window=64"}
+    assert summary["prompt_version"] == PROMPT_VERSION  # what the counts were asked with
     assert (out / "passkey.png").read_bytes()[:4] == b"\x89PNG"
     assert "self-extend:group_size=2,window=64" in capsys.readouterr().out
     assert main(argv) == 0  # a rerun resumes: nothing new to write

@@ -130,6 +130,7 @@ def cmd_passkey(args: argparse.Namespace) -> int:
         DEFAULT_DEPTHS,
         FILLER,
         PASSKEY_NEW_TOKENS,
+        PROMPT_VERSION,
         accuracy_table,
         read_results,
         run_passkey,
@@ -203,6 +204,7 @@ def cmd_passkey(args: argparse.Namespace) -> int:
         "model": args.model,
         "trained_length": trained,
         "seed": args.seed,
+        "prompt_version": PROMPT_VERSION,
         "depths": sorted({r.depth for r in folder}),
         "samples": len({r.sample for r in folder}),
         "accuracy": {
