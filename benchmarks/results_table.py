@@ -72,6 +72,9 @@ def main() -> None:
         table = perplexity_table(records)
     else:
         table = passkey_table(Path(args.path), args.prompt_version)
+    if not table.cells:
+        version = args.prompt_version
+        raise SystemExit(f"{args.path} holds no records (of passkey prompt version {version}: see --prompt-version)")
     print("\n".join(markdown_table(table)))
 
 
