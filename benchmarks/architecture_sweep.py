@@ -27,7 +27,7 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 import longreach
-from longreach.forward_args import cache_keyword
+from longreach.forward_args import cache_kwargs
 
 SMALL = dict(
     vocab_size=128,
@@ -70,7 +70,7 @@ def check(model_type: str, max_params: int) -> dict:
         at_once = forward(model, ids)
         cache = DynamicCache(config=model.config)
         steps = [
-            forward(model, ids[:, a:b], use_cache=True, **{cache_keyword(model.forward): cache})
+            forward(model, ids[:, a:b], use_cache=True, **cache_kwargs(model, cache))
             for a, b in [(0, 8), *((i, i + 1) for i in range(8, 40))]
         ]
         difference = float((torch.cat(steps, dim=1) - at_once).abs().max())

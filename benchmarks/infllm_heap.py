@@ -19,7 +19,7 @@ import torch
 from infllm_stream import rss_gib
 from transformers import DynamicCache
 
-from longreach.forward_args import cache_keyword
+from longreach.forward_args import cache_kwargs
 
 
 class MallInfo2(ctypes.Structure):
@@ -71,7 +71,7 @@ def main() -> None:
     # Registered after extend()'s own hook, so it sees RSS once the heap has been released.
     at_start = []
     model.base_model.register_forward_pre_hook(lambda *_: at_start.append(rss_gib()))
-    cache_argument = {cache_keyword(model.forward): cache}
+    cache_argument = cache_kwargs(model, cache)
     print("tokens  RSS at block start MiB  RSS after block MiB  heap in use MiB  heap free MiB")
     for start in range(0, length, method.exec_block):
         stop = start + method.exec_block

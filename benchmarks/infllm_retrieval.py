@@ -22,7 +22,7 @@ from rich.table import Table
 import longreach
 from longreach.engine import memory_attention
 from longreach.eval.passkey import PASSKEY_NEW_TOKENS, passkey_key, passkey_prompt, score_answer
-from longreach.forward_args import cache_keyword
+from longreach.forward_args import cache_kwargs
 from longreach.integration import trained_length
 from longreach.methods import parse_length, parse_method
 
@@ -65,7 +65,7 @@ def main() -> None:
             do_sample=False,
             max_new_tokens=PASSKEY_NEW_TOKENS,
             pad_token_id=tokenizer.eos_token_id,
-            **{cache_keyword(model.forward): cache},
+            **cache_kwargs(model, cache),
             output_scores=True,
             return_dict_in_generate=True,
         )

@@ -24,7 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from transformers import DynamicCache
 
-from longreach.forward_args import cache_keyword
+from longreach.forward_args import cache_kwargs
 
 
 def rss_gib() -> float:
@@ -79,7 +79,7 @@ def main() -> None:
 
     def read(a: int, b: int) -> None:
         with torch.no_grad():
-            logits = model(ids[:, a:b], use_cache=True, **{cache_keyword(model.forward): cache}).logits[0].float()
+            logits = model(ids[:, a:b], use_cache=True, **cache_kwargs(model, cache)).logits[0].float()
         targets = ids[0, a + 1 : b + 1]
         losses.append(-torch.log_softmax(logits, -1).gather(1, targets[:, None]).squeeze(1).double())
 

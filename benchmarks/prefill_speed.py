@@ -24,7 +24,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from longreach.forward_args import cache_keyword
+from longreach.forward_args import cache_kwargs
 
 
 def kv_bytes(cache) -> int:
@@ -65,7 +65,7 @@ def measure(model_name: str, spec: str, length: int, decode_steps: int, seed: in
         token = out.logits[:, -1:].argmax(-1)
         started = time.perf_counter()
         for _ in range(decode_steps):
-            out = model(token, use_cache=True, **{cache_keyword(model.forward): cache})
+            out = model(token, use_cache=True, **cache_kwargs(model, cache))
             token = out.logits[:, -1:].argmax(-1)
         decode = (time.perf_counter() - started) / max(1, decode_steps)
     return {

@@ -6,7 +6,7 @@ import pytest
 import torch
 import transformers
 
-from longreach.forward_args import cache_keyword
+from longreach.forward_args import cache_kwargs
 
 COMMON = dict(
     vocab_size=128,
@@ -105,12 +105,6 @@ def attention_inputs(case: dict) -> dict:
     )
 
 
-def cached(model, cache) -> dict:
-    """``cache`` as the keyword argument the installed transformers names it (``cache`` from 5.24,
-    ``past_key_values`` before), so tests take the path users' current code takes."""
-    return {cache_keyword(model.forward): cache}
-
-
 def logits(model, ids, **kwargs) -> torch.Tensor:
     with torch.no_grad():
         return model(ids, **kwargs).logits
@@ -120,7 +114,9 @@ def logits_in_pieces(model, ids, spans) -> torch.Tensor:
     """Logits of ``ids`` read as the (start, stop) ``spans``, in order, through one cache: a
     chunked prefill and token-by-token decoding, to compare with reading ``ids`` at once."""
     cache = transformers.DynamicCache(config=model.config)
-    return torch.cat([logits(model, ids[:, a:b], **cached(model, cache), use_cache=True) for a, b in spans], dim=1)
+    return torch.cat(
+        [logits(model, ids[:, a:b], **cache_kwargs(model, cache), use_cache=True) for a, b in spans], dim=1
+    )
 
 
 def left_pad(rows: list[list[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -3,11 +3,12 @@
 import pytest
 import torch
 import transformers
-from conftest import COMMON, FAMILIES, cached, left_pad, logits, logits_in_pieces, tiny_model
+from conftest import COMMON, FAMILIES, left_pad, logits, logits_in_pieces, tiny_model
 from transformers import AttentionInterface, DynamicCache
 
 import longreach
 from longreach.engine.reference import reference_attention
+from longreach.forward_args import cache_kwargs
 from longreach.integration import _rope_of, describe_rotary, longreach_attention
 
 EQUIVALENCE_FAMILIES = sorted(FAMILIES)
@@ -94,7 +95,7 @@ def test_chunked_prefill_and_decode_match_one_shot(family):
     pieces = []
     for start, stop in [(0, 17), (17, 18), (18, 40)] + [(i, i + 1) for i in range(40, 50)]:
         with torch.no_grad():
-            out = model(ids[:, start:stop], **cached(model, cache), use_cache=True)
+            out = model(ids[:, start:stop], **cache_kwargs(model, cache), use_cache=True)
         pieces.append(out.logits)
     assert cache.get_seq_length() == 50
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-5)
@@ -368,14 +369,14 @@ def test_decoding_rotates_only_new_keys_and_beam_search_stays_exact(monkeypatch)
     ids = torch.randint(3, 128, (2, 40))
     cache = DynamicCache(config=model.config)
     with torch.no_grad():
-        first = model(ids, **cached(model, cache), use_cache=True)
+        first = model(ids, **cache_kwargs(model, cache), use_cache=True)
     assert type(cache) is LongReachCache and cache.get_seq_length() == 40  # adopted in place
     rotated = []
     original = RotaryLayout.apply
     monkeypatch.setattr(RotaryLayout, "apply", lambda self, x, a: rotated.append(x.shape[2]) or original(self, x, a))
     step = first.logits[:, -1:].argmax(-1)
     with torch.no_grad():
-        decoded = model(step, **cached(model, cache), use_cache=True).logits
+        decoded = model(step, **cache_kwargs(model, cache), use_cache=True).logits
     assert rotated and max(rotated) == 1  # one new key (and one query) per layer, not 41 keys
     torch.testing.assert_close(decoded[:, -1], logits(model, torch.cat((ids, step), 1))[:, -1], atol=1e-5, rtol=1e-5)
     monkeypatch.undo()
@@ -399,10 +400,10 @@ def test_decoding_appends_to_the_cache_in_place():
     cache = DynamicCache(config=model.config)
     sequence, pointers = ids, []
     with torch.no_grad():
-        out = model(ids, **cached(model, cache), use_cache=True)
+        out = model(ids, **cache_kwargs(model, cache), use_cache=True)
         for _ in range(4):
             sequence = torch.cat((sequence, out.logits[:, -1:].argmax(-1)), dim=1)
-            out = model(sequence[:, -1:], **cached(model, cache), use_cache=True)
+            out = model(sequence[:, -1:], **cache_kwargs(model, cache), use_cache=True)
             pointers.append([(layer.keys.data_ptr(), layer.values.data_ptr()) for layer in cache.layers])
     assert all(type(layer) is AppendingLayer for layer in cache.layers)
     assert pointers[1] == pointers[2] == pointers[3]  # copied once (at the first step), then in place

@@ -2,10 +2,11 @@
 
 import pytest
 import torch
-from conftest import cached, left_pad, logits, tiny_model
+from conftest import left_pad, logits, tiny_model
 from transformers import DynamicCache
 
 import longreach
+from longreach.forward_args import cache_kwargs
 
 TRAINED = 32
 
@@ -75,7 +76,7 @@ def test_dynamic_ntk_chunked_prefill_past_the_trained_length():
     full = logits(model, ids)
     cache = DynamicCache(config=model.config)
     with torch.no_grad():
-        pieces = [model(ids[:, a:b], **cached(model, cache)).logits for a, b in [(0, 20), (20, 45), (45, 60)]]
+        pieces = [model(ids[:, a:b], **cache_kwargs(model, cache)).logits for a, b in [(0, 20), (20, 45), (45, 60)]]
     # Each chunk's queries see the frequencies of the length so far; the last chunk sees them all at 60.
     torch.testing.assert_close(pieces[-1][:, -1], full[:, -1], atol=1e-4, rtol=1e-4)
 

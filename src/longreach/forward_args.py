@@ -26,6 +26,15 @@ def cache_keyword(forward) -> str:
     return next((name for name in CACHE_NAMES if name in parameters), CACHE_NAMES[-1])
 
 
+def cache_kwargs(model, cache) -> dict:
+    """``cache`` as the keyword argument ``model``'s forward takes it under, to pass as ``**``.
+
+    Example:
+        >>> out = model(ids, use_cache=True, **cache_kwargs(model, cache))  # doctest: +SKIP
+    """
+    return {cache_keyword(model.forward): cache}
+
+
 def given_cache(kwargs: dict) -> tuple[str | None, object | None]:
     """The keyword a forward call names its cache under (None if it names none) and the cache."""
     name = next((name for name in CACHE_NAMES if name in kwargs), None)

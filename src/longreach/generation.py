@@ -6,7 +6,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import DynamicCache, PreTrainedModel
 
-from longreach.forward_args import cache_keyword
+from longreach.forward_args import cache_kwargs
 from longreach.integration import current_method
 from longreach.methods.infllm import InfLLM
 
@@ -49,7 +49,7 @@ def prefill(
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     cache = cache if cache is not None else DynamicCache(config=model.config)
-    cache_argument = {cache_keyword(model.forward): cache}
+    cache_argument = cache_kwargs(model, cache)
     start = cache.get_seq_length()
     if start >= input_ids.shape[1]:
         raise ValueError(f"the cache already holds {start} tokens, the whole {input_ids.shape[1]}-token input")

@@ -5,7 +5,7 @@ import platform
 
 import pytest
 import torch
-from conftest import attention_inputs, cached, left_pad, logits, tiny_model
+from conftest import attention_inputs, left_pad, logits, tiny_model
 from formulas import formula_attention
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -17,6 +17,7 @@ from longreach.engine import memory_attention
 from longreach.engine.memory_attention import MemoryState, attend_with_memory, select_blocks
 from longreach.engine.reference import rope
 from longreach.engine.rotary import RotaryLayout
+from longreach.forward_args import cache_kwargs
 from longreach.memory import BlockStore, release_free_heap
 from longreach.methods import parse_method
 
@@ -266,7 +267,7 @@ def decode(model, ids, cache, steps):
     token, out = ids[:, -1:], []
     for _ in range(steps):
         with torch.no_grad():
-            step = model(token, **cached(model, cache), use_cache=True).logits[:, -1]
+            step = model(token, **cache_kwargs(model, cache), use_cache=True).logits[:, -1]
         out.append(step)
         token = step.argmax(-1, keepdim=True)
     return torch.stack(out, dim=1)
@@ -279,7 +280,7 @@ def test_chunked_prefill_and_decoding_equal_one_shot_prefill_and_decoding():
     runs = []
     for chunks in ([(0, 60)], [(0, 8), (8, 12), (12, 36), (36, 60)]):
         cache = DynamicCache(config=model.config)
-        prefill = [logits(model, ids[:, a:b], **cached(model, cache), use_cache=True) for a, b in chunks]
+        prefill = [logits(model, ids[:, a:b], **cache_kwargs(model, cache), use_cache=True) for a, b in chunks]
         assert cache.get_seq_length() == 60
         assert all(layer.keys.shape[2] <= 2 + 4 + 8 for layer in cache.layers)
         runs.append((torch.cat(prefill, dim=1), decode(model, ids[:, :61], cache, 12)))
@@ -307,8 +308,8 @@ def test_a_sliding_window_model_narrows_only_the_local_part_and_refuses_a_wider_
     assert (logits(model, ids[:, :16]) - own).abs().max() <= 1e-5
     at_once = logits(model, ids)
     cache = DynamicCache(config=model.config)
-    read = logits(model, ids[:, :8], **cached(model, cache), use_cache=True)
-    steps = [logits(model, ids[:, t : t + 1], **cached(model, cache), use_cache=True) for t in range(8, 60)]
+    read = logits(model, ids[:, :8], **cache_kwargs(model, cache), use_cache=True)
+    steps = [logits(model, ids[:, t : t + 1], **cache_kwargs(model, cache), use_cache=True) for t in range(8, 60)]
     assert all(layer.keys.shape[2] <= 4 + 4 + 12 for layer in cache.layers)  # blocks left the cache
     torch.testing.assert_close(torch.cat([read, *steps], dim=1), at_once, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match=r"sliding window.*use n_local <= 12"):
@@ -329,7 +330,7 @@ def test_prefill_then_generate_equals_generate():
         direct = model.generate(ids, **settings_)
         cache = longreach.prefill(model, ids, show_progress=False)
         assert cache.get_seq_length() == 68
-        resumed = model.generate(ids, **cached(model, cache), **settings_)
+        resumed = model.generate(ids, **cache_kwargs(model, cache), **settings_)
     assert torch.equal(direct.sequences, resumed.sequences)
     torch.testing.assert_close(torch.stack(resumed.scores), torch.stack(direct.scores), atol=1e-5, rtol=1e-5)
     longreach.restore(model)
@@ -345,7 +346,7 @@ def test_reading_a_long_input_releases_the_freed_heap_before_each_block(monkeypa
     with torch.no_grad():
         cache = longreach.prefill(model, ids, show_progress=False)
         assert len(released) == 68 // ACTIVE.exec_block  # one per block read
-        model(ids[:, 68:69], **cached(model, cache), use_cache=True)  # decoding: nothing to release
+        model(ids[:, 68:69], **cache_kwargs(model, cache), use_cache=True)  # decoding: nothing to release
         assert len(released) == 68 // ACTIVE.exec_block
         longreach.extend(model, longreach.SelfExtend(group_size=2, window=8))  # no block memory
         longreach.prefill(model, ids, show_progress=False)

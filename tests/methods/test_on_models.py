@@ -3,10 +3,11 @@ full forward, left-padded batches, evicting caches, and clear errors."""
 
 import pytest
 import torch
-from conftest import cached, left_pad, logits, tiny_model
+from conftest import left_pad, logits, tiny_model
 from transformers import DynamicCache
 
 import longreach
+from longreach.forward_args import cache_kwargs
 
 #: Settings that cover a 48-token input whole: each method must be plain attention there.
 COVERING = [
@@ -50,7 +51,7 @@ def test_chunked_prefill_and_decoding_match_one_forward(method):
     pieces = []
     for start, stop in [(0, 17), (17, 18), (18, 30)] + [(i, i + 1) for i in range(30, 50)]:
         with torch.no_grad():
-            pieces.append(model(ids[:, start:stop], **cached(model, cache), use_cache=True).logits)
+            pieces.append(model(ids[:, start:stop], **cache_kwargs(model, cache), use_cache=True).logits)
         assert cache.get_seq_length() == stop
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=2e-5, rtol=1e-5)
 
@@ -86,9 +87,9 @@ def test_evicting_cache_holds_only_what_can_be_seen(method):
     full = logits(model, ids)
     cache = DynamicCache(config=model.config)
     with torch.no_grad():
-        steps = [model(ids[:, :20], **cached(model, cache)).logits]
+        steps = [model(ids[:, :20], **cache_kwargs(model, cache)).logits]
         for t in range(20, 60):
-            steps.append(model(ids[:, t : t + 1], **cached(model, cache)).logits)
+            steps.append(model(ids[:, t : t + 1], **cache_kwargs(model, cache)).logits)
             assert cache.get_seq_length() == t + 1
             assert all(layer.keys.shape[2] <= budget for layer in cache.layers)
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=2e-5, rtol=1e-5)
@@ -110,7 +111,7 @@ def test_full_coverage_methods_do_not_evict():
     longreach.extend(model, longreach.DualChunk(chunk_size=12, local_window=3))
     cache = DynamicCache(config=model.config)
     with torch.no_grad():
-        model(torch.randint(3, 128, (1, 50)), **cached(model, cache))
+        model(torch.randint(3, 128, (1, 50)), **cache_kwargs(model, cache))
     assert all(layer.keys.shape[2] == 50 for layer in cache.layers)
 
 
@@ -119,7 +120,7 @@ def test_evicting_cache_refuses_to_roll_back():
     longreach.extend(model, longreach.StreamingLLM(n_sink=2, window=6))
     cache = DynamicCache(config=model.config)
     with torch.no_grad():
-        model(torch.randint(3, 128, (1, 20)), **cached(model, cache))
+        model(torch.randint(3, 128, (1, 20)), **cache_kwargs(model, cache))
     with pytest.raises(ValueError, match="cannot be rolled back"):
         cache.crop(-2)
 

@@ -23,7 +23,7 @@ import torch
 from transformers import DynamicCache
 
 from longreach.eval.records import append_record, read_records, same_settings
-from longreach.forward_args import cache_keyword
+from longreach.forward_args import cache_kwargs
 
 #: Tokens per forward call: bounds the logits to chunk x vocabulary floats.
 CHUNK = 1024
@@ -55,7 +55,7 @@ def token_losses(model, ids: torch.Tensor, chunk: int = CHUNK, on_chunk: Callabl
     if ids.dim() != 2 or ids.shape[0] != 1:
         raise ValueError(f"token_losses takes one sequence of shape (1, n), got {tuple(ids.shape)}")
     cache = DynamicCache(config=model.config)
-    cache_argument = {cache_keyword(model.forward): cache}
+    cache_argument = cache_kwargs(model, cache)
     losses = []
     with torch.no_grad():
         for start in range(0, ids.shape[1] - 1, chunk):
