@@ -21,7 +21,7 @@ from pathlib import Path
 from longreach.eval.compare import PPL, RESULTS, cell_key, latest_cells
 from longreach.eval.records import append_record, read_records
 from longreach.eval.report import RUN
-from longreach.methods import parse_method
+from longreach.methods import is_auto, parse_method
 
 
 def from_passkey(record: dict, source: str) -> dict:
@@ -57,7 +57,7 @@ def from_perplexity(record: dict, source: str, trained_length: int | None) -> li
     longest = max(lengths)
 
     def same_choice(n: int) -> bool:
-        if n == longest or record["method"].partition(":")[2].strip() != "auto":
+        if n == longest or not is_auto(record["method"]):
             return True
         if trained_length is None:
             return False

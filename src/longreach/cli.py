@@ -63,9 +63,11 @@ def _resolve(spec: str, length: int, total: int, trained: int, window: int | Non
     """The method of ``spec`` for inputs of ``length`` tokens that must still cover ``total``
     (the prompt plus the tokens to generate): ``NAME:auto`` picks its settings for the input
     length, and for the total when those would not reach the end of the answer."""
+    from longreach.methods import is_auto
+
     method = _method(spec, length, trained, window)
     limit = method.max_length(trained)
-    if limit is not None and limit < total and spec.strip().endswith(":auto"):
+    if limit is not None and limit < total and is_auto(spec):
         method = _method(spec, total, trained, window)
     _check_covers(method, total, trained)
     return method
@@ -137,6 +139,7 @@ def cmd_passkey(args: argparse.Namespace) -> int:
     )
     from longreach.eval.plots import plot_accuracy_by_length
     from longreach.integration import sliding_window, trained_length
+    from longreach.methods import is_auto
 
     lengths = _lengths(args.lengths)
     depths = _depths(args.depths) if args.depths else list(DEFAULT_DEPTHS)
@@ -172,7 +175,7 @@ def cmd_passkey(args: argparse.Namespace) -> int:
             progress.advance(task)
 
         for spec, by_length in plans.items():
-            label = spec if spec.strip().endswith(":auto") else by_length[lengths[0]].spec()
+            label = spec if is_auto(spec) else by_length[lengths[0]].spec()
             for length, method in by_length.items():
                 _apply(model, method)
                 progress.update(task, description=f"passkey {method.spec()}")
@@ -252,6 +255,7 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
     from longreach.eval.perplexity import perplexity_table, run_perplexity
     from longreach.eval.plots import plot_perplexity_by_position
     from longreach.integration import sliding_window, trained_length
+    from longreach.methods import is_auto
 
     lengths = _lengths(args.lengths)
     specs = args.method or ["vanilla"]
@@ -277,7 +281,7 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
         for spec in specs:
             method = _method(spec, longest, trained, window)
             _check_covers(method, longest, trained)
-            label = spec if spec.strip().endswith(":auto") else method.spec()
+            label = spec if is_auto(spec) else method.spec()
             runs = lengths if method.depends_on_length else [longest]
             task = progress.add_task(f"perplexity {method.spec()}", total=sum(runs))
             for length in runs:

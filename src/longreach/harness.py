@@ -27,7 +27,7 @@ except ImportError as error:  # lm-eval is an optional extra
 
 import longreach
 from longreach.integration import check_length, sliding_window, trained_length
-from longreach.methods import METHODS, Method, MethodSpecError, parse_length, parse_method
+from longreach.methods import METHODS, Method, MethodSpecError, is_auto, parse_length, parse_method
 
 NAME = "longreach"
 
@@ -79,7 +79,7 @@ class LongReachLM(HFLM):
             sliding_window=sliding_window(model.config),
         )
         if length is None:
-            length = default_max_length(chosen, trained, auto=spec.strip().endswith(":auto"))
+            length = default_max_length(chosen, trained, auto=is_auto(spec))
         check_length(chosen, length, trained)
         # As the CLI does: vanilla is the model's own attention, the honest baseline.
         if isinstance(chosen, longreach.Vanilla):

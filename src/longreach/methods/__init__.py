@@ -7,7 +7,7 @@ from longreach.methods.lm_infinite import LMInfinite
 from longreach.methods.rerope import ReRoPE
 from longreach.methods.rope_scaling import RopeScaling
 from longreach.methods.self_extend import SelfExtend
-from longreach.methods.spec import MethodSpecError, parse_length, parse_method
+from longreach.methods.spec import MethodSpecError, is_auto, parse_length, parse_method
 from longreach.methods.streaming_llm import StreamingLLM
 from longreach.methods.vanilla import Vanilla
 
@@ -32,6 +32,7 @@ __all__ = [
     "SelfExtend",
     "StreamingLLM",
     "Vanilla",
+    "is_auto",
     "parse_length",
     "parse_method",
 ]

@@ -11,6 +11,16 @@ class MethodSpecError(ValueError):
     """A method spec that names no method or gives bad settings."""
 
 
+def is_auto(spec: str) -> bool:
+    """Whether ``spec`` asks for settings picked per input length (``NAME:auto``).
+
+    Example:
+        >>> is_auto("self-extend:auto"), is_auto("self-extend:group_size=4,window=1024")
+        (True, False)
+    """
+    return spec.strip().partition(":")[2].strip() == "auto"
+
+
 def parse_method(
     spec: str, *, target_length: int | None = None, trained_length: int | None = None, sliding_window: int | None = None
 ) -> Method:
@@ -32,7 +42,7 @@ def parse_method(
     cls = METHODS[name]
     implied = cls.implied_settings(name)
     fields = {f.name: f for f in sorted(dataclasses.fields(cls), key=lambda f: f.kw_only) if f.name not in implied}
-    if settings.strip() == "auto":
+    if is_auto(spec):
         if target_length is None or trained_length is None:
             raise MethodSpecError(f"{spec!r} needs a target length to pick settings for")
         try:
