@@ -126,6 +126,12 @@ def _apply(model, method):
         raise UsageError(str(error)) from None
 
 
+def _counting_progress() -> Progress:
+    """A bar with done/total, time elapsed and time left: the long runs say where they are."""
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    return Progress(*columns, TimeRemainingColumn(), console=console)
+
+
 def cmd_passkey(args: argparse.Namespace) -> int:
     import longreach
     from longreach.eval.passkey import (
@@ -157,14 +163,7 @@ def cmd_passkey(args: argparse.Namespace) -> int:
     jsonl = output / "passkey.jsonl"
     total = len(specs) * len(lengths) * len(depths) * args.samples
     results = []
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=console) as progress:
+    with _counting_progress() as progress:
         task = progress.add_task("passkey", total=total)
 
         def advance(result, task=task):
@@ -270,14 +269,7 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
     output.mkdir(parents=True, exist_ok=True)
     jsonl = output / "perplexity.jsonl"
     results = []
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=console) as progress:
+    with _counting_progress() as progress:
         for spec in specs:
             method = _method(spec, longest, trained, window)
             _check_covers(method, longest, trained)
