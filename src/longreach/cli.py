@@ -128,8 +128,14 @@ def _apply(model, method):
 
 def _counting_progress() -> Progress:
     """A bar with done/total, time elapsed and time left: the long runs say where they are."""
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    return Progress(*columns, TimeRemainingColumn(), console=console)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    )
 
 
 def cmd_passkey(args: argparse.Namespace) -> int:
