@@ -187,22 +187,9 @@ def test_infllm_reduces_to_the_model_up_to_n_init_plus_n_local():
 TRAINED = 32
 
 
-def general_path_for_one_query(
-    query, key, value, method, layout, state, key_positions, position, scale, softcap, sliding_window, memo
-):
+def general_path_for_one_query(call, query, key, value, key_positions, position):
     return memory_attention._attend_in_execution_blocks(
-        query,
-        key,
-        value,
-        method,
-        layout,
-        state,
-        torch.tensor([position]),
-        key_positions,
-        scale,
-        softcap,
-        sliding_window,
-        memo,
+        call, query, key, value, torch.tensor([position]), key_positions
     )
 
 

@@ -45,6 +45,20 @@ class MemoryState:
             self.scores = self.scores[:, :, kept.to(self.scores.device)]
 
 
+@dataclass(frozen=True)
+class _LayerCall:
+    """What every step of one layer's call shares: the method, the layer's memory and the
+    attention's constants."""
+
+    method: InfLLM
+    layout: RotaryLayout
+    state: MemoryState
+    scale: float
+    softcap: float | None
+    sliding_window: int | None
+    position_memo: dict | None
+
+
 def storage_for(method: InfLLM, device: torch.device) -> str:
     """The block storage ``method.storage`` means on ``device``."""
     if method.storage == "auto":
@@ -97,56 +111,19 @@ def attend_with_memory(
     if state.scores.shape[2] < held:  # keys appended since the last call start unattended
         fresh = state.scores.new_zeros(batch, kv_heads, held - state.scores.shape[2])
         state.scores = torch.cat((state.scores, fresh), dim=2)
+    call = _LayerCall(method, layout, state, scale, softcap, sliding_window, position_memo)
     if n_query == 1:
-        out = _attend_one_query(
-            query,
-            key,
-            value,
-            method,
-            layout,
-            state,
-            key_positions,
-            int(query_positions[0]),
-            scale,
-            softcap,
-            sliding_window,
-            position_memo,
-        )
+        out = _attend_one_query(call, query, key, value, key_positions, int(query_positions[0]))
     else:
-        out = _attend_in_execution_blocks(
-            query,
-            key,
-            value,
-            method,
-            layout,
-            state,
-            query_positions,
-            key_positions,
-            scale,
-            softcap,
-            sliding_window,
-            position_memo,
-        )
+        out = _attend_in_execution_blocks(call, query, key, value, query_positions, key_positions)
     kept = (key_positions < method.n_init) | (key_positions >= state.blocks_end)
     return out, kept
 
 
-def _attend_in_execution_blocks(
-    query,
-    key,
-    value,
-    method,
-    layout,
-    state,
-    query_positions,
-    key_positions,
-    scale,
-    softcap,
-    sliding_window,
-    position_memo,
-) -> torch.Tensor:
+def _attend_in_execution_blocks(call: _LayerCall, query, key, value, query_positions, key_positions) -> torch.Tensor:
     """The general path: execution block by execution block, each part attended by the engine's
     tiles and merged by LSE; the window's probabilities give the keys' scores."""
+    method, state, position_memo = call.method, call.state, call.position_memo
     held = key.shape[2]
     # One plan for every layer of the forward: memo entries are keyed by its parts.
     _, memory = memoized(position_memo, "parts", method.parts)
@@ -166,45 +143,30 @@ def _attend_in_execution_blocks(
             keys,
             values,
             (memory,),
-            layout,
+            call.layout,
             query_positions=positions,
             key_positions=resident_positions,
-            scale=scale,
+            scale=call.scale,
             return_lse=True,
             position_memo=memo,
-            softcap=softcap,
+            softcap=call.softcap,
         )
         if state.store is not None and state.store.count:
-            out, lse = _attend_blocks(queries, positions, method, layout, state.store, scale, softcap, out, lse, memo)
-        out = _attend_local_and_score(
-            state,
-            queries,
-            keys,
-            values,
-            positions,
-            resident_positions,
-            index,
-            method,
-            scale,
-            softcap,
-            sliding_window,
-            out,
-            lse,
-        )
-        _form_blocks(state, key, value, key_positions, method, layout, next_position=int(positions[-1]) + 1)
+            out, lse = _attend_blocks(call, queries, positions, out, lse, memo)
+        out = _attend_local_and_score(call, queries, keys, values, positions, resident_positions, index, out, lse)
+        _form_blocks(call, key, value, key_positions, next_position=int(positions[-1]) + 1)
         outputs.append(out.to(query.dtype))
     return torch.cat(outputs, dim=2)
 
 
-def _attend_one_query(
-    query, key, value, method, layout, state, key_positions, position, scale, softcap, sliding_window, memo
-) -> torch.Tensor:
+def _attend_one_query(call: _LayerCall, query, key, value, key_positions, position: int) -> torch.Tensor:
     """Decoding: the general path's result for one query at ``position``, in a dozen products.
 
     Nothing is gathered or re-tiled: the first tokens, the leftovers and the window are slices
     of the cache, and one softmax runs over the memory's, the blocks' and the window's scores
     (the general path spends ~150 small operations per layer on its tiles and merges).
     """
+    method, layout, state, sliding_window = call.method, call.layout, call.state, call.sliding_window
     batch, q_heads, _, head_dim = query.shape
     kv_heads = key.shape[1]
     group = q_heads // kv_heads
@@ -227,7 +189,7 @@ def _attend_one_query(
 
     # Every layer of a forward holds the same positions: the bounds and angles serve them all.
     spans, window_start, stop, key_angles, query_angles = memoized(
-        memo, ("one query", position, state.blocks_end, key.shape[2]), bounds
+        call.position_memo, ("one query", position, state.blocks_end, key.shape[2]), bounds
     )
     grouped = query.reshape(batch, kv_heads, group, head_dim)
     memory_query = layout.apply(query, query_angles)
@@ -242,7 +204,7 @@ def _attend_one_query(
     memory_query = memory_query.reshape(batch, kv_heads, group, head_dim)
     scores = [torch.matmul(memory_query, k.transpose(2, 3)) for k in keys]
     scores.append(torch.matmul(grouped, key[:, :, window_start:stop].transpose(2, 3)))
-    weights = torch.softmax(cap_scores(torch.cat(scores, dim=-1).to(torch.float32) * scale, softcap), dim=-1)
+    weights = torch.softmax(cap_scores(torch.cat(scores, dim=-1).to(torch.float32) * call.scale, call.softcap), dim=-1)
     window_weights = weights[..., weights.shape[-1] - (stop - window_start) :]
     out = torch.matmul(window_weights.to(value.dtype), value[:, :, window_start:stop])
     first = 0
@@ -250,7 +212,7 @@ def _attend_one_query(
         out = out + torch.matmul(weights[..., first : first + v.shape[2]].to(v.dtype), v)
         first += v.shape[2]
     state.scores[:, :, window_start:stop] += window_weights.sum(dim=2)
-    _form_blocks(state, key, value, key_positions, method, layout, next_position=position + 1)
+    _form_blocks(call, key, value, key_positions, next_position=position + 1)
     return out.reshape(batch, q_heads, 1, head_dim).to(query.dtype)
 
 
@@ -281,8 +243,9 @@ def _resident(key_positions: torch.Tensor, n_init: int, blocks_end: int, last: i
     return torch.cat((torch.arange(init_stop), torch.arange(rest_start, stop))).to(key_positions.device)
 
 
-def _attend_blocks(queries, positions, method, layout, store, scale, softcap, out, lse, memo):
+def _attend_blocks(call: _LayerCall, queries, positions, out, lse, memo):
     """Retrieve the best ``topk`` blocks per KV head and merge their attention into (out, lse)."""
+    method, layout, store = call.method, call.layout, call.state.store
     batch, q_heads, rows, head_dim = queries.shape
     kv_heads = store.kv_heads
     group = q_heads // kv_heads
@@ -292,7 +255,7 @@ def _attend_blocks(queries, positions, method, layout, store, scale, softcap, ou
     block_ids = select_blocks(memory_queries, store, method.topk)
     keys, values = store.gather(block_ids)
     block_out, block_lse = attention_with_lse(
-        packed, keys.to(packed.dtype), values.to(packed.dtype), scale=scale, softcap=softcap
+        packed, keys.to(packed.dtype), values.to(packed.dtype), scale=call.scale, softcap=call.softcap
     )
     block_out = block_out.reshape(batch, q_heads, rows, head_dim)
     block_lse = block_lse.reshape(batch, q_heads, rows)
@@ -327,7 +290,7 @@ def block_relevance(memory_queries: torch.Tensor, store: BlockStore) -> torch.Te
 
 
 def _attend_local_and_score(
-    state, queries, keys, values, positions, resident_positions, index, method, scale, softcap, sliding_window, out, lse
+    call: _LayerCall, queries, keys, values, positions, resident_positions, index, out, lse
 ) -> torch.Tensor:
     """Attend each query's local window at true positions, merge it into the memory's (out, lse)
     and add to each window key the attention it received (summed over the query heads of its KV
@@ -336,6 +299,7 @@ def _attend_local_and_score(
     The window's probabilities are formed once and serve both the output and the scores: a fused
     kernel would not return them, and a second pass for the scores cost as much as the attention.
     """
+    method, state, softcap, sliding_window = call.method, call.state, call.softcap, call.sliding_window
     batch, q_heads, rows, head_dim = queries.shape
     kv_heads = keys.shape[1]
     group = q_heads // kv_heads
@@ -353,7 +317,7 @@ def _attend_local_and_score(
     lo = torch.searchsorted(window_positions, local_start).repeat(group)
     hi = torch.searchsorted(window_positions, positions + 1).repeat(group)
     columns = torch.arange(n_window, device=keys.device)
-    packed = queries.reshape(batch * kv_heads, group * rows, head_dim).to(torch.float32) * scale
+    packed = queries.reshape(batch * kv_heads, group * rows, head_dim).to(torch.float32) * call.scale
     out = out.reshape(batch * kv_heads, group * rows, head_dim)
     lse = lse.reshape(batch * kv_heads, group * rows, 1)
     received = torch.zeros(batch * kv_heads, 1, n_window, dtype=torch.float32, device=keys.device)
@@ -388,8 +352,9 @@ def _attend_local_and_score(
     return out.view(batch, q_heads, rows, head_dim)
 
 
-def _form_blocks(state, key, value, key_positions, method, layout, *, next_position: int) -> None:
+def _form_blocks(call: _LayerCall, key, value, key_positions, *, next_position: int) -> None:
     """Move every whole block of keys that no later query has in its window into the store."""
+    method, layout, state = call.method, call.layout, call.state
     window_start = int(method.local_start(torch.tensor(next_position)))
     size = method.block_size
     while window_start - state.blocks_end >= size:
