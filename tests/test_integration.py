@@ -1,5 +1,7 @@
 """extend()/restore() on tiny random models of several RoPE families."""
 
+import logging
+
 import pytest
 import torch
 import transformers
@@ -432,3 +434,27 @@ def test_generate_without_a_length_reads_prompts_past_the_trained_length(method)
     assert torch.equal(default[:, :70], named)
     longreach.restore(model)
     assert "generate" not in model.__dict__
+
+
+@pytest.mark.parametrize(
+    ("method", "reminded"),
+    [(longreach.SelfExtend(group_size=4, window=8), False), (longreach.Vanilla(), True)],
+    ids=["self-extend", "vanilla"],
+)
+def test_trained_length_reminder_is_left_to_vanilla(method, reminded):
+    """transformers reminds, once per process and length, that generation went past the trained
+    length ("performance degradation"); with a method that is the intended use, so it is not shown.
+    Trained lengths no other test uses keep the reminder's once-per-process cache out of the way."""
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("transformers.generation.stopping_criteria")
+    logger.addHandler(handler)
+    model = tiny_model("llama", max_position_embeddings=37 if reminded else 39)
+    longreach.extend(model, method)
+    try:
+        with torch.no_grad():
+            model.generate(torch.randint(3, 128, (1, 40)), do_sample=False, pad_token_id=0, max_new_tokens=4)
+    finally:
+        logger.removeHandler(handler)
+    assert any("maximum length" in r.getMessage() for r in records) == reminded

@@ -8,6 +8,7 @@ modules and switches the model's attention implementation; ``restore`` switches 
 from __future__ import annotations
 
 import inspect
+import logging
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -127,7 +128,9 @@ def _install(model: PreTrainedModel, method: Method, trained: int, window: int |
         setattr(module, _STATE, extension)
         extension.modules.append(module)
     # InfLLM's generate() reads a long prompt in execution blocks: activations stay one block big.
-    extension.undo_generation = _adapt_generate(model, method.exec_block if extension.memory else None)
+    extension.undo_generation = _adapt_generate(
+        model, method.exec_block if extension.memory else None, past_trained_is_expected=not isinstance(method, Vanilla)
+    )
     if isinstance(method, RopeScaling):
         # A baseline: the model's own attention with its own rope parameters changed.
         extension.undo_rope, extension.hook = apply_rope_scaling(model, rotary, method, rope_type, layouts[None])
@@ -162,13 +165,33 @@ def _install(model: PreTrainedModel, method: Method, trained: int, window: int |
 DEFAULT_NEW_TOKENS = 20
 
 
-def _adapt_generate(model: PreTrainedModel, prefill_chunk: int | None):
+class _TrainedLengthReminderFilter(logging.Filter):
+    """Drops transformers' reminder that generation "exceeded the model's predefined maximum
+    length" (performance degradation, exceptions) while ``active``: past the trained length is what
+    a method is for, and an input longer than it covers is refused before any token is made."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.active = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (self.active and "exceeded the model's predefined maximum length" in record.getMessage())
+
+
+_REMINDER_FILTER = _TrainedLengthReminderFilter()
+logging.getLogger("transformers.generation.stopping_criteria").addFilter(_REMINDER_FILTER)
+
+
+def _adapt_generate(model: PreTrainedModel, prefill_chunk: int | None, *, past_trained_is_expected: bool):
     """Make ``model.generate`` fit an extended model; returns the undo.
 
     A call that names no length gets transformers' default of 20 new tokens but capped at
     ``config.max_position_embeddings``, the trained length, so every prompt longer than that
     (the point of extending) would be refused: such calls get the 20 new tokens uncapped.
-    ``prefill_chunk`` sets the generation config's ``prefill_chunk_size``.
+    ``prefill_chunk`` sets the generation config's ``prefill_chunk_size``. With
+    ``past_trained_is_expected`` (every method but vanilla) transformers' reminder that the trained
+    length was exceeded is not shown; it is logged once per process, so a plain model generating
+    past its trained length later in the same process does not show it either.
     """
     config = getattr(model, "generation_config", None)
     if config is None or not callable(getattr(model, "generate", None)):
@@ -182,7 +205,11 @@ def _adapt_generate(model: PreTrainedModel, prefill_chunk: int | None):
         named = (kwargs.get("max_length"), kwargs.get("max_new_tokens"), given.max_length, given.max_new_tokens)
         if all(length is None for length in named):
             kwargs["max_new_tokens"] = DEFAULT_NEW_TOKENS
-        return original_generate(*args, **kwargs)
+        _REMINDER_FILTER.active += past_trained_is_expected
+        try:
+            return original_generate(*args, **kwargs)
+        finally:
+            _REMINDER_FILTER.active -= past_trained_is_expected
 
     generate.__doc__ = original_generate.__doc__
     model.generate = generate
