@@ -392,12 +392,15 @@ def test_for_model_scales_with_the_trained_length():
     ) == longreach.InfLLM(n_local=4096)
 
 
+@pytest.mark.parametrize("score_rows", [memory_attention.SCORE_ROWS, 3], ids=["rows-at-once", "rows-in-steps"])
 @pytest.mark.parametrize("heads_at_once", [True, False], ids=["heads-at-once", "head-by-head"])
 @pytest.mark.parametrize("n_local", [40, 7])
-def test_window_keys_accumulate_the_attention_they_receive(n_local, heads_at_once, monkeypatch):
+def test_window_keys_accumulate_the_attention_they_receive(n_local, heads_at_once, score_rows, monkeypatch):
     """Scores equal the dense softmax weights of local pairs, summed over queries and the group;
-    whether the window's products run for all heads at once (decoding) or head by head (prefill)."""
+    whether the window's products run for all heads at once (decoding) or head by head (prefill),
+    for all of a block's query rows at once or a few rows per step (each step its own edges)."""
     monkeypatch.setattr(memory_attention, "SMALL_SCORES", 1 << 30 if heads_at_once else 0)
+    monkeypatch.setattr(memory_attention, "SCORE_ROWS", score_rows)
     method = longreach.InfLLM(
         n_init=3, n_local=n_local, block_size=64, topk=1, repr_topk=1, exec_block=min(5, n_local), max_cached_blocks=1
     )
