@@ -97,3 +97,21 @@ def test_specs_name_the_kind():
     assert parse_method("dynamic-ntk:factor=2") == longreach.RopeScaling("dynamic", 2)
     assert parse_method("yarn:auto", target_length=32768, trained_length=8192) == longreach.RopeScaling("yarn", 4.0)
     assert longreach.RopeScaling("linear", 2.5).spec() == "linear:factor=2.5"
+
+
+@pytest.mark.parametrize("kind", ["linear", "yarn"])
+def test_inputs_past_what_the_factor_covers_are_refused(kind):
+    """Factor 2 on a model trained to 32 covers 64 tokens: the model's own attention would read
+    on silently, so a longer call is refused (left padding does not count), naming a factor that
+    would cover it."""
+    model = longreach.extend(tiny_model("llama", max_position_embeddings=TRAINED), longreach.RopeScaling(kind, 2.0))
+    logits(model, torch.randint(3, 128, (1, 64)))
+    with pytest.raises(longreach.InputTooLongError, match=rf"\(64 tokens\).*{kind}:factor=2.25"):
+        logits(model, torch.randint(3, 128, (1, 65)))
+    mask = torch.ones(2, 70, dtype=torch.long)
+    mask[:, :10] = 0  # ten tokens of left padding in every row: 60 real ones
+    logits(model, torch.randint(3, 128, (2, 70)), attention_mask=mask)
+    with pytest.raises(longreach.InputTooLongError):  # decoding reaches the 65th position
+        model.generate(torch.randint(3, 128, (1, 60)), do_sample=False, pad_token_id=0, max_new_tokens=10)
+    longreach.extend(model, longreach.RopeScaling("dynamic", 2.0))  # frequencies follow the length: no limit
+    logits(model, torch.randint(3, 128, (1, 65)))

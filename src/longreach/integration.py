@@ -134,6 +134,10 @@ def _install(model: PreTrainedModel, method: Method, trained: int, window: int |
     if isinstance(method, RopeScaling):
         # A baseline: the model's own attention with its own rope parameters changed.
         extension.undo_rope, extension.hook = apply_rope_scaling(model, rotary, method, rope_type, layouts[None])
+        if extension.hook is None:  # linear and YaRN cover factor x trained tokens (dynamic NTK: any)
+            extension.hook = model.base_model.register_forward_pre_hook(
+                _refuse_inputs_past(method, trained), with_kwargs=True
+            )
         return model
 
     def adopt_cache(_module, args, kwargs):
@@ -159,6 +163,22 @@ def _install(model: PreTrainedModel, method: Method, trained: int, window: int |
     extension.hook = model.base_model.register_forward_pre_hook(adopt_cache, with_kwargs=True)
     model.set_attn_implementation(IMPLEMENTATION)
     return model
+
+
+def _refuse_inputs_past(method: RopeScaling, trained: int):
+    """A forward pre-hook raising :class:`InputTooLongError` when a call would reach past what
+    ``method`` covers, as the position plans do in their attention: the model's own attention
+    would read on silently. Left padding does not count."""
+
+    def hook(_module, args, kwargs):
+        _, cache = given_cache(kwargs)
+        length = (cache.get_seq_length() if cache is not None else 0) + input_length(args, kwargs)
+        mask = kwargs.get("attention_mask")
+        if isinstance(mask, torch.Tensor) and mask.dim() == 2 and mask.shape[-1] == length:
+            length -= int(mask.to(torch.bool).to(torch.int8).argmax(dim=-1).min())  # the longest row's padding
+        check_length(method, length, trained)
+
+    return hook
 
 
 #: New tokens of a generate() call that names no length: transformers' own default.
