@@ -27,7 +27,8 @@ from longreach.methods.infllm import InfLLM
 
 #: Query rows per step of the local window: bounds its (rows x window) matrix, which every step
 #: writes and reads several times (scores, exp, products): at 256 rows and a 4,096-key window it
-#: stays in cache (4 MiB; 1,024 rows made it 16 MiB and prefill ~8% slower on this CPU).
+#: stays in cache (4 MiB against 16 MiB for 1,024 rows: 16k-token prefill ~7% faster on one
+#: thread of this CPU, the same on two).
 SCORE_ROWS = 256
 #: Below this many scores per head, the local window's products run for all heads at once.
 SMALL_SCORES = 1 << 16
