@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from longreach.engine.attention import attend
 from longreach.engine.reference import reference_attention, rope
 from longreach.engine.rotary import RotaryLayout
-from longreach.methods import Part, SelfExtend, Vanilla
+from longreach.methods import DualChunk, Part, ReRoPE, SelfExtend, Vanilla
 
 
 @st.composite
@@ -135,3 +135,31 @@ def test_portable_kernel_path_matches_dense_reference(case):
     finally:
         engine.attention_with_lse = original
     torch.testing.assert_close(got.double(), expected, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.bfloat16, 0.03), (torch.float16, 0.004)])
+@pytest.mark.parametrize("method", [SelfExtend(4, 16), ReRoPE(16), DualChunk(chunk_size=100, local_window=10)])
+def test_half_precision_inputs_at_far_positions(dtype, tolerance, method):
+    """Keys and queries as a bf16/fp16 model hands them over, 30,000 tokens in: the engine
+    re-rotates them without losing the positions (no position held in half precision), answers
+    in their dtype, and stays within input rounding of the float64 reference, an error far
+    below what separates the method from plain attention."""
+    case = dict(batch=1, kv_heads=2, group=2, head_dim=64, rotary_fraction=1.0, n_key=300, n_query=300, pad=0, seed=1)
+    x = attention_inputs(case)
+    key_positions, query_positions = x["key_positions"] + 30_000, x["query_positions"] + 30_000
+    inv_freq = 1.0 / (10_000 ** (torch.arange(0, 64, 2, dtype=torch.float32) / 64))
+    dense = dict(interleaved=False, query_positions=query_positions, key_positions=key_positions, scale=x["scale"])
+    expected = reference_attention(x["raw_q"], x["raw_k"], x["value"], method.parts(), inv_freq, **dense)
+    plain = reference_attention(x["raw_q"], x["raw_k"], x["value"], Vanilla().parts(), inv_freq, **dense)
+    got = attend(
+        rope(x["raw_q"], query_positions, inv_freq, False).to(dtype),
+        rope(x["raw_k"], key_positions, inv_freq, False).to(dtype),
+        x["value"].to(dtype),
+        method.parts(),
+        RotaryLayout(inv_freq, False),
+        query_positions=query_positions,
+        key_positions=key_positions,
+        scale=x["scale"],
+    )
+    assert got.dtype == dtype
+    assert (got.double() - expected).abs().max() < tolerance < (plain - expected).abs().max() / 10

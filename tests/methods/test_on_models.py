@@ -3,7 +3,7 @@ full forward, left-padded batches, evicting caches, and clear errors."""
 
 import pytest
 import torch
-from conftest import left_pad, logits, tiny_model
+from conftest import left_pad, logits, logits_in_pieces, tiny_model
 from transformers import DynamicCache
 
 import longreach
@@ -54,6 +54,31 @@ def test_chunked_prefill_and_decoding_match_one_forward(method):
             pieces.append(model(ids[:, start:stop], **cache_kwargs(model, cache), use_cache=True).logits)
         assert cache.get_seq_length() == stop
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=2e-5, rtol=1e-5)
+
+
+HALF_PRECISION = [
+    *ACTIVE,
+    # Every block retrieved: which blocks win a near-tie may change with the rounding.
+    longreach.InfLLM(n_init=2, n_local=12, block_size=4, topk=12, exec_block=8),
+    longreach.RopeScaling("yarn", 2.0),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("method", HALF_PRECISION, ids=lambda m: m.spec())
+def test_half_precision_models_read_and_decode_like_float32(method, dtype):
+    """A bf16/fp16 model (a GPU user's default) keeps its dtype through every method, prefill
+    and cached decoding alike, and agrees with the same model in float32 to its rounding."""
+    ids = torch.randint(3, 128, (2, 50), generator=torch.Generator().manual_seed(2))
+    spans = [(0, 17), (17, 18), (18, 30)] + [(i, i + 1) for i in range(30, 50)]
+    full, half = (tiny_model("llama", max_position_embeddings=TRAINED) for _ in range(2))
+    half.to(dtype)
+    for model in (full, half):
+        longreach.extend(model, method)
+    expected = logits_in_pieces(full, ids, spans)
+    got = logits_in_pieces(half, ids, spans)
+    assert got.dtype == dtype
+    torch.testing.assert_close(got.float(), expected, atol=0.02, rtol=0)
 
 
 @pytest.mark.parametrize("method", ACTIVE, ids=lambda m: m.spec())
