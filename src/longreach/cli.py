@@ -233,16 +233,17 @@ def _accuracy(cell: tuple[int, int]) -> str:
     return f"{100 * correct / total:.0f}% ({correct}/{total})"
 
 
-def _print_table(table, lengths, *, title: str, show=_accuracy, row_label: str = "method") -> None:
-    """Methods x lengths, each cell through ``show``."""
-    from longreach.eval.plots import length_label
+def _print_table(table, columns, *, title: str, show=_accuracy, row_label: str = "method") -> None:
+    """Methods x columns (lengths, or a summary's tasks), each cell through ``show``."""
+    from longreach.eval.report import column_label
 
     grid = Table(title=title)
-    grid.add_column(row_label, no_wrap=True)
-    for n in lengths:
-        grid.add_column(length_label(n), justify="right")
+    # A narrow terminal folds the long method specs, never the figures or their headers.
+    grid.add_column(row_label, overflow="fold")
+    for c in columns:
+        grid.add_column(column_label(c), justify="right", no_wrap=True, min_width=len(column_label(c)))
     for method, cells in table.items():
-        grid.add_row(method, *(show(cells[n]) if n in cells else "-" for n in lengths))
+        grid.add_row(method, *(show(cells[c]) if c in cells else "-" for c in columns))
     out.print(grid)
 
 
@@ -445,7 +446,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         finally:
             longreach.restore(model)
     for table in build_tables([r for r in records if r["method"] in specs and r["length"] in lengths]):
-        _print_table(table.cells, table.lengths, title=table.title, show=str, row_label=table.row_label)
+        _print_table(table.cells, table.columns, title=table.title, show=str, row_label=table.row_label)
     report = write_report(output)
     console.print(f"wrote {output / 'results.jsonl'} and {report}")
     return 0
@@ -461,7 +462,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise UsageError(str(error)) from None
     for table in build_tables(read_records(folder / "results.jsonl")):
-        _print_table(table.cells, table.lengths, title=table.title, show=str, row_label=table.row_label)
+        _print_table(table.cells, table.columns, title=table.title, show=str, row_label=table.row_label)
     console.print(f"wrote {report}")
     return 0
 

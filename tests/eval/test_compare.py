@@ -93,9 +93,16 @@ def test_interrupted_compare_resumes_with_only_missing_cells_and_writes_the_repo
     assert all(len(r["bucket_loss"]) == -(-r["length"] // r["bucket"]) for r in ppl)
 
     report = (out / "report.md").read_text()
-    for title in ("## passkey: score", "## niah: score", "## RULER average", "## ppl: perplexity", "## Commands"):
+    for title in (
+        "## At 400: every task",
+        "## passkey: score",
+        "## niah: score",
+        "## RULER average",
+        "## ppl: perplexity",
+    ):
         assert title in report
-    assert "longreach compare --model" in report and "self-extend:group_size=2,window=64" in report
+    assert "## Commands" in report and "longreach compare --model" in report
+    assert "self-extend:group_size=2,window=64" in report
     for png in ("passkey-heatmap.png", "niah-heatmap.png", "ruler.png", "ppl.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
         assert f"]({png})" in report
@@ -280,3 +287,28 @@ def test_a_ppl_cell_reads_its_length_with_the_settings_of_that_length(tiny_model
     assert settings["ppl", "self-extend:auto", 200] != settings["ppl", "self-extend:auto", 400]
     ppl = {(r["method"], r["length"]): r["perplexity"] for r in found if r["task"] == "ppl"}
     assert ppl["self-extend:auto", 200] == pytest.approx(ppl["vanilla", 200], rel=1e-5)
+
+
+def test_the_report_opens_with_every_task_at_the_longest_length():
+    def cell(task, method, length, score, **extra):
+        return {"task": task, "method": method, "settings": method, "length": length, "score": score, **extra}
+
+    records = [
+        cell("niah", "a", 4096, 1.0, depth=0.5),
+        cell("niah", "a", 8192, 0.0, depth=0.5),
+        cell("niah", "b", 4096, 1.0, depth=0.5),  # b never reached 8k
+        cell("ruler:vt", "a", 8192, 0.5),
+        cell("ruler:cwe", "a", 8192, 1.0),
+        cell("ppl", "a", 8192, None, perplexity=12.345, bucket_loss=[2.5], bucket=8192),
+    ]
+    summary, *rest = build_tables(records)
+    assert summary.title == "At 8k: every task"
+    assert summary.columns == ["niah", "RULER average", "ppl"]
+    assert summary.cells == {"a": {"niah": "0", "RULER average": "75.0", "ppl": "12.35"}}
+    assert [t.title for t in rest] == [
+        "niah: score (%)",
+        "RULER average: score (%)",
+        "RULER tasks: score (%)",
+        "ppl: perplexity",
+    ]
+    assert build_tables(records[:3])[0].title == "niah: score (%)"  # one task: its own table says it all

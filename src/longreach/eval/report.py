@@ -1,8 +1,9 @@
 """The report of a compare folder, rebuilt from its JSON lines alone.
 
-``report.md`` holds one table per task (methods x lengths), the RULER average, the perplexity
-table, the pictures (needle heatmaps, RULER score and loss against position) and the commands
-that produced the results. The same tables are what the terminal shows.
+``report.md`` opens with every task at the longest length (methods x tasks), then holds one table
+per task (methods x lengths), the RULER average, the perplexity table, the pictures (needle
+heatmaps, RULER score and loss against position) and the commands that produced the results. The
+same tables are what the terminal shows.
 """
 
 from __future__ import annotations
@@ -30,11 +31,12 @@ RULER_PREFIX = "ruler:"
 
 @dataclass
 class Table:
-    """Methods x lengths; ``cells[method][length]`` is already formatted."""
+    """Methods x columns (lengths, or the tasks of a summary); ``cells[method][column]`` is
+    already formatted."""
 
     title: str
-    lengths: list[int]
-    cells: dict[str, dict[int, str]]
+    columns: list[int] | list[str]
+    cells: dict[str, dict]
     note: str = ""
     figures: list[Path] = field(default_factory=list)
     row_label: str = "method"
@@ -155,7 +157,8 @@ def build_tables(records: list[dict], folder: Path | None = None, *, trained_len
                 )
             )
         tables.append(entry)
-    return tables
+    summary = _summary(tables, lengths[-1]) if lengths else None
+    return [summary, *tables] if summary else tables
 
 
 def write_report(folder: Path) -> Path:
@@ -217,13 +220,35 @@ def write_report(folder: Path) -> Path:
 
 
 def markdown_table(table: Table) -> list[str]:
-    """The lines of a markdown table: methods x lengths."""
-    head = f"| {table.row_label} | " + " | ".join(length_label(n) for n in table.lengths) + " |"
-    rule = "| --- |" + " ---: |" * len(table.lengths)
+    """The lines of a markdown table: methods x columns."""
+    head = f"| {table.row_label} | " + " | ".join(column_label(c) for c in table.columns) + " |"
+    rule = "| --- |" + " ---: |" * len(table.columns)
     rows = [
-        f"| {m} | " + " | ".join(cells.get(n, "-") for n in table.lengths) + " |" for m, cells in table.cells.items()
+        f"| {m} | " + " | ".join(cells.get(c, "-") for c in table.columns) + " |" for m, cells in table.cells.items()
     ]
     return [head, rule, *rows]
+
+
+def column_label(column: int | str) -> str:
+    """A length as "4k", a task by its name."""
+    return length_label(column) if isinstance(column, int) else column
+
+
+def _summary(tables: list[Table], length: int) -> Table | None:
+    """Every task at ``length``, one column a task (the RULER average for RULER; its tasks have a
+    table of their own): what a reader choosing a method for that length looks at first. None
+    for a single task, whose own table says it all."""
+    per_task = [t for t in tables if t.row_label == "method"]
+    if len(per_task) < 2:
+        return None
+    columns = [t.title.partition(":")[0] for t in per_task]
+    cells: dict[str, dict] = {}
+    for column, table in zip(columns, per_task, strict=True):
+        for method, by_length in table.cells.items():
+            if length in by_length:
+                cells.setdefault(method, {})[column] = by_length[length]
+    note = "scores in percent, ppl a perplexity; the tables below hold every length and their samples"
+    return Table(f"At {length_label(length)}: every task", columns, cells, note=note) if cells else None
 
 
 def _format_scores(records: list[dict], task: str, pattern: str) -> dict[str, dict[int, str]]:
