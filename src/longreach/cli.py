@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,7 +14,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 console = Console(stderr=True)
-out = Console()
+# Piped into a file or a log, result tables get room for long method specs (rich assumes 80 columns).
+out = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 120)
 
 
 class UsageError(ValueError):
