@@ -14,7 +14,7 @@ import time
 import torch
 from transformers.cache_utils import DynamicLayer
 
-from longreach.cache import AppendingLayer, EvictingLayer
+from longreach.integrations.transformers.cache import AppendingLayer, EvictingLayer
 
 SINKS = 4
 

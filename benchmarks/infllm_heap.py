@@ -19,7 +19,7 @@ import torch
 from infllm_stream import rss_gib
 from transformers import DynamicCache
 
-from longreach.forward_args import cache_kwargs
+from longreach.integrations.transformers.forward_args import cache_kwargs
 
 
 class MallInfo2(ctypes.Structure):
@@ -42,9 +42,9 @@ class MallInfo2(ctypes.Structure):
 
 def main() -> None:
     import longreach
-    from longreach import integration
-    from longreach.integration import trained_length
+    from longreach.integrations.transformers import install
     from longreach.methods import parse_length, parse_method
+    from longreach.models.config import trained_length
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--length", default="32k")
@@ -60,7 +60,7 @@ def main() -> None:
     libc = ctypes.CDLL(None)
     libc.mallinfo2.restype = MallInfo2
     if args.keep_free_heap:
-        integration.release_free_heap = lambda: False
+        install.release_free_heap = lambda: False
     length = parse_length(args.length)
     model, tokenizer = longreach.load_model("smollm2-135m")
     method = parse_method(args.method, target_length=length, trained_length=trained_length(model.config))

@@ -20,11 +20,11 @@ from rich.console import Console
 from rich.table import Table
 
 import longreach
-from longreach.engine import memory_attention
+from longreach.engine.memory import attend as memory_attention
 from longreach.eval.passkey import PASSKEY_NEW_TOKENS, passkey_key, passkey_prompt, score_answer
-from longreach.forward_args import cache_kwargs
-from longreach.integration import trained_length
+from longreach.integrations.transformers.forward_args import cache_kwargs
 from longreach.methods import parse_length, parse_method
+from longreach.models.config import trained_length
 
 
 def main() -> None:

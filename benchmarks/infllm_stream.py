@@ -24,7 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from transformers import DynamicCache
 
-from longreach.forward_args import cache_kwargs
+from longreach.integrations.transformers.forward_args import cache_kwargs
 
 
 def rss_gib() -> float:
@@ -37,8 +37,8 @@ def main() -> None:
     import longreach
     from longreach.eval.perplexity import bucket_perplexity
     from longreach.eval.plots import plot_perplexity_by_position
-    from longreach.integration import trained_length
     from longreach.methods import parse_length, parse_method
+    from longreach.models.config import trained_length
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")

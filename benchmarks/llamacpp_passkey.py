@@ -60,10 +60,10 @@ from longreach.eval.passkey import (
     score_answer,
 )
 from longreach.eval.records import append_record
-from longreach.integration import trained_length
 from longreach.methods import parse_length, parse_method
 from longreach.methods.base import Method, Part, method_config
 from longreach.models import embedded_gguf, load_model
+from longreach.models.config import trained_length
 
 MODEL = "smollm2-135m"
 

@@ -24,7 +24,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from longreach.forward_args import cache_kwargs
+from longreach.integrations.transformers.forward_args import cache_kwargs
 
 
 def kv_bytes(cache) -> int:
@@ -47,8 +47,8 @@ def block_bytes(cache) -> int:
 
 def measure(model_name: str, spec: str, length: int, decode_steps: int, seed: int = 0) -> dict:
     import longreach
-    from longreach.integration import trained_length
     from longreach.methods import parse_method
+    from longreach.models.config import trained_length
 
     model, _ = longreach.load_model(model_name)
     method = parse_method(spec, target_length=length + decode_steps, trained_length=trained_length(model.config))

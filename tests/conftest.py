@@ -6,7 +6,7 @@ import pytest
 import torch
 import transformers
 
-from longreach.forward_args import cache_kwargs
+from longreach.integrations.transformers.forward_args import cache_kwargs
 
 COMMON = dict(
     vocab_size=128,

@@ -6,7 +6,7 @@ import transformers
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicSlidingWindowLayer
 
-from longreach.cache import AppendingLayer, EvictingLayer, LongReachCache
+from longreach.integrations.transformers.cache import AppendingLayer, EvictingLayer, LongReachCache
 
 
 def test_a_sliding_cache_layer_appends_and_drops_without_copying_its_window():

@@ -6,8 +6,8 @@ from conftest import tiny_model
 from transformers import DynamicCache
 
 import longreach
-from longreach.cache import EvictingLayer, LongReachCache
-from longreach.forward_args import CACHE_NAMES, cache_keyword, given_cache, input_length
+from longreach.integrations.transformers.cache import EvictingLayer, LongReachCache
+from longreach.integrations.transformers.forward_args import CACHE_NAMES, cache_keyword, given_cache, input_length
 
 
 def test_the_cache_keyword_is_the_one_the_installed_transformers_takes():

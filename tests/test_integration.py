@@ -6,12 +6,13 @@ import pytest
 import torch
 import transformers
 from conftest import COMMON, FAMILIES, left_pad, logits, logits_in_pieces, tiny_model
+from dense_reference import reference_attention
 from transformers import AttentionInterface, DynamicCache
 
 import longreach
-from longreach.engine.reference import reference_attention
-from longreach.forward_args import cache_kwargs
-from longreach.integration import _rope_of, describe_rotary, longreach_attention
+from longreach.integrations.transformers.attention import longreach_attention
+from longreach.integrations.transformers.forward_args import cache_kwargs
+from longreach.integrations.transformers.rotary import describe_rotary, rope_of
 
 EQUIVALENCE_FAMILIES = sorted(FAMILIES)
 
@@ -49,7 +50,7 @@ def test_restore_is_exact_and_extend_does_not_stack(family):
 def dense_reference_attention(module, query, key, value, attention_mask, scaling=None, **kwargs):
     """Attention fn computing the plan densely from unrotated q/k (for unpadded inputs)."""
     extension = module._longreach
-    _, layout = _rope_of(module, extension.layouts)
+    _, layout = rope_of(module, extension.layouts)
     n_key, n_query = key.shape[2], query.shape[2]
     positions = torch.arange(n_key)
     raw_q = layout.rotate(query, -positions[n_key - n_query :].float())
@@ -299,7 +300,35 @@ def test_models_outside_the_attention_interface_are_refused():
 
 def test_non_method_is_a_type_error():
     with pytest.raises(TypeError, match="SelfExtend"):
-        longreach.extend(tiny_model(), "self-extend")
+        longreach.extend(tiny_model(), 42)
+
+
+def test_a_spec_string_extends_like_its_config():
+    model = tiny_model("llama", max_position_embeddings=32)
+    ids = torch.randint(3, 128, (1, 48))
+    longreach.extend(model, longreach.SelfExtend(group_size=2, window=16))
+    expected = logits(model, ids)
+    longreach.extend(model, "self-extend:group_size=2,window=16")
+    assert longreach.current_method(model) == longreach.SelfExtend(group_size=2, window=16)
+    assert torch.equal(logits(model, ids), expected)
+    longreach.extend(model, "self-extend:auto", target_length=256)  # NAME:auto picks settings for the target
+    assert longreach.current_method(model).max_length(32) >= 256
+    longreach.extend(model, "rerope:auto")  # no target: 4x the trained length
+    assert longreach.current_method(model) == longreach.ReRoPE.for_target(128, 32)
+    with pytest.raises(longreach.MethodSpecError, match="missing group_size, window"):
+        longreach.extend(model, "self-extend")
+    assert longreach.current_method(model) == longreach.ReRoPE.for_target(128, 32)  # a refusal changes nothing
+
+
+def test_extending_with_vanilla_is_restoring():
+    model = tiny_model("llama", max_position_embeddings=32)
+    ids = torch.randint(3, 128, (1, 40))
+    original = logits(model, ids)
+    longreach.extend(model, longreach.SelfExtend(group_size=2, window=16))
+    longreach.extend(model, "vanilla")
+    assert longreach.current_method(model) is None
+    assert model.config._attn_implementation == "sdpa"
+    assert torch.equal(logits(model, ids), original)
 
 
 def test_input_too_long_names_settings_that_would_cover_it():
@@ -363,8 +392,8 @@ def test_model_info_reports_rope_and_suggestions():
 
 
 def test_decoding_rotates_only_new_keys_and_beam_search_stays_exact(monkeypatch):
-    from longreach.cache import LongReachCache
     from longreach.engine.rotary import RotaryLayout
+    from longreach.integrations.transformers.cache import LongReachCache
 
     model = tiny_model("llama")
     longreach.extend(model, longreach.SelfExtend(group_size=3, window=6))
@@ -394,7 +423,7 @@ def test_decoding_rotates_only_new_keys_and_beam_search_stays_exact(monkeypatch)
 
 def test_decoding_appends_to_the_cache_in_place():
     """A decoding step writes its token into the cache's buffers instead of copying every key."""
-    from longreach.cache import AppendingLayer
+    from longreach.integrations.transformers.cache import AppendingLayer
 
     model = tiny_model("llama")
     longreach.extend(model, longreach.SelfExtend(group_size=3, window=6))

@@ -6,12 +6,12 @@ from conftest import left_pad, logits, tiny_model
 from transformers import DynamicCache
 
 import longreach
-from longreach.forward_args import cache_kwargs
+from longreach.integrations.transformers.forward_args import cache_kwargs
 
 TRAINED = 32
 
 
-@pytest.mark.parametrize("kind", ["linear", "dynamic", "yarn"])
+@pytest.mark.parametrize("kind", ["linear", "dynamic-ntk", "yarn"])
 def test_scaling_changes_the_model_and_restore_is_exact(kind):
     model = tiny_model("llama", max_position_embeddings=TRAINED)
     ids = torch.randint(3, 128, (1, 50))
@@ -20,7 +20,7 @@ def test_scaling_changes_the_model_and_restore_is_exact(kind):
     frequencies = rotary.inv_freq.clone()
     longreach.extend(model, longreach.RopeScaling(kind, 4.0))
     assert model.config._attn_implementation == "sdpa"  # the model's own attention
-    assert model.config.rope_parameters["rope_type"] == {"dynamic": "dynamic"}.get(kind, kind)
+    assert model.config.rope_parameters["rope_type"] == {"dynamic-ntk": "dynamic"}.get(kind, kind)
     scaled = logits(model, ids)
     assert (scaled - original).abs().max() > 1e-3
     if kind == "linear":
@@ -51,7 +51,7 @@ def test_dynamic_ntk_cached_decoding_equals_recomputing():
 
     def scaled_model():
         return longreach.extend(
-            tiny_model("llama", max_position_embeddings=TRAINED), longreach.RopeScaling("dynamic", 2.0)
+            tiny_model("llama", max_position_embeddings=TRAINED), longreach.RopeScaling("dynamic-ntk", 2.0)
         )
 
     gen = torch.Generator().manual_seed(0)
@@ -71,7 +71,7 @@ def test_dynamic_ntk_cached_decoding_equals_recomputing():
 
 def test_dynamic_ntk_chunked_prefill_past_the_trained_length():
     model = tiny_model("llama", max_position_embeddings=TRAINED)
-    longreach.extend(model, longreach.RopeScaling("dynamic", 2.0))
+    longreach.extend(model, longreach.RopeScaling("dynamic-ntk", 2.0))
     ids = torch.randint(3, 128, (1, 60))
     full = logits(model, ids)
     cache = DynamicCache(config=model.config)
@@ -94,7 +94,7 @@ def test_scaling_a_model_that_already_scales_is_refused():
 def test_specs_name_the_kind():
     from longreach.methods import parse_method
 
-    assert parse_method("dynamic-ntk:factor=2") == longreach.RopeScaling("dynamic", 2)
+    assert parse_method("dynamic-ntk:factor=2") == longreach.RopeScaling("dynamic-ntk", 2)
     assert parse_method("yarn:auto", target_length=32768, trained_length=8192) == longreach.RopeScaling("yarn", 4.0)
     assert longreach.RopeScaling("linear", 2.5).spec() == "linear:factor=2.5"
 
@@ -113,5 +113,5 @@ def test_inputs_past_what_the_factor_covers_are_refused(kind):
     logits(model, torch.randint(3, 128, (2, 70)), attention_mask=mask)
     with pytest.raises(longreach.InputTooLongError):  # decoding reaches the 65th position
         model.generate(torch.randint(3, 128, (1, 60)), do_sample=False, pad_token_id=0, max_new_tokens=10)
-    longreach.extend(model, longreach.RopeScaling("dynamic", 2.0))  # frequencies follow the length: no limit
+    longreach.extend(model, longreach.RopeScaling("dynamic-ntk", 2.0))  # frequencies follow the length: no limit
     logits(model, torch.randint(3, 128, (1, 65)))

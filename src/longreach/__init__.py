@@ -3,38 +3,54 @@
 Example:
     >>> import longreach
     >>> model, tokenizer = longreach.load_model("smollm2-135m")  # doctest: +SKIP
-    >>> longreach.extend(model, longreach.SelfExtend(group_size=4, window=1024))  # doctest: +SKIP
+    >>> longreach.extend(model, "self-extend:group_size=4,window=1024")  # doctest: +SKIP
     >>> longreach.restore(model)  # doctest: +SKIP
+
+The public names load on first use, so ``import longreach`` (and ``longreach --help``) does not
+wait for torch and transformers.
 """
 
-from longreach.generation import prefill
-from longreach.info import ModelInfo, model_info
-from longreach.integration import UnsupportedModelError, current_method, extend, restore
-from longreach.methods import (
-    METHODS,
-    DualChunk,
-    InfLLM,
-    InputTooLongError,
-    LMInfinite,
-    Method,
-    Part,
-    ReRoPE,
-    RopeScaling,
-    SelfExtend,
-    StreamingLLM,
-    Vanilla,
-)
-from longreach.models import ModelNotAvailableError, load_model
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
+_EXPORTS = {
+    "METHODS": "longreach.methods",
+    "DualChunk": "longreach.methods",
+    "InfLLM": "longreach.methods",
+    "InputTooLongError": "longreach.methods",
+    "LMInfinite": "longreach.methods",
+    "Method": "longreach.methods",
+    "MethodSpecError": "longreach.methods",
+    "Part": "longreach.methods",
+    "ReRoPE": "longreach.methods",
+    "RopeScaling": "longreach.methods",
+    "SelfExtend": "longreach.methods",
+    "StreamingLLM": "longreach.methods",
+    "Vanilla": "longreach.methods",
+    "parse_method": "longreach.methods",
+    "ModelInfo": "longreach.models",
+    "ModelNotAvailableError": "longreach.models",
+    "UnsupportedModelError": "longreach.models",
+    "load_model": "longreach.models",
+    "model_info": "longreach.models",
+    "current_method": "longreach.integrations.transformers",
+    "extend": "longreach.integrations.transformers",
+    "prefill": "longreach.integrations.transformers",
+    "restore": "longreach.integrations.transformers",
+}
+
 __all__ = [
-    "METHODS",
     "DualChunk",
     "InfLLM",
     "InputTooLongError",
     "LMInfinite",
+    "METHODS",
     "Method",
+    "MethodSpecError",
     "ModelInfo",
     "ModelNotAvailableError",
     "Part",
@@ -48,6 +64,39 @@ __all__ = [
     "extend",
     "load_model",
     "model_info",
+    "parse_method",
     "prefill",
     "restore",
 ]
+
+if TYPE_CHECKING:  # what a type checker and an IDE see; at run time __getattr__ loads them
+    from longreach.integrations.transformers import current_method, extend, prefill, restore
+    from longreach.methods import (
+        METHODS,
+        DualChunk,
+        InfLLM,
+        InputTooLongError,
+        LMInfinite,
+        Method,
+        MethodSpecError,
+        Part,
+        ReRoPE,
+        RopeScaling,
+        SelfExtend,
+        StreamingLLM,
+        Vanilla,
+        parse_method,
+    )
+    from longreach.models import ModelInfo, ModelNotAvailableError, UnsupportedModelError, load_model, model_info
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'longreach' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -76,8 +76,7 @@ def _resolve(spec: str, length: int, total: int, trained: int, window: int | Non
 
 
 def _check_covers(method, length: int, trained: int) -> None:
-    from longreach.integration import check_length
-    from longreach.methods import InputTooLongError
+    from longreach.methods import InputTooLongError, check_length
 
     try:
         check_length(method, length, trained)
@@ -120,9 +119,7 @@ def _quiet_gguf_conversion():
 def _apply(model, method):
     import longreach
 
-    if isinstance(method, longreach.Vanilla):
-        return longreach.restore(model)  # the model's own attention: the honest baseline
-    try:
+    try:  # vanilla restores the model's own attention: the honest baseline
         return longreach.extend(model, method)
     except ValueError as error:  # settings this model cannot take
         raise UsageError(str(error)) from None
@@ -152,8 +149,8 @@ def cmd_passkey(args: argparse.Namespace) -> int:
         run_passkey,
     )
     from longreach.eval.plots import plot_accuracy_by_length
-    from longreach.integration import sliding_window, trained_length
     from longreach.methods import is_auto
+    from longreach.models.config import sliding_window, trained_length
 
     lengths = _lengths(args.lengths)
     depths = _depths(args.depths) if args.depths else list(DEFAULT_DEPTHS)
@@ -262,8 +259,8 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
     import longreach
     from longreach.eval.perplexity import perplexity_table, run_perplexity
     from longreach.eval.plots import plot_perplexity_by_position
-    from longreach.integration import sliding_window, trained_length
     from longreach.methods import is_auto
+    from longreach.models.config import sliding_window, trained_length
 
     lengths = _lengths(args.lengths)
     specs = args.method or ["vanilla"]
@@ -343,7 +340,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from longreach.eval.haystack import check_texts
     from longreach.eval.report import RUN, build_tables, write_report
     from longreach.eval.task import build_tasks, known_task_names
-    from longreach.integration import sliding_window, trained_length
+    from longreach.models.config import sliding_window, trained_length
 
     lengths = _lengths(args.lengths)
     specs = args.method or ["vanilla"]
@@ -473,7 +470,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import torch
     from transformers import TextStreamer
 
-    from longreach.integration import sliding_window, trained_length
+    from longreach.models.config import sliding_window, trained_length
 
     _check_specs([args.method])
     prompt_path = Path(args.prompt_file)

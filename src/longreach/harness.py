@@ -26,8 +26,8 @@ except ImportError as error:  # lm-eval is an optional extra
     raise ImportError(f"{error}; longreach.harness needs lm-eval: pip install 'longreach[lm-eval]'") from error
 
 import longreach
-from longreach.integration import check_length, sliding_window, trained_length
-from longreach.methods import METHODS, Method, MethodSpecError, is_auto, parse_length, parse_method
+from longreach.methods import METHODS, Method, MethodSpecError, check_length, is_auto, parse_length, parse_method
+from longreach.models.config import sliding_window, trained_length
 
 NAME = "longreach"
 
@@ -81,11 +81,7 @@ class LongReachLM(HFLM):
         if length is None:
             length = default_max_length(chosen, trained, auto=is_auto(spec))
         check_length(chosen, length, trained)
-        # As the CLI does: vanilla is the model's own attention, the honest baseline.
-        if isinstance(chosen, longreach.Vanilla):
-            longreach.restore(model)
-        else:
-            longreach.extend(model, chosen)
+        longreach.extend(model, chosen)  # vanilla: the model's own attention, the honest baseline
         super().__init__(pretrained=model, tokenizer=tokenizer, max_length=length, **kwargs)
         self.method = chosen
         self.trained_length = trained
@@ -111,7 +107,7 @@ def default_max_length(method: Method, trained: int, *, auto: bool = False) -> i
         >>> default_max_length(longreach.Vanilla(), 8192)
         8192
     """
-    if isinstance(method, longreach.Vanilla):
+    if method.attention == "model":
         return trained
     covered = None if auto else method.max_length(trained)
     return covered if covered is not None else 4 * trained

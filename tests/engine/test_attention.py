@@ -3,11 +3,11 @@
 import pytest
 import torch
 from conftest import attention_inputs
+from dense_reference import reference_attention, rope
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from longreach.engine.attention import attend
-from longreach.engine.reference import reference_attention, rope
+from longreach.engine.attention import Scoring, attend
 from longreach.engine.rotary import RotaryLayout
 from longreach.methods import DualChunk, Part, ReRoPE, SelfExtend, Vanilla
 
@@ -64,12 +64,10 @@ def run_case(case):
         rope(x["raw_k"], key_positions, inv_freq, interleaved).float(),
         x["value"],
         parts,
-        RotaryLayout(inv_freq, interleaved),
+        Scoring(RotaryLayout(inv_freq, interleaved), scale=x["scale"], sliding_window=case["sliding_window"]),
         query_positions=query_positions,
         key_positions=key_positions,
-        scale=x["scale"],
         key_valid=key_valid,
-        sliding_window=case["sliding_window"],
         tile=case["tile"],
     )
     return got, expected
@@ -114,10 +112,9 @@ def test_decreasing_spans_are_rejected():
             q,
             q,
             (backwards,),
-            RotaryLayout(torch.ones(4)),
+            Scoring(RotaryLayout(torch.ones(4)), scale=1.0),
             query_positions=torch.arange(4),
             key_positions=torch.arange(4),
-            scale=1.0,
         )
 
 
@@ -156,10 +153,9 @@ def test_half_precision_inputs_at_far_positions(dtype, tolerance, method):
         rope(x["raw_k"], key_positions, inv_freq, False).to(dtype),
         x["value"].to(dtype),
         method.parts(),
-        RotaryLayout(inv_freq, False),
+        Scoring(RotaryLayout(inv_freq, False), scale=x["scale"]),
         query_positions=query_positions,
         key_positions=key_positions,
-        scale=x["scale"],
     )
     assert got.dtype == dtype
     assert (got.double() - expected).abs().max() < tolerance < (plain - expected).abs().max() / 10

@@ -3,10 +3,10 @@ import sys
 import pytest
 import torch
 from conftest import FAMILIES, tiny_model
+from dense_reference import rope
 
-from longreach.engine.reference import rope
 from longreach.engine.rotary import RotaryLayout
-from longreach.integration import describe_rotary
+from longreach.integrations.transformers.rotary import describe_rotary
 
 
 @pytest.mark.parametrize("interleaved", [False, True])

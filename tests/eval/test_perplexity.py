@@ -66,7 +66,7 @@ def test_shorter_lengths_come_from_the_longest_run_exactly(novel, tmp_path):
 
 
 def test_length_dependent_methods_run_each_length(novel):
-    model = longreach.extend(tiny_model("llama", max_position_embeddings=32), longreach.RopeScaling("dynamic", 2.0))
+    model = longreach.extend(tiny_model("llama", max_position_embeddings=32), longreach.RopeScaling("dynamic-ntk", 2.0))
     runs = run_perplexity(
         model, CharTokenizer(), method="dynamic-ntk", text_path=novel, lengths=[64, 200], depends_on_length=True
     )

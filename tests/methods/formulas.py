@@ -11,9 +11,9 @@ from __future__ import annotations
 import math
 
 import torch
+from dense_reference import rope
 
 import longreach
-from longreach.engine.reference import rope
 
 
 def pair_positions(method, i: torch.Tensor, j: torch.Tensor):
@@ -30,10 +30,18 @@ def pair_positions(method, i: torch.Tensor, j: torch.Tensor):
         k = torch.where(near, j, j // g)
         return q.double(), k.double(), attends
     if isinstance(method, longreach.DualChunk):
+        # ChunkLlama's rule: keys at j % c; a query at i % c in the key's chunk, and otherwise at
+        # a row of its next-chunk table min(r + c, chunk_size): row i % c for the chunk just
+        # before, the last row (r = c - 1) for every older chunk.
         size = method.chunk_size
         c = size - method.local_window
+
+        def next_chunk_row(r):
+            return (r + c).clamp_max(size)
+
         same, previous = i // c == j // c, i // c == j // c + 1
-        q = torch.where(same, i % c, torch.where(previous, (i % c + c).clamp_max(size), torch.full_like(i, size)))
+        older = next_chunk_row(torch.full_like(i, c - 1))
+        q = torch.where(same, i % c, torch.where(previous, next_chunk_row(i % c), older))
         return q.double(), (j % c).double(), attends
     if isinstance(method, longreach.LMInfinite):
         local = d < method.local_window
@@ -69,7 +77,8 @@ def pair_positions(method, i: torch.Tensor, j: torch.Tensor):
 
 
 def score_scale(method, i: torch.Tensor, trained_length: int) -> torch.Tensor:
-    """Per-query factor on the scores: log-n scaling and DualChunk's temperature."""
+    """Per-query factor on the scores: log-n scaling and DualChunk's temperature (LongReach's
+    per-query rule on the length i + 1 each query reads)."""
     scale = torch.ones(i.shape, dtype=torch.float64)
     base = method.log_scale_base
     if base is not None:

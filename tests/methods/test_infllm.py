@@ -6,19 +6,22 @@ import platform
 import pytest
 import torch
 from conftest import attention_inputs, left_pad, logits, tiny_model
+from dense_reference import rope
 from formulas import formula_attention
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import DynamicCache
 
 import longreach
-from longreach import integration
-from longreach.engine import memory_attention
-from longreach.engine.memory_attention import MemoryState, attend_with_memory, select_blocks
-from longreach.engine.reference import rope
+from longreach.engine.attention import Scoring
+from longreach.engine.memory import attend as memory_attention
+from longreach.engine.memory.attend import attend_with_memory, select_blocks
+from longreach.engine.memory.heap import release_free_heap
+from longreach.engine.memory.state import MemoryState
+from longreach.engine.memory.store import BlockStore
 from longreach.engine.rotary import RotaryLayout
-from longreach.forward_args import cache_kwargs
-from longreach.memory import BlockStore, release_free_heap
+from longreach.integrations.transformers import install
+from longreach.integrations.transformers.forward_args import cache_kwargs
 from longreach.methods import parse_method
 
 
@@ -64,24 +67,24 @@ def run_calls(case, method=None):
     queries = rope(x["raw_q"], positions, inv_freq, interleaved).float()
     keys = rope(x["raw_k"], positions, inv_freq, interleaved).float()
     layout = RotaryLayout(inv_freq, interleaved)
-    state = MemoryState(blocks_end=method.n_init)
+    state = MemoryState.empty(method)
     held = torch.zeros(0, dtype=torch.long)
     outputs = []
     edges = [0, *sorted(set(case["cuts"])), case["n_key"]]
     for a, b in zip(edges, edges[1:], strict=False):
         held = torch.cat((held, torch.arange(a, b)))
-        out, kept = attend_with_memory(
+        out = attend_with_memory(
             queries[:, :, a:b],
             keys[:, :, held],
             x["value"][:, :, held],
             method,
-            layout,
+            Scoring(layout, scale=x["scale"]),
             state,
             query_positions=positions[a:b],
             key_positions=positions[held],
-            scale=x["scale"],
             query_scale=method.query_scale(positions[a:b], 64),
         )
+        kept = state.resident(positions[held])
         state.keep(kept)
         held = held[kept]
         outputs.append(out)
@@ -219,21 +222,20 @@ def test_decoding_one_query_equals_the_general_path_when_retrieval_picks_blocks(
     for path in ("one query", "general"):
         if path == "general":
             monkeypatch.setattr(memory_attention, "_attend_one_query", general_path_for_one_query)
-        state, held, outputs = MemoryState(blocks_end=method.n_init), torch.zeros(0, dtype=torch.long), []
+        state, held, outputs = MemoryState.empty(method), torch.zeros(0, dtype=torch.long), []
         for a, b in [(0, 6), *((t, t + 1) for t in range(6, 70))]:  # decoding also before n_init + n_local
             held = torch.cat((held, torch.arange(a, b)))
-            out, kept = attend_with_memory(
+            out = attend_with_memory(
                 queries[:, :, a:b],
                 keys[:, :, held],
                 x["value"][:, :, held],
                 method,
-                layout,
+                Scoring(layout, scale=x["scale"], sliding_window=sliding_window),
                 state,
                 query_positions=positions[a:b],
                 key_positions=positions[held],
-                scale=x["scale"],
-                sliding_window=sliding_window,
             )
+            kept = state.resident(positions[held])
             state.keep(kept)
             held = held[kept]
             outputs.append(out)
@@ -326,7 +328,7 @@ def test_prefill_then_generate_equals_generate():
 
 def test_reading_a_long_input_releases_the_freed_heap_before_each_block(monkeypatch):
     released = []
-    monkeypatch.setattr(integration, "release_free_heap", lambda: released.append(1) or True)
+    monkeypatch.setattr(install, "release_free_heap", lambda: released.append(1) or True)
     model = tiny_model("llama", max_position_embeddings=TRAINED)
     longreach.extend(model, ACTIVE)
     ids = torch.randint(3, 128, (1, 70))

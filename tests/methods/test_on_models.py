@@ -7,7 +7,7 @@ from conftest import left_pad, logits, logits_in_pieces, tiny_model
 from transformers import DynamicCache
 
 import longreach
-from longreach.forward_args import cache_kwargs
+from longreach.integrations.transformers.forward_args import cache_kwargs
 
 #: Settings that cover a 48-token input whole: each method must be plain attention there.
 COVERING = [

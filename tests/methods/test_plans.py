@@ -3,13 +3,13 @@
 import pytest
 import torch
 from conftest import attention_inputs
+from dense_reference import rope
 from formulas import formula_attention
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import longreach
-from longreach.engine.attention import attend
-from longreach.engine.reference import rope
+from longreach.engine.attention import Scoring, attend
 from longreach.engine.rotary import RotaryLayout
 
 log_base = st.one_of(st.none(), st.integers(2, 40))
@@ -99,10 +99,9 @@ def run(case, kept: torch.Tensor | None = None):
         keys[:, :, kept],
         x["value"][:, :, kept],
         method.parts(),
-        RotaryLayout(inv_freq, interleaved),
+        Scoring(RotaryLayout(inv_freq, interleaved), scale=x["scale"]),
         query_positions=query_positions,
         key_positions=key_positions[kept],
-        scale=x["scale"],
         tile=case["tile"],
         query_scale=method.query_scale(query_positions, case["trained"]),
     )
@@ -120,12 +119,12 @@ def test_plans_match_their_formulas(case):
 @given(cases())
 def test_attending_only_retained_keys_changes_nothing(case):
     """Keys a cache drops after the previous call (none seen by later queries) do not matter."""
-    from longreach.integration import _still_visible
+    from longreach.engine.eviction import still_visible
 
     first_query = case["n_key"] - case["n_query"]
     kept = torch.cat(
         (
-            _still_visible(case["method"].parts(), torch.arange(first_query), first_query, {case["pad"]}),
+            still_visible(case["method"].parts(), torch.arange(first_query), first_query, {case["pad"]}),
             torch.ones(case["n_query"], dtype=torch.bool),
         )
     )

@@ -15,11 +15,33 @@ import torch
 
 from longreach.engine.append import append_tokens
 from longreach.engine.kernels import attention_with_lse, merge_by_lse
+from longreach.engine.memo import PositionMemo, Spans, remember
 from longreach.engine.rotary import RotaryLayout
 from longreach.methods.base import Part
 
 #: Queries per tile: larger tiles mean fewer kernel calls.
 TILE = 512
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """How a layer scores: the same for every call of the layer.
+
+    ``layout`` re-rotates q and k; ``scale`` multiplies q.k; ``softcap`` then bounds the scores
+    (Gemma 2's soft-capping); ``sliding_window`` clips every part at that true distance;
+    ``sink_logits`` (Hq,) are learned attention sinks (GPT-OSS): one more logit per head in each
+    softmax, with a zero value.
+
+    Example:
+        >>> Scoring(RotaryLayout(inv_freq=torch.tensor([1.0, 0.1])), scale=0.5).softcap is None
+        True
+    """
+
+    layout: RotaryLayout
+    scale: float
+    softcap: float | None = None
+    sliding_window: int | None = None
+    sink_logits: torch.Tensor | None = None
 
 
 @dataclass
@@ -40,43 +62,36 @@ def attend(
     key: torch.Tensor,
     value: torch.Tensor,
     parts: tuple[Part, ...],
-    layout: RotaryLayout,
+    scoring: Scoring,
     *,
     query_positions: torch.Tensor,
     key_positions: torch.Tensor,
-    scale: float,
-    key_valid: torch.Tensor | None = None,
-    sliding_window: int | None = None,
-    tile: int = TILE,
-    key_store: dict | None = None,
     query_scale: torch.Tensor | None = None,
-    position_memo: dict | None = None,
+    key_valid: torch.Tensor | None = None,
+    key_store: dict | None = None,
+    memo: PositionMemo | None = None,
     return_lse: bool = False,
-    softcap: float | None = None,
-    sink_logits: torch.Tensor | None = None,
+    tile: int = TILE,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Attention of ``query`` over ``key``/``value`` under a position plan.
+    """Attention of ``query`` over ``key``/``value`` under a position plan, scored by ``scoring``.
 
     ``query`` (B, Hq, Nq, D) and ``key`` (B, Hkv, Nk, D) are rotated at their true positions,
     which all rows share: ``query_positions`` (Nq,) and ``key_positions`` (Nk,), int64, the latter
-    ascending. ``key_valid`` (Nk,) marks keys that may be attended at all (padding holes).
+    ascending. ``query_scale`` (Nq,) multiplies each query's scores (log-n scaling, attention
+    temperature). ``key_valid`` (Nk,) marks keys that may be attended at all (padding holes).
     ``key_store`` (a dict owned by the cache, per layer) keeps re-rotated keys between calls
     whose keys only grew by appending, so decoding rotates only the new keys.
-    ``query_scale`` (Nq,) multiplies each query's scores (log-n scaling, attention temperature);
-    ``softcap`` then bounds them (Gemma 2's soft-capping). ``sink_logits`` (Hq,) are learned
-    attention sinks (GPT-OSS): one more logit per head in each softmax, with a zero value.
-    ``position_memo`` (a dict the caller keeps for calls with the same positions, e.g. the layers
-    of one forward) saves recomputing each part's key spans and rotation angles.
+    ``memo`` (kept by the caller for calls with the same positions, e.g. the layers of one
+    forward) saves recomputing each part's key spans and rotation angles.
     Returns (B, Hq, Nq, D) in the query's dtype; a query that sees no key gets zeros. With
     ``return_lse`` returns (out in float32, lse (B, Hq, Nq)), for merging with more keys.
 
     Example:
         >>> q, k = torch.randn(1, 4, 6, 8), torch.randn(1, 2, 6, 8)
         >>> pos = torch.arange(6)
-        >>> layout = RotaryLayout(inv_freq=torch.tensor([1.0, 0.1, 0.01, 0.001]))
+        >>> scoring = Scoring(RotaryLayout(inv_freq=torch.tensor([1.0, 0.1, 0.01, 0.001])), scale=8 ** -0.5)
         >>> from longreach.methods.vanilla import Vanilla
-        >>> attend(q, k, k, Vanilla().parts(), layout, query_positions=pos,
-        ...        key_positions=pos, scale=8 ** -0.5).shape
+        >>> attend(q, k, k, Vanilla().parts(), scoring, query_positions=pos, key_positions=pos).shape
         torch.Size([1, 4, 6, 8])
     """
     batch, q_heads, n_query, head_dim = query.shape
@@ -84,11 +99,9 @@ def attend(
     group = q_heads // kv_heads
     if query_scale is not None:
         query = query * query_scale.to(query.device, torch.float32)[:, None].to(query.dtype)
+    memo = memo if memo is not None else PositionMemo()
     prepared = (
-        _prepare(
-            part, query, key, value, layout, query_positions, key_positions, sliding_window, key_store, position_memo
-        )
-        for part in parts
+        _prepare(part, query, key, value, scoring, query_positions, key_positions, key_store, memo) for part in parts
     )
     views = [view for view in prepared if view is not None]
     out = torch.zeros(batch, kv_heads, group, n_query, head_dim, dtype=torch.float32, device=query.device)
@@ -97,15 +110,15 @@ def attend(
         rows, first = slice(start, stop), True
         for view in views:
             for piece in _pieces(view, start, stop, key_valid is not None):
-                piece_out, piece_lse = _attend_piece(view, piece, key_valid, scale, softcap, group)
+                piece_out, piece_lse = _attend_piece(view, piece, key_valid, scoring.scale, scoring.softcap, group)
                 if first:  # every piece covers the tile's rows: the first needs no merge
                     out[..., rows, :], lse[..., rows], first = piece_out, piece_lse, False
                 else:
                     out[..., rows, :], lse[..., rows] = merge_by_lse(
                         out[..., rows, :], lse[..., rows], piece_out, piece_lse
                     )
-    if sink_logits is not None:  # a key with logit sink_h and value 0, merged like any part
-        sinks = sink_logits.to(lse.device, torch.float32).view(1, kv_heads, group, 1).expand_as(lse)
+    if scoring.sink_logits is not None:  # a key with logit sink_h and value 0, merged like any part
+        sinks = scoring.sink_logits.to(lse.device, torch.float32).view(1, kv_heads, group, 1).expand_as(lse)
         out, lse = merge_by_lse(out, lse, torch.zeros_like(out), sinks)
     out = out.reshape(batch, q_heads, n_query, head_dim)
     if return_lse:
@@ -114,10 +127,11 @@ def attend(
 
 
 def _prepare(
-    part, query, key, value, layout, query_positions, key_positions, sliding_window, key_store, position_memo
+    part: Part, query, key, value, scoring: Scoring, query_positions, key_positions, key_store, memo: PositionMemo
 ) -> _PartView | None:
     """The part's spans as key indices and its re-rotated q and k; None when no query sees a key."""
-    spans = memoized(position_memo, part, lambda: _spans(part, query_positions, key_positions, sliding_window))
+    layout = scoring.layout
+    spans = remember(memo.spans, part, lambda: _spans(part, query_positions, key_positions, scoring.sliding_window))
     if spans is None:
         return None
     lo, hi, jumps = spans
@@ -125,22 +139,20 @@ def _prepare(
 
     queries = query
     if part.query_position is not None:
-        angles = memoized(
-            position_memo,
-            ("query angles", part),
-            lambda: layout.angles(part.query_position(query_positions) - query_positions),
+        angles = remember(
+            memo.query_angles, part, lambda: layout.angles(part.query_position(query_positions) - query_positions)
         )
         queries = layout.apply(query, angles)
     keys = key[:, :, key_start:key_stop]
     if part.key_position is not None:
-        keys = _rotated_keys(part, key, key_positions, key_start, key_stop, layout, key_store, position_memo)
+        keys = _rotated_keys(part, key, key_positions, key_start, key_stop, layout, key_store, memo)
     batch, q_heads, n_query, head_dim = query.shape
     kv_heads = key.shape[1]
     queries = queries.reshape(batch, kv_heads, q_heads // kv_heads, n_query, head_dim)
     return _PartView(queries, keys, value[:, :, key_start:key_stop], key_start, lo, hi, jumps)
 
 
-def _spans(part, query_positions, key_positions, sliding_window) -> tuple[list[int], list[int], list[int]] | None:
+def _spans(part, query_positions, key_positions, sliding_window) -> Spans | None:
     """Per query, the part's region as key indices [lo, hi), and the queries where a bound jumps."""
     lo_pos, hi_pos = part.key_span(query_positions)
     hi_pos = torch.minimum(hi_pos, query_positions + 1)
@@ -158,16 +170,7 @@ def _spans(part, query_positions, key_positions, sliding_window) -> tuple[list[i
     return lo_idx.tolist(), hi_idx.tolist(), jumps.tolist()
 
 
-def memoized(memo: dict | None, key, make):
-    """``make()``, kept in ``memo`` (the layers of one forward share it) under ``key``."""
-    if memo is None:
-        return make()
-    if key not in memo:
-        memo[key] = make()
-    return memo[key]
-
-
-def _rotated_keys(part, key, key_positions, start, stop, layout, store, memo) -> torch.Tensor:
+def _rotated_keys(part, key, key_positions, start, stop, layout, store, memo: PositionMemo) -> torch.Tensor:
     """Keys [start, stop) at the part's key positions, reusing what ``store`` already holds."""
 
     def rotate(a: int, b: int) -> torch.Tensor:
@@ -175,7 +178,7 @@ def _rotated_keys(part, key, key_positions, start, stop, layout, store, memo) ->
             positions = key_positions[a:b]
             return layout.angles(part.key_position(positions) - positions)
 
-        return layout.apply(key[:, :, a:b], memoized(memo, ("key angles", part, a, b), angles))
+        return layout.apply(key[:, :, a:b], remember(memo.key_angles, (part, a, b), angles))
 
     if store is None:
         return rotate(start, stop)

@@ -23,7 +23,7 @@ import torch
 from transformers import DynamicCache
 
 from longreach.eval.records import append_record, read_records, same_settings
-from longreach.forward_args import cache_kwargs
+from longreach.integrations.transformers.forward_args import cache_kwargs
 
 #: Tokens per forward call: bounds the logits to chunk x vocabulary floats.
 CHUNK = 1024

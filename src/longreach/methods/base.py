@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 
@@ -69,6 +69,12 @@ class Method:
 
     #: names used on the command line (``--method NAME:key=value``); the first is the default
     cli_names: ClassVar[tuple[str, ...]] = ()
+    #: How the method attends, which is all an integration needs to know to install it:
+    #: ``"model"`` with the model's own attention, unchanged (``extend`` restores the model);
+    #: ``"model-rope"`` with the model's own attention and its RoPE parameters rescaled;
+    #: ``"plan"`` by the engine executing :meth:`parts`;
+    #: ``"memory"`` by a plan whose distant part is retrieved from a block memory (InfLLM).
+    attention: ClassVar[Literal["model", "model-rope", "plan", "memory"]] = "plan"
 
     def __post_init__(self) -> None:
         if self.log_scale_base is not None:
@@ -86,6 +92,12 @@ class Method:
         return self.cli_names[0]
 
     @property
+    def prefill_chunk(self) -> int | None:
+        """Tokens per forward call a long input must be read in (None: any split gives the same
+        result, so callers choose for memory alone)."""
+        return None
+
+    @property
     def depends_on_length(self) -> bool:
         """Whether attention at a position changes with how long the whole input is (it does not
         for position plans: they are causal)."""
@@ -101,6 +113,10 @@ class Method:
     def check_model(self, trained_length: int) -> None:
         """Raise ``ValueError`` when these settings need distances a model trained to
         ``trained_length`` tokens never saw."""
+
+    def check_window(self, sliding_window: int, trained_length: int) -> None:
+        """Raise ``ValueError`` when these settings need the model to attend further back than its
+        ``sliding_window`` (tokens)."""
 
     def max_length(self, trained_length: int) -> int | None:
         """Longest input (tokens) these settings cover on a model trained to ``trained_length``;

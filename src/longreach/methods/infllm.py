@@ -46,6 +46,7 @@ class InfLLM(Method):
     storage: str = "auto"
     storage_dir: str | None = None
     cli_names = ("infllm",)
+    attention = "memory"
 
     def validate(self) -> None:
         check_int("InfLLM", "n_init", self.n_init, 0)
@@ -67,6 +68,21 @@ class InfLLM(Method):
             raise ValueError(f"InfLLM: storage must be one of {', '.join(STORAGES)}, got {self.storage!r}")
         if self.storage_dir is not None and self.storage != "mmap":
             raise ValueError("InfLLM: storage_dir is only used with storage='mmap'")
+
+    @property
+    def prefill_chunk(self) -> int:
+        """Execution blocks are cut at positions, so a long input is read ``exec_block`` at a time."""
+        return self.exec_block
+
+    def check_window(self, sliding_window: int, trained_length: int) -> None:
+        """Memory tokens sit at distance ``n_local - 1``, which the model must have attended."""
+        if self.n_local > sliding_window:
+            raise ValueError(
+                f"InfLLM: this model attends at most {sliding_window} tokens back (sliding window), so the local "
+                f"window n_local ({self.n_local}) and the memory's distance must fit in it: use n_local <= "
+                f"{sliding_window} (InfLLM.for_model({trained_length}, n_local={sliding_window}), or "
+                f"infllm:n_local={sliding_window} on the command line)"
+            )
 
     @property
     def vanilla_length(self) -> int:

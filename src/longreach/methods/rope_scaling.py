@@ -5,15 +5,16 @@ import math
 from longreach.methods.base import Method, Part, method_config
 from longreach.methods.vanilla import Vanilla
 
-#: kind -> (CLI name, transformers rope_type)
-KINDS = {"linear": ("linear", "linear"), "dynamic": ("dynamic-ntk", "dynamic"), "yarn": ("yarn", "yarn")}
+#: kind (its CLI name) -> transformers' rope_type
+KINDS = {"linear": "linear", "dynamic-ntk": "dynamic", "yarn": "yarn"}
 
 
 @method_config
 class RopeScaling(Method):
     """The RoPE-scaling baselines, applied through the model's own rope parameters.
 
-    ``kind``: ``"linear"`` (position interpolation), ``"dynamic"`` (dynamic NTK) or ``"yarn"``.
+    ``kind``: ``"linear"`` (position interpolation), ``"dynamic-ntk"`` or ``"yarn"``, the names
+    the command line uses.
     ``extend`` sets the model's ``rope_parameters`` and recomputes its frequencies; attention
     stays the model's own. Dynamic NTK changes frequencies as the input grows while transformers
     never re-rotates cached keys; ``extend`` re-rotates them when that happens, so cached
@@ -26,7 +27,8 @@ class RopeScaling(Method):
 
     kind: str
     factor: float
-    cli_names = ("linear", "dynamic-ntk", "yarn")
+    cli_names = tuple(KINDS)
+    attention = "model-rope"
 
     def validate(self) -> None:
         if self.kind not in KINDS:
@@ -41,19 +43,19 @@ class RopeScaling(Method):
 
     @property
     def cli_name(self) -> str:
-        return KINDS[self.kind][0]
+        return self.kind
 
     @property
     def depends_on_length(self) -> bool:
-        return self.kind == "dynamic"  # frequencies follow the longest position seen
+        return self.kind == "dynamic-ntk"  # frequencies follow the longest position seen
 
     @property
     def rope_type(self) -> str:
-        return KINDS[self.kind][1]
+        return KINDS[self.kind]
 
     @classmethod
     def implied_settings(cls, name: str) -> dict:
-        return {"kind": next(kind for kind, (cli, _) in KINDS.items() if cli == name)}
+        return {"kind": name}
 
     def spec(self) -> str:
         return f"{self.cli_name}:factor={self.factor}"  # the CLI name gives the kind
@@ -66,7 +68,7 @@ class RopeScaling(Method):
         return Vanilla().parts()
 
     def max_length(self, trained_length: int) -> int | None:
-        if self.kind == "dynamic":
+        if self.kind == "dynamic-ntk":
             return None  # the frequencies follow the input length
         return math.floor(self.factor * trained_length)
 

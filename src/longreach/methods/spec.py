@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from longreach.methods.base import Method
+from longreach.methods.registry import METHODS
 
 
 class MethodSpecError(ValueError):
@@ -33,8 +34,6 @@ def parse_method(
         >>> parse_method("self-extend:group_size=4,window=1024")
         SelfExtend(group_size=4, window=1024)
     """
-    from longreach.methods import METHODS
-
     name, _, settings = spec.strip().partition(":")
     if name not in METHODS:
         known = ", ".join(sorted(METHODS))

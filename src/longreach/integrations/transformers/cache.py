@@ -15,6 +15,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 from longreach.engine.append import append_tokens, can_drop_in_place, drop_run
+from longreach.engine.memory.state import MemorySettings, MemoryState
 
 
 class AppendingLayer(DynamicLayer):
@@ -192,13 +193,28 @@ class LongReachCache(DynamicCache):
             return None
         return self.rotated_keys.setdefault((layer_idx, rows, offset), {})
 
-    def memory_state(self, layer_idx: int, rows: tuple[int, ...], offset: int, factory):
-        """The block memory state of one layer for the given batch rows and position offset,
-        made by ``factory()`` on first use."""
+    def memory_state(self, layer_idx: int, rows: tuple[int, ...], offset: int, settings: MemorySettings) -> MemoryState:
+        """The block memory of one layer for the given batch rows and position offset (InfLLM),
+        empty on first use. The cache owns it: blocks belong to the rows that wrote them."""
         key = (layer_idx, rows, offset)
         if key not in self.memory_states:
-            self.memory_states[key] = factory()
+            self.memory_states[key] = MemoryState.empty(settings)
         return self.memory_states[key]
+
+    def drop_stored(self, layer_idx: int) -> None:
+        """Drop the layer's keys that every row group's memory has moved into blocks: a key stays
+        while any group still reads it from the cache."""
+        states = [(offset, state) for (layer, _, offset), state in self.memory_states.items() if layer == layer_idx]
+        layer = self.layers[layer_idx]
+        if not states or not isinstance(layer, EvictingLayer):
+            return
+        index = layer.token_index
+        kept = torch.zeros(index.shape, dtype=torch.bool, device=index.device)
+        for offset, state in states:
+            kept |= state.resident(index - offset)
+        layer.keep(kept)
+        for _, state in states:
+            state.keep(kept)
 
     def _refuse_reshuffle(self, operation: str) -> None:
         if self.memory_states:

@@ -18,16 +18,23 @@ from transformers import PreTrainedModel
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from longreach.engine.rotary import RotaryLayout
-from longreach.forward_args import given_cache, input_length
+from longreach.integrations.transformers.forward_args import given_cache, input_length
+from longreach.methods.coverage import check_length
 from longreach.methods.rope_scaling import RopeScaling
 
 _ROTARY_STATE = ("rope_type", "attention_scaling", "max_seq_len_cached", "original_max_seq_len")
 
 
 def apply_rope_scaling(
-    model: PreTrainedModel, rotary: torch.nn.Module, method: RopeScaling, rope_type: str, layout: RotaryLayout
+    model: PreTrainedModel,
+    rotary: torch.nn.Module,
+    method: RopeScaling,
+    rope_type: str,
+    layout: RotaryLayout,
+    trained: int,
 ) -> tuple[Callable[[], None], object]:
-    """Scale the model's RoPE in place; returns (undo, handle of the dynamic-NTK hook or None)."""
+    """Scale the model's RoPE in place; returns (undo, handle of its forward pre-hook): dynamic
+    NTK's re-rotation of cached keys, or the refusal of inputs past what linear or YaRN cover."""
     if rope_type != "default":
         raise ValueError(
             f"{method.spec()} scales plain RoPE, but this model already uses {rope_type!r} RoPE scaling; "
@@ -69,12 +76,27 @@ def apply_rope_scaling(
                 if hasattr(module, name):
                     delattr(module, name)
 
-    hook = None
-    if method.kind == "dynamic":
-        hook = model.base_model.register_forward_pre_hook(
-            _rerotate_cached_keys(rotary, layout.interleaved), with_kwargs=True
-        )
-    return undo, hook
+    if method.kind == "dynamic-ntk":  # covers any length
+        check = _rerotate_cached_keys(rotary, layout.interleaved)
+    else:
+        check = _refuse_inputs_past(method, trained)
+    return undo, model.base_model.register_forward_pre_hook(check, with_kwargs=True)
+
+
+def _refuse_inputs_past(method: RopeScaling, trained: int):
+    """A forward pre-hook raising :class:`InputTooLongError` when a call would reach past what
+    ``method`` covers, as the position plans do in their attention: the model's own attention
+    would read on silently. Left padding does not count."""
+
+    def hook(_module, args, kwargs):
+        _, cache = given_cache(kwargs)
+        length = (cache.get_seq_length() if cache is not None else 0) + input_length(args, kwargs)
+        mask = kwargs.get("attention_mask")
+        if isinstance(mask, torch.Tensor) and mask.dim() == 2 and mask.shape[-1] == length:
+            length -= int(mask.to(torch.bool).to(torch.int8).argmax(dim=-1).min())  # the longest row's padding
+        check_length(method, length, trained)
+
+    return hook
 
 
 def _rerotate_cached_keys(rotary: torch.nn.Module, interleaved: bool):

@@ -15,15 +15,15 @@ Everything merges by log-sum-exp. With every block retrieved this is exactly the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
-from longreach.engine.attention import attend, memoized
+from longreach.engine.attention import Scoring, attend
 from longreach.engine.kernels import attention_with_lse, cap_scores, merge_by_lse
-from longreach.engine.rotary import RotaryLayout
-from longreach.memory import BlockStore
-from longreach.methods.infllm import InfLLM
+from longreach.engine.memo import PositionMemo, remember
+from longreach.engine.memory.state import MemorySettings, MemoryState, storage_for
+from longreach.engine.memory.store import BlockStore
 
 #: Query rows per step of the local window: bounds its (rows x window) matrix, which every step
 #: writes and reads several times (scores, exp, products): at 256 rows and a 4,096-key window it
@@ -34,74 +34,51 @@ SCORE_ROWS = 256
 SMALL_SCORES = 1 << 16
 
 
-@dataclass
-class MemoryState:
-    """What InfLLM keeps per layer and group of batch rows between calls."""
-
-    blocks_end: int  # position where the next block starts: n_init + blocks * block_size
-    scores: torch.Tensor | None = None  # (rows, kv_heads, held keys): attention received in the window
-    store: BlockStore | None = None
-
-    def keep(self, kept: torch.Tensor) -> None:
-        """Follow the cache layer dropping keys: ``kept`` (held keys,) bool."""
-        if self.scores is not None:
-            self.scores = self.scores[:, :, kept.to(self.scores.device)]
-
-
 @dataclass(frozen=True)
 class _LayerCall:
-    """What every step of one layer's call shares: the method, the layer's memory and the
-    attention's constants."""
+    """What every step of one layer's call shares: the settings, how it scores, the layer's
+    memory and the memo of its positions."""
 
-    method: InfLLM
-    layout: RotaryLayout
+    settings: MemorySettings
+    scoring: Scoring
     state: MemoryState
-    scale: float
-    softcap: float | None
-    sliding_window: int | None
-    position_memo: dict | None
-
-
-def storage_for(method: InfLLM, device: torch.device) -> str:
-    """The block storage ``method.storage`` means on ``device``."""
-    if method.storage == "auto":
-        return "pinned" if device.type == "cuda" else "ram"
-    return method.storage
+    memo: PositionMemo
 
 
 def attend_with_memory(
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
-    method: InfLLM,
-    layout: RotaryLayout,
+    settings: MemorySettings,
+    scoring: Scoring,
     state: MemoryState,
     *,
     query_positions: torch.Tensor,
     key_positions: torch.Tensor,
-    scale: float,
     query_scale: torch.Tensor | None = None,
-    sliding_window: int | None = None,
-    position_memo: dict | None = None,
-    softcap: float | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    memo: PositionMemo | None = None,
+) -> torch.Tensor:
     """InfLLM attention of ``query`` (B, Hq, Nq, D) over the held ``key``/``value`` (B, Hkv, Nk, D)
     and the blocks in ``state``; positions as for :func:`~longreach.engine.attention.attend`.
 
-    Returns the output (B, Hq, Nq, D) and which held keys the cache must keep (Nk,) bool for
-    these rows: the rest now live in blocks. ``state`` is updated. ``position_memo`` is shared by
-    the layers of one forward (spans and rotation angles, per execution block).
+    Returns the output (B, Hq, Nq, D). ``state`` is updated: blocks formed from keys that left
+    every window, and the attention the window's keys received; which held keys now live in
+    blocks is ``state.resident``'s complement, for the cache to drop. ``memo`` is shared by the
+    layers of one forward (spans and rotation angles, per execution block).
 
-    A model's ``sliding_window`` narrows the local part only: memory tokens sit at distance
-    ``n_local - 1``, which ``extend`` keeps inside the window (it refuses ``n_local`` larger).
+    A model's ``scoring.sliding_window`` narrows the local part only: memory tokens sit at
+    distance ``n_local - 1``, which ``InfLLM.check_window`` keeps inside the window.
 
     Example:
+        >>> from longreach.engine.rotary import RotaryLayout
+        >>> from longreach.methods.infllm import InfLLM
         >>> q, k = torch.randn(1, 2, 6, 8), torch.randn(1, 1, 6, 8)
-        >>> layout = RotaryLayout(inv_freq=torch.tensor([1.0, 0.1, 0.01, 0.001]))
-        >>> method = InfLLM(n_init=1, n_local=2, block_size=2, topk=1, repr_topk=1, exec_block=2)
-        >>> out, kept = attend_with_memory(q, k, k, method, layout, MemoryState(blocks_end=1),
-        ...     query_positions=torch.arange(6), key_positions=torch.arange(6), scale=8 ** -0.5)
-        >>> out.shape, kept.tolist()
+        >>> scoring = Scoring(RotaryLayout(inv_freq=torch.tensor([1.0, 0.1, 0.01, 0.001])), scale=8 ** -0.5)
+        >>> settings = InfLLM(n_init=1, n_local=2, block_size=2, topk=1, repr_topk=1, exec_block=2)
+        >>> state = MemoryState.empty(settings)
+        >>> out = attend_with_memory(q, k, k, settings, scoring, state,
+        ...     query_positions=torch.arange(6), key_positions=torch.arange(6))
+        >>> out.shape, state.resident(torch.arange(6)).tolist()
         (torch.Size([1, 2, 6, 8]), [True, False, False, False, False, True])
     """
     batch, q_heads, n_query, head_dim = query.shape
@@ -114,31 +91,29 @@ def attend_with_memory(
     if state.scores.shape[2] < held:  # keys appended since the last call start unattended
         fresh = state.scores.new_zeros(batch, kv_heads, held - state.scores.shape[2])
         state.scores = torch.cat((state.scores, fresh), dim=2)
-    call = _LayerCall(method, layout, state, scale, softcap, sliding_window, position_memo)
+    call = _LayerCall(settings, scoring, state, memo if memo is not None else PositionMemo())
     if n_query == 1:
-        out = _attend_one_query(call, query, key, value, key_positions, int(query_positions[0]))
-    else:
-        out = _attend_in_execution_blocks(call, query, key, value, query_positions, key_positions)
-    kept = (key_positions < method.n_init) | (key_positions >= state.blocks_end)
-    return out, kept
+        return _attend_one_query(call, query, key, value, key_positions, int(query_positions[0]))
+    return _attend_in_execution_blocks(call, query, key, value, query_positions, key_positions)
 
 
 def _attend_in_execution_blocks(call: _LayerCall, query, key, value, query_positions, key_positions) -> torch.Tensor:
     """The general path: execution block by execution block, each part attended by the engine's
     tiles and merged by LSE; the window's probabilities give the keys' scores."""
-    method, state, position_memo = call.method, call.state, call.position_memo
+    settings, state = call.settings, call.state
     held = key.shape[2]
     # One plan for every layer of the forward: memo entries are keyed by its parts.
-    _, memory = memoized(position_memo, "parts", method.parts)
+    if call.memo.plan is None:
+        call.memo.plan = settings.parts()
+    _, memory = call.memo.plan
     outputs = []
-    for start, stop in execution_blocks(query_positions, method.exec_block):
+    for start, stop in execution_blocks(query_positions, settings.exec_block):
         positions = query_positions[start:stop]
         queries = query[:, :, start:stop]
-        index = _resident(key_positions, method.n_init, state.blocks_end, int(positions[-1]))
+        index = _resident(key_positions, settings.n_init, state.blocks_end, int(positions[-1]))
         keys, values, resident_positions = key[:, :, index], value[:, :, index], key_positions[index]
-        memo = None
-        if position_memo is not None:  # every layer holds the same positions at this block
-            memo = position_memo.setdefault((start, stop, state.blocks_end, held), {})
+        # Every layer holds the same positions at this block.
+        memo = remember(call.memo.execution_blocks, (start, stop, state.blocks_end, held), PositionMemo)
         # The memory first (held leftovers, then retrieved blocks), so that the local part, which
         # needs the final softmax for its scores, comes last.
         out, lse = attend(
@@ -146,13 +121,11 @@ def _attend_in_execution_blocks(call: _LayerCall, query, key, value, query_posit
             keys,
             values,
             (memory,),
-            call.layout,
+            replace(call.scoring, sliding_window=None),
             query_positions=positions,
             key_positions=resident_positions,
-            scale=call.scale,
             return_lse=True,
-            position_memo=memo,
-            softcap=call.softcap,
+            memo=memo,
         )
         if state.store is not None and state.store.count:
             out, lse = _attend_blocks(call, queries, positions, out, lse, memo)
@@ -169,16 +142,17 @@ def _attend_one_query(call: _LayerCall, query, key, value, key_positions, positi
     of the cache, and one softmax runs over the memory's, the blocks' and the window's scores
     (the general path spends ~150 small operations per layer on its tiles and merges).
     """
-    method, layout, state, sliding_window = call.method, call.layout, call.state, call.sliding_window
+    settings, layout, state = call.settings, call.scoring.layout, call.state
+    sliding_window = call.scoring.sliding_window
     batch, q_heads, _, head_dim = query.shape
     kv_heads = key.shape[1]
     group = q_heads // kv_heads
 
     def bounds():
-        local_start = int(method.local_start(torch.tensor(position)))
+        local_start = int(settings.local_start(torch.tensor(position)))
         # The model's sliding window only narrows the local part (while everything is local).
         seen_from = local_start if sliding_window is None else max(local_start, position - sliding_window + 1)
-        edges = torch.tensor([0, method.n_init, state.blocks_end, local_start, seen_from, position + 1])
+        edges = torch.tensor([0, settings.n_init, state.blocks_end, local_start, seen_from, position + 1])
         init_start, init_stop, rest_start, memory_stop, window_start, stop = torch.searchsorted(
             key_positions.cpu(), edges
         ).tolist()
@@ -187,12 +161,12 @@ def _attend_one_query(call: _LayerCall, query, key, value, key_positions, positi
         spans = [(a, b) for a, b in spans if b > a]
         memory_positions = torch.cat([key_positions[a:b] for a, b in spans]) if spans else None
         key_angles = layout.angles(-memory_positions) if spans else None
-        query_angles = layout.angles(torch.tensor([method.n_local - 1 - position], device=key_positions.device))
+        query_angles = layout.angles(torch.tensor([settings.n_local - 1 - position], device=key_positions.device))
         return spans, window_start, stop, key_angles, query_angles
 
     # Every layer of a forward holds the same positions: the bounds and angles serve them all.
-    spans, window_start, stop, key_angles, query_angles = memoized(
-        call.position_memo, ("one query", position, state.blocks_end, key.shape[2]), bounds
+    spans, window_start, stop, key_angles, query_angles = remember(
+        call.memo.one_query, (position, state.blocks_end, key.shape[2]), bounds
     )
     grouped = query.reshape(batch, kv_heads, group, head_dim)
     memory_query = layout.apply(query, query_angles)
@@ -201,13 +175,14 @@ def _attend_one_query(call: _LayerCall, query, key, value, key_positions, positi
         keys.append(layout.apply(torch.cat([key[:, :, a:b] for a, b in spans], dim=2), key_angles))
         values.append(torch.cat([value[:, :, a:b] for a, b in spans], dim=2))
     if state.store is not None and state.store.count:
-        block_keys, block_values = state.store.gather(select_blocks(memory_query, state.store, method.topk))
+        block_keys, block_values = state.store.gather(select_blocks(memory_query, state.store, settings.topk))
         keys.append(block_keys.to(query.dtype))
         values.append(block_values.to(query.dtype))
     memory_query = memory_query.reshape(batch, kv_heads, group, head_dim)
     scores = [torch.matmul(memory_query, k.transpose(2, 3)) for k in keys]
     scores.append(torch.matmul(grouped, key[:, :, window_start:stop].transpose(2, 3)))
-    weights = torch.softmax(cap_scores(torch.cat(scores, dim=-1).to(torch.float32) * call.scale, call.softcap), dim=-1)
+    scores = torch.cat(scores, dim=-1).to(torch.float32) * call.scoring.scale
+    weights = torch.softmax(cap_scores(scores, call.scoring.softcap), dim=-1)
     window_weights = weights[..., weights.shape[-1] - (stop - window_start) :]
     out = torch.matmul(window_weights.to(value.dtype), value[:, :, window_start:stop])
     first = 0
@@ -248,17 +223,19 @@ def _resident(key_positions: torch.Tensor, n_init: int, blocks_end: int, last: i
 
 def _attend_blocks(call: _LayerCall, queries, positions, out, lse, memo):
     """Retrieve the best ``topk`` blocks per KV head and merge their attention into (out, lse)."""
-    method, layout, store = call.method, call.layout, call.state.store
+    settings, layout, store = call.settings, call.scoring.layout, call.state.store
     batch, q_heads, rows, head_dim = queries.shape
     kv_heads = store.kv_heads
     group = q_heads // kv_heads
-    angles = memoized(memo, "memory query angles", lambda: layout.angles((method.n_local - 1) - positions))
+    if memo.memory_query_angles is None:
+        memo.memory_query_angles = layout.angles((settings.n_local - 1) - positions)
+    angles = memo.memory_query_angles
     memory_queries = layout.apply(queries, angles)
     packed = memory_queries.reshape(batch, kv_heads, group * rows, head_dim)
-    block_ids = select_blocks(memory_queries, store, method.topk)
+    block_ids = select_blocks(memory_queries, store, settings.topk)
     keys, values = store.gather(block_ids)
     block_out, block_lse = attention_with_lse(
-        packed, keys.to(packed.dtype), values.to(packed.dtype), scale=call.scale, softcap=call.softcap
+        packed, keys.to(packed.dtype), values.to(packed.dtype), scale=call.scoring.scale, softcap=call.scoring.softcap
     )
     block_out = block_out.reshape(batch, q_heads, rows, head_dim)
     block_lse = block_lse.reshape(batch, q_heads, rows)
@@ -302,11 +279,16 @@ def _attend_local_and_score(
     The window's probabilities are formed once and serve both the output and the scores: a fused
     kernel would not return them, and a second pass for the scores cost as much as the attention.
     """
-    method, state, softcap, sliding_window = call.method, call.state, call.softcap, call.sliding_window
+    settings, state, softcap, sliding_window = (
+        call.settings,
+        call.state,
+        call.scoring.softcap,
+        call.scoring.sliding_window,
+    )
     batch, q_heads, rows, head_dim = queries.shape
     kv_heads = keys.shape[1]
     group = q_heads // kv_heads
-    local_start = method.local_start(positions)
+    local_start = settings.local_start(positions)
     if sliding_window is not None:
         local_start = torch.maximum(local_start, positions - sliding_window + 1)
     first = int(torch.searchsorted(resident_positions, local_start[:1]))
@@ -320,7 +302,7 @@ def _attend_local_and_score(
     lo = torch.searchsorted(window_positions, local_start).repeat(group)
     hi = torch.searchsorted(window_positions, positions + 1).repeat(group)
     columns = torch.arange(n_window, device=keys.device)
-    packed = queries.reshape(batch * kv_heads, group * rows, head_dim).to(torch.float32) * call.scale
+    packed = queries.reshape(batch * kv_heads, group * rows, head_dim).to(torch.float32) * call.scoring.scale
     out = out.reshape(batch * kv_heads, group * rows, head_dim)
     lse = lse.reshape(batch * kv_heads, group * rows, 1)
     received = torch.zeros(batch * kv_heads, 1, n_window, dtype=torch.float32, device=keys.device)
@@ -357,9 +339,9 @@ def _attend_local_and_score(
 
 def _form_blocks(call: _LayerCall, key, value, key_positions, *, next_position: int) -> None:
     """Move every whole block of keys that no later query has in its window into the store."""
-    method, layout, state = call.method, call.layout, call.state
-    window_start = int(method.local_start(torch.tensor(next_position)))
-    size = method.block_size
+    settings, layout, state = call.settings, call.scoring.layout, call.state
+    window_start = int(settings.local_start(torch.tensor(next_position)))
+    size = settings.block_size
     while window_start - state.blocks_end >= size:
         start = int(torch.searchsorted(key_positions, torch.tensor(state.blocks_end, device=key_positions.device)))
         block = slice(start, start + size)
@@ -367,7 +349,7 @@ def _form_blocks(call: _LayerCall, key, value, key_positions, *, next_position: 
         # Keys are cached at their true positions; memory keys sit at position 0.
         keys = layout.rotate(key[:, :, block], -positions)
         scores = state.scores[:, :, block]
-        top = scores.topk(method.repr_topk, dim=-1).indices
+        top = scores.topk(settings.repr_topk, dim=-1).indices
         chosen = keys.gather(2, top[..., None].expand(-1, -1, -1, keys.shape[-1]).to(keys.device))
         if state.store is None:
             batch, kv_heads, _, head_dim = key.shape
@@ -378,9 +360,9 @@ def _form_blocks(call: _LayerCall, key, value, key_positions, *, next_position: 
                 head_dim=head_dim,
                 dtype=key.dtype,
                 device=key.device,
-                storage=storage_for(method, key.device),
-                max_cached_blocks=method.max_cached_blocks,
-                directory=method.storage_dir,
+                storage=storage_for(settings, key.device),
+                max_cached_blocks=settings.max_cached_blocks,
+                directory=settings.storage_dir,
             )
         state.store.add(keys, value[:, :, block], chosen.to(torch.float32).mean(dim=2))
         state.blocks_end += size

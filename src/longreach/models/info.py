@@ -6,8 +6,9 @@ from dataclasses import dataclass, field
 
 from transformers import PreTrainedModel
 
-from longreach.integration import UnsupportedModelError, describe_rotary, sliding_window, trained_length
-from longreach.methods import METHODS, RopeScaling
+from longreach.integrations.transformers.rotary import describe_rotary
+from longreach.methods import METHODS
+from longreach.models.config import UnsupportedModelError, sliding_window, trained_length
 
 
 @dataclass(frozen=True)
@@ -63,9 +64,9 @@ def model_info(model: PreTrainedModel, target_length: int | None = None) -> Mode
     window = sliding_window(config)
     methods = {}
     for name, cls in METHODS.items():
-        if issubclass(cls, RopeScaling) and None not in layouts:
+        if cls.attention == "model-rope" and None not in layouts:
             methods[name] = "no: the model keeps a RoPE per layer type"
-        elif issubclass(cls, RopeScaling) and rope_type != "default":
+        elif cls.attention == "model-rope" and rope_type != "default":
             methods[name] = f"no: the model already scales its RoPE ({rope_type})"
         elif rope_type == "dynamic" and name != "vanilla":
             methods[name] = "yes, without cache (dynamic NTK cannot re-rotate cached keys)"

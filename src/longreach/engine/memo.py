@@ -1,0 +1,48 @@
+"""What calls with the same positions share: the layers of one forward attend at the same
+positions, so each part's key spans and rotation angles are computed by the first layer and
+reused by the rest."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import torch
+
+from longreach.methods.base import Part
+
+T = TypeVar("T")
+
+#: Per query, a part's region as key indices [lo, hi), and the queries where a bound jumps.
+Spans = tuple[list[int], list[int], list[int]]
+
+
+def remember(table: dict, key, make: Callable[[], T]) -> T:
+    """``table[key]``, made by ``make()`` on first use."""
+    if key not in table:
+        table[key] = make()
+    return table[key]
+
+
+@dataclass
+class PositionMemo:
+    """Derived from positions alone, for one set of query and key positions and one rotary layout.
+
+    Example:
+        >>> memo = PositionMemo()
+        >>> remember(memo.query_angles, "part", lambda: 1) + remember(memo.query_angles, "part", lambda: 2)
+        2
+    """
+
+    spans: dict[Part, Spans | None] = field(default_factory=dict)
+    query_angles: dict[Part, torch.Tensor] = field(default_factory=dict)
+    key_angles: dict[tuple[Part, int, int], torch.Tensor] = field(default_factory=dict)
+    #: InfLLM: the plan's parts, made once so that the spans above are found by every layer
+    plan: tuple[Part, ...] | None = None
+    #: InfLLM: per execution block (start, stop, blocks_end, held keys), the memory part's memo
+    execution_blocks: dict[tuple[int, int, int, int], PositionMemo] = field(default_factory=dict)
+    #: InfLLM: queries rotated to the memory position (angles), for this memo's queries
+    memory_query_angles: torch.Tensor | None = None
+    #: InfLLM decoding: per (position, blocks_end, held keys), the resident spans and angles
+    one_query: dict[tuple[int, int, int], tuple] = field(default_factory=dict)
