@@ -391,6 +391,30 @@ def test_model_info_reports_rope_and_suggestions():
     assert not info.supported and "RoPE" in info.reason
 
 
+def test_model_info_recommends_a_spec_extend_accepts():
+    model = tiny_model("llama", max_position_embeddings=64)
+    info = longreach.model_info(model, target_length="0.25k")
+    assert info.target_length == 256 and info.recommended.auto == "rerope:auto"
+    assert "SmolLM2" in info.recommended.reason  # says what the rule rests on
+    longreach.extend(model, info.recommended.spec)
+    assert longreach.current_method(model).spec() == info.recommended.spec
+    assert longreach.model_info(model, target_length=32).recommended.spec == "vanilla"
+    assert longreach.model_info(model, target_length=64 * 16).recommended.auto == "infllm:auto"
+    assert longreach.model_info(model).target_length == 4 * 64
+    windowed = longreach.model_info(tiny_model("qwen2-windowed"), target_length=256)
+    assert windowed.recommended.auto == "infllm:auto" and "sliding window" in windowed.recommended.reason
+    for bad in ("lots", 0, -5, 2.5):
+        with pytest.raises(ValueError, match="token count"):
+            longreach.model_info(model, target_length=bad)
+
+
+def test_auto_settings_that_change_nothing_are_named():
+    model = tiny_model("llama", max_position_embeddings=64)
+    with pytest.warns(UserWarning, match="group_size=1.*the model's own attention"):
+        longreach.extend(model, "self-extend:auto", target_length=48)
+    assert not longreach.current_method(model).changes_attention
+
+
 def test_decoding_rotates_only_new_keys_and_beam_search_stays_exact(monkeypatch):
     from longreach.engine.rotary import RotaryLayout
     from longreach.integrations.transformers.cache import LongReachCache

@@ -21,7 +21,7 @@ def pair_positions(method, i: torch.Tensor, j: torch.Tensor):
     i, j = torch.broadcast_tensors(i, j)
     d = i - j
     attends = torch.ones_like(d, dtype=torch.bool)
-    if isinstance(method, longreach.Vanilla | longreach.RopeScaling):
+    if method.attention in ("model", "model-rope"):
         return i.double(), j.double(), attends
     if isinstance(method, longreach.SelfExtend):
         g, w = method.group_size, method.window

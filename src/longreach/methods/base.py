@@ -98,6 +98,13 @@ class Method:
         return None
 
     @property
+    def changes_attention(self) -> bool:
+        """False for settings under which the method is the model's own attention at any length
+        (SelfExtend with group 1, a RoPE scaling factor of 1): what ``NAME:auto`` picks for inputs
+        the model was trained on."""
+        return True
+
+    @property
     def depends_on_length(self) -> bool:
         """Whether attention at a position changes with how long the whole input is (it does not
         for position plans: they are causal)."""

@@ -62,3 +62,21 @@ def method_for(
         method = build(total)
     check_length(method, total, trained_length)
     return method
+
+
+def unchanged_note(spec: str | Method, method: Method, length: int) -> str | None:
+    """What to tell a user whose ``NAME:auto`` resolved to settings under which the method is the
+    model's own attention (inputs within the trained length need no extension); None otherwise.
+
+    Example:
+        >>> from longreach.methods import SelfExtend
+        >>> note = unchanged_note("self-extend:auto", SelfExtend(group_size=1, window=2048), 4096)
+        >>> note.split(":")[0], note.endswith("need no extension")
+        ('self-extend', True)
+    """
+    if not isinstance(spec, str) or not is_auto(spec) or method.changes_attention or method.attention == "model":
+        return None
+    return (
+        f"{spec.strip()} for {length} tokens picks {method.spec()}, which is the model's own attention: "
+        "inputs this short need no extension"
+    )

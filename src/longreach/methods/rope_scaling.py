@@ -46,6 +46,10 @@ class RopeScaling(Method):
         return self.kind
 
     @property
+    def changes_attention(self) -> bool:
+        return self.factor != 1
+
+    @property
     def depends_on_length(self) -> bool:
         return self.kind == "dynamic-ntk"  # frequencies follow the longest position seen
 

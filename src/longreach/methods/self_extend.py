@@ -40,6 +40,10 @@ class SelfExtend(Method):
         )
         return (neighbour, grouped)
 
+    @property
+    def changes_attention(self) -> bool:
+        return self.group_size > 1 or self.log_scale_base is not None
+
     def max_length(self, trained_length: int) -> int | None:
         # Largest rotary distance used: window - 1 for neighbours; for grouped pairs
         # (n - 1) // g + w - w // g. Both must stay below the trained length.

@@ -16,5 +16,9 @@ class Vanilla(Method):
     cli_names = ("vanilla",)
     attention = "model"
 
+    @property
+    def changes_attention(self) -> bool:
+        return False
+
     def parts(self) -> tuple[Part, ...]:
         return (Part("causal", key_span=lambda i: (i.new_zeros(i.shape), i + 1)),)

@@ -7,13 +7,19 @@ from dataclasses import dataclass, field
 from transformers import PreTrainedModel
 
 from longreach.integrations.transformers.rotary import describe_rotary
-from longreach.methods import METHODS
+from longreach.methods import METHODS, parse_length
+from longreach.methods.recommend import MEASURED_FACTOR, Recommendation, recommend
 from longreach.models.config import UnsupportedModelError, sliding_window, trained_length
 
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """Facts about a model for choosing a method (see :func:`model_info`)."""
+    """Facts about a model for choosing a method (see :func:`model_info`).
+
+    ``recommended`` is the method the measurements recommend for the target length (a spec
+    ``extend`` accepts, with the reason); ``suggested`` gives every applicable method's settings
+    for it; ``target_length`` is the length both are for.
+    """
 
     model_type: str
     trained_length: int
@@ -28,18 +34,23 @@ class ModelInfo:
     suggested: dict[str, str] = field(default_factory=dict)
     #: Attention layers' sliding window (tokens), None when every layer sees the whole context.
     sliding_window: int | None = None
+    target_length: int | None = None
+    recommended: Recommendation | None = None
 
 
-def model_info(model: PreTrainedModel, target_length: int | None = None) -> ModelInfo:
-    """Describe ``model``; with ``target_length``, suggest settings for inputs that long.
+def model_info(model: PreTrainedModel, target_length: int | str | None = None) -> ModelInfo:
+    """Describe ``model`` and recommend a method for inputs of ``target_length`` tokens (an int or
+    ``"32k"``; default 4x the trained length), with settings of every method for that length.
 
     Example:
-        >>> info = longreach.model_info(model, target_length=32768)  # doctest: +SKIP
-        >>> info.suggested["self-extend"]  # doctest: +SKIP
-        'self-extend:group_size=6,window=2048'
+        >>> info = longreach.model_info(model, target_length="32k")  # doctest: +SKIP
+        >>> info.recommended.spec, info.suggested["self-extend"]  # doctest: +SKIP
+        ('rerope:window=1024,log_scale_base=8192', 'self-extend:group_size=6,window=2048')
+        >>> longreach.extend(model, info.recommended.spec)  # doctest: +SKIP
     """
     config = model.config
     length = trained_length(config)
+    target_length = _target(target_length, length)
     head_dim = getattr(config, "head_dim", None) or (
         config.hidden_size // config.num_attention_heads if hasattr(config, "num_attention_heads") else None
     )
@@ -73,14 +84,13 @@ def model_info(model: PreTrainedModel, target_length: int | None = None) -> Mode
         else:
             methods[name] = "yes"
     suggested = {}
-    if target_length is not None:
-        for name, cls in METHODS.items():
-            if methods[name].startswith("no"):
-                continue
-            spec = cls.auto(name, target_length, length, window).spec()
-            if name == "vanilla" and target_length > length:
-                spec += f" (beyond the trained {length} tokens: expect failure)"
-            suggested[name] = spec
+    for name, cls in METHODS.items():
+        if methods[name].startswith("no"):
+            continue
+        spec = cls.auto(name, target_length, length, window).spec()
+        if name == "vanilla" and target_length > length:
+            spec += f" (beyond the trained {length} tokens: expect failure)"
+        suggested[name] = spec
     return ModelInfo(
         model_type=config.model_type,
         trained_length=length,
@@ -94,4 +104,16 @@ def model_info(model: PreTrainedModel, target_length: int | None = None) -> Mode
         methods=methods,
         suggested=suggested,
         sliding_window=window,
+        target_length=target_length,
+        recommended=recommend(target_length, length, window),
     )
+
+
+def _target(target_length: int | str | None, trained: int) -> int:
+    if target_length is None:
+        return MEASURED_FACTOR * trained
+    if isinstance(target_length, str):
+        return parse_length(target_length)
+    if isinstance(target_length, bool) or not isinstance(target_length, int) or target_length < 1:
+        raise ValueError(f"target_length must be a token count such as 32768 or '32k', got {target_length!r}")
+    return target_length

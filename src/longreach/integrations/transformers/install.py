@@ -23,7 +23,7 @@ from longreach.integrations.transformers.generate import adapt_generate
 from longreach.integrations.transformers.rope_scaling import apply_rope_scaling
 from longreach.integrations.transformers.rotary import attention_modules, describe_rotary
 from longreach.methods.base import Method
-from longreach.methods.coverage import method_for
+from longreach.methods.coverage import method_for, unchanged_note
 from longreach.models.config import UnsupportedModelError, sliding_window, trained_length
 
 #: Where ``extend`` points ``NAME:auto`` when no target length is given: 4x the trained length.
@@ -56,7 +56,10 @@ def extend(model: PreTrainedModel, method: Method | str, *, target_length: int |
     trained = trained_length(model.config)
     window = sliding_window(model.config)
     target = target_length if target_length is not None else DEFAULT_TARGET_FACTOR * trained
-    method = method_for(method, target, trained, total=1, sliding_window=window)
+    spec, method = method, method_for(method, target, trained, total=1, sliding_window=window)
+    note = unchanged_note(spec, method, target)
+    if note is not None:
+        warnings.warn(note, stacklevel=2)
     # Before restore: a refused method leaves the model as it was.
     method.check_model(trained)
     if window is not None:
