@@ -56,21 +56,12 @@ def model_info(model: PreTrainedModel, target_length: int | str | None = None) -
     )
     rope_parameters = getattr(config, "rope_parameters", None) or {}
     base = rope_parameters.get("rope_theta", getattr(config, "rope_theta", None))
+    known = dict(model_type=config.model_type, trained_length=length, rope_base=base, head_dim=head_dim)
     try:
         _, layouts, rope_type = describe_rotary(model)
     except UnsupportedModelError as error:
-        return ModelInfo(
-            model_type=config.model_type,
-            trained_length=length,
-            rope_type=None,
-            rope_base=base,
-            rotary_layout=None,
-            rotary_dims=None,
-            head_dim=head_dim,
-            supported=False,
-            reason=str(error),
-            methods=dict.fromkeys(METHODS, "n/a"),
-        )
+        unknown = dict(rope_type=None, rotary_layout=None, rotary_dims=None)
+        return ModelInfo(**known, **unknown, supported=False, reason=str(error), methods=dict.fromkeys(METHODS, "n/a"))
     layout = next(iter(layouts.values()))  # the layer types' RoPEs differ in base, not in layout
     window = sliding_window(config)
     methods = {}
@@ -92,13 +83,10 @@ def model_info(model: PreTrainedModel, target_length: int | str | None = None) -
             spec += f" (beyond the trained {length} tokens: expect failure)"
         suggested[name] = spec
     return ModelInfo(
-        model_type=config.model_type,
-        trained_length=length,
+        **known,
         rope_type=rope_type,
-        rope_base=base,
         rotary_layout="interleaved" if layout.interleaved else "half-split",
         rotary_dims=layout.rotary_dims,
-        head_dim=head_dim,
         supported=True,
         reason=None,
         methods=methods,
