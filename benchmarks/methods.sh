@@ -36,6 +36,10 @@ as_options() { for m in "$@"; do printf -- "--method %s " "$m"; done; }
 
 case "$step" in
   passkey)
+    # The passkey command writes compare records (results.jsonl); the folder's older passkey.jsonl
+    # is imported first (again each time: a no-op once done), so nothing measured runs again.
+    .venv/bin/python benchmarks/import_results.py docs/benchmarks/passkey-methods \
+      docs/benchmarks/passkey-methods/passkey.jsonl
     # One method at a time over every length, so each method's row completes early.
     for m in $chosen; do
       # shellcheck disable=SC2086
@@ -44,6 +48,9 @@ case "$step" in
     done
     ;;
   perplexity)
+    # As for passkey: the older perplexity.jsonl first, every prefix kept (the command reads them so).
+    .venv/bin/python benchmarks/import_results.py --prefixes docs/benchmarks/perplexity-methods \
+      docs/benchmarks/perplexity-methods/perplexity.jsonl
     for m in $chosen; do
       # shellcheck disable=SC2086
       $LONGREACH perplexity --model smollm2-135m --method "$m" --text "$TEXT" --lengths 4k,8k,16k,32k \
@@ -58,6 +65,8 @@ case "$step" in
       --out docs/benchmarks/speed-methods.json $EXTRA
     ;;
   infllm-passkey)
+    .venv/bin/python benchmarks/import_results.py docs/benchmarks/passkey-infllm \
+      docs/benchmarks/passkey-infllm/passkey.jsonl
     # shellcheck disable=SC2086
     $LONGREACH passkey --model smollm2-135m --method infllm:auto --lengths 16k,32k,64k,128k --depths "$DEPTHS" \
       --out docs/benchmarks/passkey-infllm $EXTRA
@@ -73,9 +82,14 @@ case "$step" in
     # Passkey and perplexity cells already measured by the steps above are imported, not rerun
     # (same prompts, same text), before each method, so that a passkey lane running beside this
     # one saves work here too. Tens of CPU hours in all: a GPU job where one is lent.
+    # The results.jsonl of those folders hold what the passkey and perplexity commands measured
+    # since they write compare records (perplexity prefixes of other settings are left out).
     for m in ${*:-vanilla self-extend:auto dual-chunk:auto lm-infinite:auto streaming-llm:auto rerope:auto infllm:auto}; do
-      .venv/bin/python benchmarks/import_results.py docs/benchmarks/compare docs/benchmarks/passkey-methods/passkey.jsonl \
-        docs/benchmarks/passkey-infllm/passkey.jsonl docs/benchmarks/perplexity-methods/perplexity.jsonl
+      sources=()
+      for f in docs/benchmarks/{passkey-methods,passkey-infllm,perplexity-methods}/{passkey,perplexity,results}.jsonl; do
+        if [ -f "$f" ]; then sources+=("$f"); fi
+      done
+      .venv/bin/python benchmarks/import_results.py docs/benchmarks/compare "${sources[@]}"
       # shellcheck disable=SC2086
       $LONGREACH compare --model smollm2-135m --method "$m" --tasks "$TASKS" \
         --lengths "$COMPARE_LENGTHS" --depths "$DEPTHS" --text "$TEXT" --out docs/benchmarks/compare $EXTRA

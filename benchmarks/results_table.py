@@ -3,40 +3,52 @@
     .venv/bin/python benchmarks/results_table.py docs/benchmarks/passkey-methods/passkey.jsonl
     .venv/bin/python benchmarks/results_table.py docs/benchmarks/passkey-methods/passkey.jsonl --prompt-version 1
     .venv/bin/python benchmarks/results_table.py docs/benchmarks/perplexity-methods/perplexity.jsonl
+    .venv/bin/python benchmarks/results_table.py results/passkey/results.jsonl       # today's passkey command
     .venv/bin/python benchmarks/results_table.py docs/benchmarks/speed-methods.json
 
-Passkey cells are correct/total over the samples recorded for (method, length), the last record
-of each; perplexity cells the perplexity over the first `length` tokens; speed rows (from
-benchmarks/prefill_speed.py) each method's prefill and decode against vanilla's at the same length.
-Passkey tables hold the records of the prompts built now unless ``--prompt-version`` names older ones.
+A ``results.jsonl`` (what ``longreach passkey``, ``perplexity`` and ``compare`` write) gives its
+passkey table, or its ``ppl`` table when it holds no passkey cells; the passkey.jsonl and
+perplexity.jsonl of the commands before they ran through compare are read as such records
+(``longreach.eval.legacy``). Passkey cells are correct/total over the samples recorded for
+(method, length), the last record of each; perplexity cells the perplexity over the first
+`length` tokens; speed rows (from benchmarks/prefill_speed.py) each method's prefill and decode
+against vanilla's at the same length. Passkey tables hold the records of the prompts built now
+unless ``--prompt-version`` names older ones.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from collections import defaultdict
 from pathlib import Path
 
-from longreach.eval.passkey import PROMPT_VERSION, accuracy_table, read_results
+from longreach.eval.compare import PPL, latest_cells
+from longreach.eval.legacy import is_legacy, read_legacy
+from longreach.eval.passkey import PROMPT_VERSION
 from longreach.eval.records import read_records
-from longreach.eval.report import Table, markdown_table
+from longreach.eval.report import Table, markdown_table, passkey_accuracy, perplexities
 
 
-def passkey_table(path: Path, prompt_version: int = PROMPT_VERSION) -> Table:
+def records_of(path: Path) -> list[dict]:
+    """The compare records of a results file, old passkey and perplexity records converted."""
+    found = read_records(path)
+    if any(is_legacy(r) for r in found):
+        return read_legacy(path)
+    return [r for r in found if "task" in r and "method" in r and "length" in r]
+
+
+def passkey_table(records: list[dict], prompt_version: int = PROMPT_VERSION) -> Table:
     # A sample recorded twice counts once: the last.
-    table = accuracy_table(read_results(path, prompt_version=prompt_version))
-    lengths = sorted({n for by in table.values() for n in by})
-    return Table("passkey", lengths, {m: {n: f"{c}/{t}" for n, (c, t) in by.items()} for m, by in table.items()})
+    asked = [r for r in records if r["task"] == "passkey" and r.get("prompt_version", 1) == prompt_version]
+    accuracy = passkey_accuracy(latest_cells(asked))
+    lengths = sorted({n for by in accuracy.values() for n in by})
+    return Table("passkey", lengths, {m: {n: f"{c}/{t}" for n, (c, t) in by.items()} for m, by in accuracy.items()})
 
 
 def perplexity_table(records: list[dict]) -> Table:
-    cells: dict[str, dict[int, str]] = defaultdict(dict)
-    for r in records:
-        for length, value in r["perplexity"].items():
-            cells[r["method"]][int(length)] = f"{value:.2f}"
-    lengths = sorted({n for by in cells.values() for n in by})
-    return Table("perplexity", lengths, dict(cells))
+    table = perplexities(latest_cells([r for r in records if r["task"] == PPL]))
+    lengths = sorted({n for by in table.values() for n in by})
+    return Table("perplexity", lengths, {m: {n: f"{v:.2f}" for n, v in by.items()} for m, by in table.items()})
 
 
 def speed_lines(rows: list[dict]) -> list[str]:
@@ -61,17 +73,19 @@ def speed_lines(rows: list[dict]) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("path", help="a passkey or perplexity .jsonl, or a prefill_speed.py .json")
+    parser.add_argument(
+        "path", help="a results.jsonl, an old passkey or perplexity .jsonl, or a prefill_speed.py .json"
+    )
     parser.add_argument("--prompt-version", type=int, default=PROMPT_VERSION, help="passkey prompts of this version")
     args = parser.parse_args()
     if args.path.endswith(".json"):
         print("\n".join(speed_lines(json.loads(Path(args.path).read_text())["rows"])))
         return
-    records = read_records(Path(args.path))
-    if records and "perplexity" in records[0]:
-        table = perplexity_table(records)
+    records = records_of(Path(args.path))
+    if any(r["task"] == "passkey" for r in records) or not records:
+        table = passkey_table(records, args.prompt_version)
     else:
-        table = passkey_table(Path(args.path), args.prompt_version)
+        table = perplexity_table(records)
     if not table.cells:
         version = args.prompt_version
         raise SystemExit(f"{args.path} holds no records (of passkey prompt version {version}: see --prompt-version)")

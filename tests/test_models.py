@@ -23,6 +23,52 @@ def test_bad_names_paths_and_dtypes_are_clear_errors(tmp_path):
         longreach.load_model("smollm2-135m", dtype="float33")
 
 
+def test_models_that_are_not_there_fail_before_loading_with_what_to_do(tmp_path, monkeypatch):
+    import longreach.models.loading as loading
+
+    with pytest.raises(longreach.ModelNotAvailableError, match="model folder .*/no/such does not exist"):
+        longreach.load_model(str(tmp_path / "no" / "such"))
+    with pytest.raises(longreach.ModelNotAvailableError, match="holds no model: a model folder has a config.json"):
+        longreach.load_model(tmp_path)
+    (tmp_path / "a.gguf").write_bytes(b"")
+    (tmp_path / "b.gguf").write_bytes(b"")
+    with pytest.raises(longreach.ModelNotAvailableError, match=r"holds 2 GGUF files \(a.gguf, b.gguf\): name one"):
+        longreach.load_model(tmp_path)
+    assert loading.locate(tmp_path / "a.gguf") == (str(tmp_path), "a.gguf", True)
+    monkeypatch.setattr(loading, "_hub_reachable", lambda endpoint: False)
+    with pytest.raises(longreach.ModelNotAvailableError, match="not in the local Hugging Face cache and the hub"):
+        longreach.load_model("nobody/no-such-model")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available here"):
+            longreach.load_model("smollm2-135m", device="cuda")
+
+
+def test_the_hub_check_is_bounded_in_time():
+    import time
+
+    import longreach.models.loading as loading
+
+    started = time.perf_counter()
+    assert loading._hub_reachable.__wrapped__("https://127.0.0.1:9", timeout=1.0) is False  # nothing listens on 9
+    assert time.perf_counter() - started < 3
+
+
+def test_loading_silences_the_gguf_readers_own_bar_and_restores_it(capsys):
+    from transformers import modeling_gguf_pytorch_utils as gguf
+    from transformers.utils import logging as hf_logging
+
+    from longreach.models.loading import quiet_loading
+
+    bar, enabled = gguf.tqdm, hf_logging.is_progress_bar_enabled()
+    with quiet_loading():
+        list(gguf.tqdm(range(3), desc="Converting"))
+        assert not hf_logging.is_progress_bar_enabled()
+    assert "Converting" not in capsys.readouterr().err
+    assert gguf.tqdm is bar and hf_logging.is_progress_bar_enabled() == enabled
+    list(gguf.tqdm(range(3), desc="Converting"))
+    assert "Converting" in capsys.readouterr().err
+
+
 @pytest.mark.model
 def test_embedded_model_loads_in_eval_mode_with_its_trained_length(smollm):
     model, tokenizer = smollm

@@ -3,11 +3,13 @@ an interrupted run resumes with only the missing cells, and the report is rebuil
 JSON lines alone."""
 
 import json
+import re
 
 import pytest
 
 import longreach.eval.compare as compare
 from longreach.cli import main
+from longreach.data import DEFAULT_TEXT
 from longreach.eval.report import build_tables
 
 METHODS = ["vanilla", "self-extend:group_size=2,window=64"]
@@ -178,20 +180,23 @@ def test_same_seed_gives_the_same_results(tiny_model_dir, tmp_path, novel):
     assert runs[0] == runs[1]
 
 
-@pytest.mark.parametrize(
-    "tasks, text, message",
-    [
-        ("ppl", False, "the ppl task needs text: pass --text FILE"),
-        ("passkey,bogus", True, "bogus"),
-        ("niah-text", False, "niah-text needs --text FILE"),
-    ],
-)
-def test_bad_compare_input_is_a_one_line_error(tiny_model_dir, tmp_path, novel, tasks, text, message, capsys):
-    argv = ["compare", "--model", str(tiny_model_dir), "--tasks", tasks, "--lengths", "200", "--out", str(tmp_path)]
-    if text:
-        argv += ["--text", str(novel)]
-    assert main(argv) == 2
-    assert message in capsys.readouterr().err
+def test_ppl_and_niah_text_read_the_shipped_novel_without_text(tiny_model_dir, tmp_path):
+    out = tmp_path / "cmp"
+    argv = ["compare", "--model", str(tiny_model_dir), "--tasks", "niah-text,ppl", "--lengths", "200"]
+    assert main([*argv, "--depths", "0.5", "--out", str(out)]) == 0
+    found = records(out)
+    assert {r["task"] for r in found} == {"niah-text", "ppl"}
+    assert [r["texts"] for r in found if r["task"] == "ppl"] == [[DEFAULT_TEXT.name]]
+
+
+def test_ppl_cells_of_another_text_are_read_again(tiny_model_dir, tmp_path, novel):
+    out = tmp_path / "cmp"
+    argv = ["compare", "--model", str(tiny_model_dir), "--tasks", "ppl", "--lengths", "200", "--out", str(out)]
+    assert main(argv) == 0
+    assert main([*argv, "--text", str(novel)]) == 0
+    assert [r["texts"] for r in records(out)] == [[DEFAULT_TEXT.name], [novel.name]]
+    assert main([*argv, "--text", str(novel)]) == 0  # done: nothing new
+    assert len(records(out)) == 2
 
 
 def test_missing_text_and_empty_report_folder_are_errors(tiny_model_dir, tmp_path, capsys):
@@ -208,6 +213,9 @@ def test_missing_text_and_empty_report_folder_are_errors(tiny_model_dir, tmp_pat
     ]
     assert main(argv) == 2
     assert f"text file {tmp_path / 'nope.txt'} does not exist" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "empty")]) == 2
+    assert "empty does not exist; give the --out folder" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
     assert main(["report", str(tmp_path / "empty")]) == 2
     assert "holds no results" in capsys.readouterr().err
 
@@ -229,7 +237,11 @@ def test_ppl_text_too_short_for_the_lengths_is_an_error(tiny_model_dir, tmp_path
         str(tmp_path / "out"),
     ]
     assert main(argv) == 2
-    assert "fewer than the 401 the ppl task needs" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert re.search(
+        r"the text \(short.txt\) holds (\d+) tokens: enough for a perplexity at lengths up to \d+, not 400", err
+    )
+    assert "--text FILE" in err and err.count("\n") == 1
 
 
 def test_a_folder_with_another_models_results_is_refused(tiny_model_dir, tmp_path, capsys):

@@ -2,19 +2,19 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_model
 
+from longreach.eval import passkey
+from longreach.eval.legacy import PasskeyResult, read_legacy, read_results
 from longreach.eval.passkey import (
     INTRO,
     NEEDLE,
     PROMPT_VERSION,
-    accuracy_table,
+    greedy_answer,
     passkey_key,
     passkey_prompt,
-    read_results,
-    run_passkey,
     score_answer,
 )
+from longreach.eval.task import PasskeyTask
 
 
 @pytest.mark.parametrize("length", [200, 1000, 4096])
@@ -54,66 +54,47 @@ def test_keys_are_deterministic_and_vary():
     assert len({passkey_key(0, 4096, 0.5, s) for s in range(20)}) > 15
 
 
-def test_results_stream_to_jsonl_and_a_rerun_resumes(tmp_path, smollm_tokenizer):
-    model = tiny_model("llama", vocab_size=len(smollm_tokenizer), max_position_embeddings=512)
-    calls = []
-    original = model.generate
-
-    def counting_generate(*args, **kwargs):
-        calls.append(1)
-        return original(*args, **kwargs)
-
-    model.generate = counting_generate
-    out = tmp_path / "passkey.jsonl"
-    settings = dict(method="vanilla", lengths=[160, 200], depths=[0.5], samples=2, out=out, max_new_tokens=3)
-    first = run_passkey(model, smollm_tokenizer, **settings)
-    assert len(calls) == 4 and len(first) == 4
-    lines = out.read_text().splitlines()
-    assert len(lines) == 4 and {json.loads(line)["length"] for line in lines} == {160, 200}
-    # Interrupted run: drop the last result and tear the line before it.
-    out.write_text("\n".join(lines[:2]) + "\n" + lines[2][:10])
-    again = run_passkey(model, smollm_tokenizer, **settings)
-    assert len(calls) == 4 + 2
-    assert [r.key for r in again] == [r.key for r in first]
-    assert len(read_results(out)) == 4
-    table = accuracy_table(again)
-    assert table["vanilla"][160][1] == 2 and table["vanilla"][200][1] == 2
-    # Another model's results in the same file are not taken for this one's; a sample recorded
-    # twice counts once.
-    run_passkey(model, smollm_tokenizer, **settings, model_name="another")
-    assert len(calls) == 6 + 4
-    assert len(read_results(out, model="another")) == 4
-    assert accuracy_table(read_results(out, model="") + again)["vanilla"] == table["vanilla"]
-    # Records of other settings under the same label (a NAME:auto that now resolves otherwise)
-    # are not taken for these: the samples run again, and each still counts once.
-    rerun = run_passkey(model, smollm_tokenizer, **settings, settings="vanilla:other")
-    assert len(calls) == 10 + 4 and all(r.settings == "vanilla:other" for r in rerun)
-    assert accuracy_table(read_results(out, model=""))["vanilla"] == table["vanilla"]
+def test_a_filler_of_ones_own_is_a_variant_of_the_task(smollm_tokenizer):
+    task = PasskeyTask(depths=(0.5,), filler="It was a dark and stormy night.")
+    [sample] = task.samples(smollm_tokenizer, 300, 1, seed=0)
+    assert "stormy night" in smollm_tokenizer.decode(sample.prompt_ids) and task.variant.startswith("filler:")
+    assert PasskeyTask().variant is None
 
 
-def test_samples_recorded_with_older_prompts_are_asked_again(tmp_path, smollm_tokenizer):
-    model = tiny_model("llama", vocab_size=len(smollm_tokenizer), max_position_embeddings=512)
-    out = tmp_path / "passkey.jsonl"
-    settings = dict(method="vanilla", lengths=[160], depths=[0.5], samples=2, out=out, max_new_tokens=2)
-    first = run_passkey(model, smollm_tokenizer, **settings)
-    assert all(r.prompt_version == PROMPT_VERSION for r in first)
-    # As records from before prompt versions: no version, so version 1.
-    legacy = [
-        {k: v for k, v in json.loads(line).items() if k != "prompt_version"} for line in out.read_text().splitlines()
-    ]
-    out.write_text("".join(json.dumps(r) + "\n" for r in legacy))
-    assert read_results(out) == [] and len(read_results(out, prompt_version=1)) == 2
-    assert len(read_results(out, prompt_version=None)) == 2
-    again = run_passkey(model, smollm_tokenizer, **settings)
-    assert [r.key for r in again] == [r.key for r in first] and len(out.read_text().splitlines()) == 4
-    assert read_results(out) == again
+def test_records_of_the_old_passkey_command_read_as_compare_records(tmp_path):
+    old = {
+        "model": "m",
+        "method": "self-extend:auto",
+        "length": 4096,
+        "depth": 0.5,
+        "sample": 0,
+        "seed": 0,
+        "key": "12345",
+        "answer": "12345. Remember",
+        "correct": True,
+        "seconds": 2.0,
+        "settings": "self-extend:group_size=1,window=2048",
+    }
+    path = tmp_path / "passkey.jsonl"
+    unversioned = {k: v for k, v in old.items() if k != "settings"}
+    path.write_text(json.dumps({**old, "prompt_version": PROMPT_VERSION}) + "\n" + json.dumps(unversioned) + "\n{tor")
+    assert [r.prompt_version for r in read_results(path, prompt_version=None)] == [PROMPT_VERSION, 1]
+    assert passkey.PasskeyResult is PasskeyResult  # still where benchmarks/llamacpp_passkey.py imports it
+    new, older = read_legacy(path)
+    assert new["task"] == "passkey" and new["score"] == 1.0 and new["expected"] == ["12345"]
+    assert new["settings"] == old["settings"] and new["prompt_version"] == PROMPT_VERSION
+    assert older["settings"] == "self-extend:auto" and older["prompt_version"] == 1
 
 
 @pytest.mark.model
 def test_embedded_model_answers_a_1k_passkey(smollm):
     model, tokenizer = smollm
-    results = run_passkey(model, tokenizer, method="vanilla", lengths=[1024], depths=[0.3, 0.7], samples=1)
-    assert all(r.correct for r in results), [(r.key, r.answer) for r in results]
+    task = PasskeyTask(depths=(0.3, 0.7))
+    answers = [
+        (s, greedy_answer(model, tokenizer, s.prompt_ids, s.max_new_tokens))
+        for s in task.samples(tokenizer, 1024, 1, 0)
+    ]
+    assert all(task.score(s, answer) == 1.0 for s, answer in answers), [(s.expected, a) for s, a in answers]
 
 
 @pytest.mark.model
@@ -121,10 +102,12 @@ def test_embedded_model_self_extend_answers_a_1k_passkey(smollm):
     import longreach
 
     model, tokenizer = smollm
+    task = PasskeyTask(depths=(0.5,))
     longreach.extend(model, longreach.SelfExtend(group_size=4, window=256))
     try:
-        results = run_passkey(model, tokenizer, method="self-extend", lengths=[1024], depths=[0.5], samples=1)
+        [sample] = task.samples(tokenizer, 1024, 1, 0)
+        answer = greedy_answer(model, tokenizer, sample.prompt_ids, sample.max_new_tokens)
     finally:
         longreach.restore(model)
-    assert all(r.correct for r in results), [(r.key, r.answer) for r in results]
+    assert task.score(sample, answer) == 1.0, (sample.expected, answer)
     assert torch.is_grad_enabled()

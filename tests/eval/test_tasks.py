@@ -5,6 +5,7 @@ from collections import Counter
 
 import pytest
 
+from longreach.data import DEFAULT_TEXT
 from longreach.eval.haystack import insert_needles, noise_haystack, text_haystack
 from longreach.eval.niah import NEEDLE, tokenizer_words
 from longreach.eval.passkey import passkey_key, passkey_prompt
@@ -265,8 +266,7 @@ def test_build_tasks_names_and_errors(book, tmp_path):
         build_tasks(["needle"])
     with pytest.raises(ValueError, match="unknown RULER task 'ruler:qa'; known: ruler:niah_single_1"):
         build_tasks(["ruler:qa"])
-    with pytest.raises(ValueError, match="niah-text needs --text FILE"):
-        build_tasks(["niah-text"])
+    assert build_tasks(["niah-text"])[0].texts == (DEFAULT_TEXT,)  # the novel LongReach ships
     missing = tmp_path / "missing.txt"
     with pytest.raises(ValueError, match=f"text file {re.escape(str(missing))} does not exist"):
         build_tasks(["niah-text"], texts=[missing])

@@ -6,6 +6,12 @@ expected strings, or one (method, length) perplexity of the ``ppl`` task. Each i
 versions, so an interrupted run loses at most the cell in flight and a rerun with the same
 arguments does only what is missing. Prompts depend on the seed alone, never on the method or
 the order of work, so results are deterministic for a seed.
+
+A perplexity run at length L answers every shorter length n that would be read with the same
+settings (by causality its first n losses are those of an n-token input): ``plan`` shares one
+run between such lengths. ``resolve`` decides the settings of each length, so a caller that
+resolves every length to the settings of the longest (``longreach perplexity``) reads one
+document once, and the shorter lengths are its prefixes.
 """
 
 from __future__ import annotations
@@ -18,9 +24,11 @@ from pathlib import Path
 
 import torch
 
+from longreach.data import DEFAULT_TEXT
 from longreach.eval.haystack import check_texts
 from longreach.eval.passkey import greedy_answer
-from longreach.eval.perplexity import BUCKET, token_losses
+from longreach.eval.perplexity import BUCKET, bucket_losses, token_losses
+from longreach.eval.plots import length_label
 from longreach.eval.records import append_record, read_records, same_settings
 from longreach.eval.task import Sample, Task, current_prompts, prompt_version
 
@@ -73,25 +81,34 @@ def plan(
     seed: int,
     ppl: bool,
     depends_on_length: Callable[[str], bool],
-    done: dict[tuple, str | None],
+    done: dict[tuple, dict],
     settings: Callable[[str, int], str | None] = lambda method, length: None,
+    texts: Sequence[str] = (),
 ) -> list[Work]:
-    """Every cell not in ``done`` (cell -> the settings it ran with, of records with the task's
-    current prompts), grouped by method then length (one model change per group). A cell
-    recorded with other settings than ``settings(method, length)`` resolves to now counts as
-    missing: a ``NAME:auto`` whose choice changed is rerun, not reported under its old choice.
-    A perplexity cell at length n is the first n tokens read with the settings of length n, like
-    every other cell of that column."""
+    """Every cell not in ``done`` (cell -> its record, of records with the task's current
+    prompts), grouped by method then length (one model change per group). A cell recorded with
+    other settings than ``settings(method, length)`` resolves to now counts as missing: a
+    ``NAME:auto`` whose choice changed is rerun, not reported under its old choice; so does one
+    recorded with another task ``variant`` (passkey's filler), or a perplexity cell of other
+    ``texts`` (file names). A perplexity cell at length n is the first n tokens read with the
+    settings ``settings(method, n)``; one run answers every length of the same settings."""
 
-    def finished(cell: tuple, run_length: int) -> bool:
-        return cell in done and same_settings(done[cell], settings(cell[1], run_length))
+    def finished(cell: tuple, run_length: int, variant: str | None = None) -> bool:
+        record = done.get(cell)
+        if record is None or not same_settings(record.get("settings"), settings(cell[1], run_length)):
+            return False
+        if cell[0] == PPL:
+            return not record.get("texts") or not texts or list(record["texts"]) == list(texts)
+        return record.get("variant") == variant
 
     work = []
     for method in methods:
         for length in lengths:
             for task in tasks:
+                variant = getattr(task, "variant", None)
                 for sample in prompts[task.name, length]:
-                    if not finished((task.name, method, length, sample.depth, sample.index, seed), length):
+                    cell = (task.name, method, length, sample.depth, sample.index, seed)
+                    if not finished(cell, length, variant):
                         work.append(Work(method, length, sample))
         if ppl:
             if depends_on_length(method):
@@ -140,7 +157,8 @@ def run_compare(
     use (finished cells recorded with other settings are rerun) and raises for settings that
     fall short, so they fail at once.
     ``on_start(total_tokens)`` and ``on_cell(record, tokens)`` report progress, weighted by
-    the tokens each cell reads.
+    the tokens each cell reads. ``ppl`` reads ``texts`` (by default the novel LongReach ships,
+    ``longreach.data.DEFAULT_TEXT``).
 
     Example:
         >>> tasks = build_tasks(["passkey", "niah"])  # doctest: +SKIP
@@ -150,7 +168,7 @@ def run_compare(
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
     if ppl and not texts:
-        raise ValueError("the ppl task needs text: pass --text FILE (repeatable)")
+        texts = (DEFAULT_TEXT,)
     results = Path(out) / RESULTS
     records = [r for r in read_records(results) if "task" in r and "seed" in r]
     others = sorted({str(r.get("model")) for r in records} - {model_name})
@@ -158,13 +176,10 @@ def run_compare(
         raise ValueError(
             f"{out} holds results of another model ({others[0]}), and one report compares one model: pass another --out"
         )
-    done = {cell_key(r): r.get("settings") for r in records if current_prompts(r)}
+    done = {cell_key(r): r for r in records if current_prompts(r)}
     stream = text_stream(tokenizer, texts) if ppl else None
-    if stream is not None and stream.shape[1] < max(lengths) + 1:
-        raise ValueError(
-            f"the --text files hold {stream.shape[1]} tokens, fewer than the {max(lengths) + 1} the ppl task needs "
-            f"at {max(lengths)} tokens; pass more or longer files, or shorter --lengths"
-        )
+    if stream is not None:
+        check_text_covers(stream.shape[1], lengths, texts)
     prompts = {(task.name, n): task.samples(tokenizer, n, samples, seed) for task in tasks for n in lengths}
     resolved: dict[tuple[str, int], str] = {}
     if resolve is not None:
@@ -182,6 +197,7 @@ def run_compare(
         depends_on_length=depends_on_length,
         done=done,
         settings=lambda method, n: resolved.get((method, n)),
+        texts=[Path(p).name for p in texts],
     )
     if on_start:
         on_start(sum(w.tokens for w in work))
@@ -206,9 +222,30 @@ def run_compare(
     return [r for r in read_records(results) if "task" in r]
 
 
+def check_text_covers(tokens: int, lengths: Sequence[int], texts: Sequence[Path]) -> None:
+    """Raise a clear error when ``tokens`` of text are too few for a perplexity at every length
+    (an n-token input needs n + 1 tokens: the last is only predicted).
+
+    Example:
+        >>> check_text_covers(5000, [4096, 8192], [Path("book.txt")])
+        Traceback (most recent call last):
+        ...
+        ValueError: the text (book.txt) holds 5000 tokens: enough for a perplexity at lengths up to 4999, not 8k; \
+pass a longer text with --text FILE (repeatable, read one after another) or shorter --lengths
+    """
+    if tokens >= max(lengths) + 1:
+        return
+    names = ", ".join(Path(p).name for p in texts)
+    beyond = ", ".join(length_label(n) for n in sorted(set(lengths)) if n >= tokens)
+    raise ValueError(
+        f"the text ({names}) holds {tokens} tokens: enough for a perplexity at lengths up to {tokens - 1}, "
+        f"not {beyond}; pass a longer text with --text FILE (repeatable, read one after another) or shorter --lengths"
+    )
+
+
 def _generate_cell(model, tokenizer, sample: Sample, task: Task) -> dict:
     answer = greedy_answer(model, tokenizer, sample.prompt_ids, sample.max_new_tokens)
-    return {
+    record = {
         "task": sample.task,
         "length": sample.length,
         "depth": sample.depth,
@@ -218,6 +255,8 @@ def _generate_cell(model, tokenizer, sample: Sample, task: Task) -> dict:
         "score": task.score(sample, answer),
         "prompt_version": prompt_version(sample.task),
     }
+    variant = getattr(task, "variant", None)
+    return record if variant is None else {**record, "variant": variant}
 
 
 def _perplexity_cells(model, stream: torch.Tensor, item: Work, texts: Sequence[Path]) -> list[dict]:
@@ -227,7 +266,7 @@ def _perplexity_cells(model, stream: torch.Tensor, item: Work, texts: Sequence[P
     records = []
     for n in item.covers:
         head = losses[:n]
-        buckets = [round(float(head[i : i + BUCKET].mean()), 5) for i in range(0, n, BUCKET)]
+        buckets = [round(loss, 5) for loss in bucket_losses(head, BUCKET)]
         records.append(
             {
                 "task": PPL,

@@ -1,23 +1,18 @@
 """Passkey retrieval: a random number hidden at a chosen depth of filler text.
 
 The prompt is built to the exact requested token length with the model's own tokenizer; the
-score is an exact match of the first number the model answers with. Every finished sample is
-appended to a JSON lines file as soon as it is known, and a rerun skips what is already there.
+score is an exact match of the first number the model answers with. The task that asks it is
+``longreach.eval.task.PasskeyTask``, run like every task by ``longreach.eval.compare``.
 """
 
 from __future__ import annotations
 
 import random
 import re
-import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 
 from longreach.eval.haystack import NOISE, SENTENCE_ENDS, noise_haystack
-from longreach.eval.records import append_record, read_records, same_settings
 
 INTRO = (
     "There is an important piece of information hidden inside a lot of irrelevant text. "
@@ -26,36 +21,12 @@ INTRO = (
 FILLER = NOISE
 NEEDLE = "The pass key is {key}. Remember it. {key} is the pass key."
 QUESTION = "What is the pass key? The pass key is"
-DEFAULT_DEPTHS = (0.1, 0.5, 0.9)
 #: Bumped whenever the prompts change, so that results recorded with other prompts are not reused.
 #: 1: pieces tokenized alone (a filler sentence's trailing space its own token, the needle inline);
 #: 2: the reference test's lines, tokenized as running text.
 PROMPT_VERSION = 2
 #: Tokens generated per answer: a 5-digit key and a little more.
 PASSKEY_NEW_TOKENS = 8
-
-
-@dataclass(frozen=True)
-class PasskeyResult:
-    """One scored sample; ``method`` is the spec the user gave (e.g. ``self-extend:auto``),
-    ``settings`` the full spec it ran with at this length."""
-
-    model: str
-    method: str
-    length: int
-    depth: float
-    sample: int
-    seed: int
-    key: str
-    answer: str
-    correct: bool
-    seconds: float
-    settings: str = ""
-    prompt_version: int = PROMPT_VERSION
-
-    @property
-    def cell(self) -> tuple[str, int, float, int]:
-        return (self.method, self.length, self.depth, self.sample)
 
 
 def passkey_prompt(tokenizer, length: int, depth: float, key: str, filler: str = FILLER) -> list[int]:
@@ -122,105 +93,11 @@ def passkey_key(seed: int, length: int, depth: float, sample: int) -> str:
     return str(random.Random(f"{seed}:{length}:{depth}:{sample}").randint(10000, 99999))
 
 
-def read_results(
-    path: Path, *, model: str | None = None, seed: int | None = None, prompt_version: int | None = PROMPT_VERSION
-) -> list[PasskeyResult]:
-    """Results already written to a JSON lines file (a torn last line is ignored), only those of
-    ``model`` and ``seed`` when given: a folder may hold other runs. Only results asked with the
-    prompts built now are read, unless ``prompt_version`` says which (None: all).
-    """
-    results = []
-    for record in read_records(path):
-        try:
-            result = PasskeyResult(**{"prompt_version": 1, **record})  # unversioned records predate version 2
-        except TypeError:
-            continue
-        if (
-            (model is None or result.model == model)
-            and (seed is None or result.seed == seed)
-            and (prompt_version is None or result.prompt_version == prompt_version)
-        ):
-            results.append(result)
-    return results
+def __getattr__(name: str):
+    # The passkey command's own record before it ran through compare, for scripts that still read or write it
+    # (benchmarks/llamacpp_passkey.py): it lives in longreach.eval.legacy now.
+    if name in ("PasskeyResult", "read_results"):
+        from longreach.eval import legacy
 
-
-def run_passkey(
-    model,
-    tokenizer,
-    *,
-    method: str,
-    lengths: Sequence[int],
-    depths: Sequence[float] = DEFAULT_DEPTHS,
-    samples: int = 1,
-    seed: int = 0,
-    filler: str = FILLER,
-    model_name: str = "",
-    out: Path | None = None,
-    on_result: Callable[[PasskeyResult], None] | None = None,
-    max_new_tokens: int = PASSKEY_NEW_TOKENS,
-    settings: str = "",
-) -> list[PasskeyResult]:
-    """Score the model (as it is, extended or not) on passkey retrieval.
-
-    ``method`` labels the results (use ``Method.spec()``, or the user's ``NAME:auto``, with the
-    resolved spec as ``settings``). With ``out`` (a ``.jsonl`` file),
-    finished samples are appended as they complete and samples already in it with the same
-    ``settings`` and prompts are skipped (a ``NAME:auto`` that now resolves otherwise, or a
-    sample recorded with an older prompt version, runs again).
-
-    Example:
-        >>> longreach.extend(model, longreach.SelfExtend(4, 1024))  # doctest: +SKIP
-        >>> run_passkey(model, tokenizer, method="self-extend:group_size=4,window=1024",
-        ...             lengths=[16384], samples=2)  # doctest: +SKIP
-    """
-    if samples < 1:
-        raise ValueError(f"samples must be >= 1, got {samples}")
-    done = {r.cell: r for r in read_results(out, model=model_name, seed=seed)} if out is not None else {}
-    results = []
-    for length, depth, sample in _grid(lengths, depths, samples):
-        previous = done.get((method, length, depth, sample))
-        if previous is not None and same_settings(previous.settings, settings):
-            results.append(previous)
-            if on_result:
-                on_result(previous)
-            continue
-        key = passkey_key(seed, length, depth, sample)
-        ids = passkey_prompt(tokenizer, length, depth, key, filler)
-        started = time.perf_counter()
-        answer = greedy_answer(model, tokenizer, ids, max_new_tokens)
-        result = PasskeyResult(
-            model=model_name,
-            method=method,
-            length=length,
-            depth=depth,
-            sample=sample,
-            seed=seed,
-            key=key,
-            answer=answer,
-            correct=score_answer(answer, key),
-            seconds=round(time.perf_counter() - started, 3),
-            settings=settings or method,
-        )
-        if out is not None:
-            append_record(out, asdict(result))
-        results.append(result)
-        if on_result:
-            on_result(result)
-    return results
-
-
-def _grid(lengths: Iterable[int], depths: Iterable[float], samples: int):
-    for length in lengths:
-        for depth in depths:
-            for sample in range(samples):
-                yield length, float(depth), sample
-
-
-def accuracy_table(results: Iterable[PasskeyResult]) -> dict[str, dict[int, tuple[int, int]]]:
-    """{method: {length: (correct, total)}}; a sample recorded twice counts once (the last)."""
-    latest = {(r.model, r.seed, *r.cell): r for r in results}
-    table: dict[str, dict[int, tuple[int, int]]] = {}
-    for r in latest.values():
-        correct, total = table.setdefault(r.method, {}).get(r.length, (0, 0))
-        table[r.method][r.length] = (correct + int(r.correct), total + 1)
-    return table
+        return getattr(legacy, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -148,6 +148,7 @@ def _plot_by_position(
             [bucket * (k + 1) for k in range(len(values))],
             values,
             linewidth=1.8,
+            marker="o" if len(values) < 4 else None,  # a curve of a point or two shows as points
             label=method,
             linestyle=_line_style(index),
         )

@@ -4,21 +4,30 @@
 per task (methods x lengths), the RULER average, the perplexity table, the pictures (needle
 heatmaps, RULER score and loss against position) and the commands that produced the results. The
 same tables are what the terminal shows.
+
+A folder written by ``longreach passkey`` or ``longreach perplexity`` (``run.json`` names them
+under ``summaries``) also gets that command's summary, rebuilt with the report: ``passkey.json``
+and ``passkey.png`` (accuracy by length), or ``perplexity.json`` and ``perplexity.png``
+(perplexity by position).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from longreach.eval.compare import PPL, RESULTS, cell_key, latest_cells
+from longreach.eval.passkey import PROMPT_VERSION
 from longreach.eval.plots import (
     length_label,
+    plot_accuracy_by_length,
     plot_heatmaps,
     plot_loss_by_position,
+    plot_perplexity_by_position,
     plot_score_by_length,
 )
 from longreach.eval.records import read_records
@@ -27,6 +36,8 @@ from longreach.eval.task import current_prompts
 RUN = "run.json"
 REPORT = "report.md"
 RULER_PREFIX = "ruler:"
+#: The summaries a preset command writes beside the report: kind -> its files.
+SUMMARIES = {"passkey": ("passkey.json", "passkey.png"), "perplexity": ("perplexity.json", "perplexity.png")}
 
 
 @dataclass
@@ -161,9 +172,22 @@ def build_tables(records: list[dict], folder: Path | None = None, *, trained_len
     return [summary, *tables] if summary else tables
 
 
+def read_run(folder: Path) -> dict:
+    """``run.json`` of a results folder: model, trained length, commands, versions, summaries."""
+    path = Path(folder) / RUN
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def folder_records(folder: Path) -> list[dict]:
+    """The cells of a folder the report counts: the latest record of each, asked with the
+    prompts its task builds now."""
+    recorded = [r for r in read_records(Path(folder) / RESULTS) if "task" in r and "method" in r and "length" in r]
+    return latest_cells([r for r in recorded if current_prompts(r)])
+
+
 def write_report(folder: Path) -> Path:
     """Rebuild ``report.md`` and its PNGs in ``folder`` from ``results.jsonl`` (and the commands
-    in ``run.json``).
+    in ``run.json``), and the summaries ``run.json`` names (``passkey``, ``perplexity``).
 
     Example:
         >>> write_report(Path("results/compare"))  # doctest: +SKIP
@@ -216,7 +240,112 @@ def write_report(folder: Path) -> Path:
         lines += ["Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()), ""]
     path = folder / REPORT
     path.write_text("\n".join(lines))
+    for kind in run.get("summaries", []):
+        if kind in SUMMARIES:
+            write_summary(kind, folder, records, run)
     return path
+
+
+def passkey_accuracy(records: list[dict]) -> dict[str, dict[int, tuple[int, int]]]:
+    """{method: {length: (correct, total)}} of the passkey cells among ``records`` (pass them
+    through ``latest_cells`` first: a cell recorded twice would count twice).
+
+    Example:
+        >>> passkey_accuracy([{"task": "passkey", "method": "m", "length": 8, "score": 1.0},
+        ...                   {"task": "passkey", "method": "m", "length": 8, "score": 0.0}])
+        {'m': {8: (1, 2)}}
+    """
+    cells = [r for r in records if r["task"] == "passkey"]
+    table: dict[str, dict[int, tuple[int, int]]] = {r["method"]: {} for r in cells}  # methods in order
+    for r in sorted(cells, key=lambda r: r["length"]):
+        correct, total = table.setdefault(r["method"], {}).get(r["length"], (0, 0))
+        table[r["method"]][r["length"]] = (correct + int(float(r["score"]) >= 1.0), total + 1)
+    return table
+
+
+def perplexities(records: list[dict]) -> dict[str, dict[int, float]]:
+    """{method: {length: perplexity}} of the ``ppl`` cells among ``records``."""
+    cells = [r for r in records if r["task"] == PPL]
+    table: dict[str, dict[int, float]] = {r["method"]: {} for r in cells}  # methods in order
+    for r in sorted(cells, key=lambda r: r["length"]):
+        table.setdefault(r["method"], {})[r["length"]] = r["perplexity"]
+    return table
+
+
+def summary_table(kind: str, records: list[dict], run: dict) -> Table:
+    """The table a preset command prints: passkey accuracy or perplexity, methods x lengths."""
+    model, trained = run.get("model") or _first(records, "model"), run.get("trained_length")
+    trained_note = f" (trained to {trained} tokens)" if trained else ""
+    if kind == "passkey":
+        accuracy = passkey_accuracy(records)
+        cells = {m: {n: f"{100 * c / t:.0f}% ({c}/{t})" for n, (c, t) in by.items()} for m, by in accuracy.items()}
+        title = f"Passkey retrieval, {model}{trained_note}"
+    elif kind == "perplexity":
+        cells = _format(perplexities(records), "{:.2f}")
+        title = f"Perplexity on {_texts(records)}, {model}{trained_note}"
+    else:
+        raise ValueError(f"unknown summary {kind!r}; known: {', '.join(SUMMARIES)}")
+    lengths = sorted({n for by in cells.values() for n in by})
+    return Table(title, lengths, cells)
+
+
+def write_summary(kind: str, folder: Path, records: list[dict], run: dict) -> list[Path]:
+    """Write a preset's summary of ``records`` into ``folder``: its JSON and its PNG."""
+    folder = Path(folder)
+    model, trained = run.get("model") or _first(records, "model"), run.get("trained_length")
+    json_name, png_name = SUMMARIES[kind]
+    cells = [r for r in records if r["task"] == ("passkey" if kind == "passkey" else PPL)]
+    if not cells:
+        return []
+    common = {"model": model, "trained_length": trained, "seeds": sorted({r.get("seed", 0) for r in records})}
+    settings: dict[str, dict[str, str]] = defaultdict(dict)
+    if kind == "passkey":
+        accuracy = passkey_accuracy(cells)
+        summary = {
+            **common,
+            "prompt_version": PROMPT_VERSION,
+            "depths": sorted({r["depth"] for r in cells if r.get("depth") is not None}),
+            "samples": len({r.get("sample", 0) for r in cells}),
+            "accuracy": {
+                m: {str(n): {"correct": c, "total": t} for n, (c, t) in by.items()} for m, by in accuracy.items()
+            },
+        }
+        png = plot_accuracy_by_length(
+            accuracy, folder / png_name, title=f"Passkey retrieval, {model}", trained_length=trained
+        )
+    else:
+        table = perplexities(cells)
+        longest = {m: max((r for r in cells if r["method"] == m), key=lambda r: r["length"]) for m in table}
+        bucket = cells[0]["bucket"]
+        curves = {m: [round(math.exp(x), 4) for x in r["bucket_loss"]] for m, r in longest.items()}
+        summary = {
+            **common,
+            "text": _texts(cells),
+            "perplexity": {m: {str(n): v for n, v in by.items()} for m, by in table.items()},
+            "bucket": bucket,
+            "bucket_perplexity": curves,
+        }
+        png = plot_perplexity_by_position(
+            curves,
+            folder / png_name,
+            bucket=bucket,
+            title=f"Perplexity by position, {_texts(cells)}",
+            trained_length=trained,
+        )
+    for r in cells:
+        settings[r["method"]][str(r["length"])] = r.get("settings") or r["method"]
+    summary.update(settings=dict(settings), versions=run.get("versions") or _first(records, "versions") or {})
+    path = folder / json_name
+    path.write_text(json.dumps(summary, indent=2) + "\n")
+    return [path, png]
+
+
+def _first(records: list[dict], key: str):
+    return next((r[key] for r in records if r.get(key)), None)
+
+
+def _texts(records: list[dict]) -> str:
+    return ", ".join(_first([r for r in records if r["task"] == PPL], "texts") or [])
 
 
 def markdown_table(table: Table) -> list[str]:

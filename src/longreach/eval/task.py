@@ -8,14 +8,23 @@ Every task builds its prompts as token ids with the model's own tokenizer, so a 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from longreach.eval.haystack import check_texts
-from longreach.eval.passkey import PASSKEY_NEW_TOKENS, PROMPT_VERSION, passkey_key, passkey_prompt, score_answer
+from longreach.eval.passkey import (
+    FILLER,
+    PASSKEY_NEW_TOKENS,
+    PROMPT_VERSION,
+    passkey_key,
+    passkey_prompt,
+    score_answer,
+)
 
+#: The needle depths of passkey, niah and niah-text unless told otherwise: every command's default.
 DEFAULT_DEPTHS = (0.1, 0.3, 0.5, 0.7, 0.9)
 #: The version of a task's prompts where it is not 1. Bump it whenever a task's prompts change,
 #: so that cells recorded with the older prompts are measured again, not reused or reported.
@@ -59,7 +68,12 @@ class Sample:
 
 @runtime_checkable
 class Task(Protocol):
-    """What every evaluation task provides."""
+    """What every evaluation task provides.
+
+    A task may also have a ``variant`` (a string, or None): what else its prompts depend on, such
+    as passkey's filler text. It is recorded with each cell, and a cell recorded with another
+    variant is asked again, not reused.
+    """
 
     name: str
 
@@ -95,8 +109,9 @@ def check_count(count: int) -> None:
 
 @dataclass(frozen=True)
 class PasskeyTask:
-    """Passkey retrieval (``longreach.eval.passkey``) as a task: the same prompts and keys as the
-    ``passkey`` command, ``count`` samples per depth, scored by exact match of the first number.
+    """Passkey retrieval (``longreach.eval.passkey``) as a task: the landmark-attention prompt,
+    ``count`` samples per depth, scored by exact match of the first number. ``filler`` replaces
+    the classic filler sentences (its cells are recorded with a ``variant`` naming its digest).
 
     Example:
         >>> task = PasskeyTask(depths=(0.5,))
@@ -106,6 +121,19 @@ class PasskeyTask:
 
     depths: tuple[float, ...] = DEFAULT_DEPTHS
     name: str = "passkey"
+    filler: str = FILLER
+
+    @property
+    def variant(self) -> str | None:
+        """None for the classic filler, else ``filler:`` and the first 12 hex digits of its sha256.
+
+        Example:
+            >>> PasskeyTask().variant is None, PasskeyTask(filler="It rained.").variant
+            (True, 'filler:8b38b558e4df')
+        """
+        if self.filler == FILLER:
+            return None
+        return "filler:" + hashlib.sha256(self.filler.encode()).hexdigest()[:12]
 
     def samples(self, tokenizer, length: int, count: int, seed: int) -> list[Sample]:
         check_count(count)
@@ -113,7 +141,7 @@ class PasskeyTask:
         for depth in self.depths:
             for index in range(count):
                 key = passkey_key(seed, length, float(depth), index)
-                ids = passkey_prompt(tokenizer, length, float(depth), key)
+                ids = passkey_prompt(tokenizer, length, float(depth), key, self.filler)
                 samples.append(Sample(self.name, length, float(depth), index, ids, (key,), PASSKEY_NEW_TOKENS))
         return samples
 
@@ -127,8 +155,9 @@ def build_tasks(
     """The task objects for the names a user gave, in order and without repeats.
 
     ``ruler`` stands for every RULER task (``ruler:niah_single_1``, ... ``ruler:fwe``);
-    ``niah-text`` takes its haystack from ``texts``. ``depths`` is the needle depth grid of
-    ``passkey``, ``niah`` and ``niah-text``.
+    ``niah-text`` takes its haystack from ``texts`` (by default the novel LongReach ships,
+    ``longreach.data.DEFAULT_TEXT``). ``depths`` is the needle depth grid of ``passkey``,
+    ``niah`` and ``niah-text``.
 
     Example:
         >>> [t.name for t in build_tasks(["passkey", "ruler:vt"])]
@@ -139,6 +168,7 @@ def build_tasks(
         ValueError: unknown task 'needle'; known tasks: passkey, niah, niah-text, ruler, ruler:niah_single_1, ...
     """
     # Imported here: niah and ruler build their samples with Sample from this module.
+    from longreach.data import DEFAULT_TEXT
     from longreach.eval.niah import NiahTask
     from longreach.eval.ruler import RULER_TASKS
 
@@ -158,9 +188,7 @@ def build_tasks(
         elif name == "niah":
             tasks[name] = NiahTask(name, depths=depths)
         elif name == "niah-text":
-            if not texts:
-                raise ValueError("niah-text needs --text FILE (one or more text files for its haystack)")
-            tasks[name] = NiahTask(name, depths=depths, texts=check_texts(texts))
+            tasks[name] = NiahTask(name, depths=depths, texts=check_texts(texts or [DEFAULT_TEXT]))
         elif name == "ruler":
             tasks.update((task.name, task) for task in RULER_TASKS.values())
         elif name.startswith("ruler:"):
