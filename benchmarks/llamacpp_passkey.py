@@ -50,15 +50,8 @@ from pathlib import Path
 from transformers import AutoTokenizer
 
 import longreach
-from longreach.eval.passkey import (
-    PASSKEY_NEW_TOKENS,
-    PasskeyResult,
-    greedy_answer,
-    passkey_key,
-    passkey_prompt,
-    read_results,
-    score_answer,
-)
+from longreach.eval.legacy import PasskeyResult, read_results
+from longreach.eval.passkey import PASSKEY_NEW_TOKENS, greedy_answer, passkey_key, passkey_prompt, score_answer
 from longreach.eval.records import append_record
 from longreach.methods import parse_length, parse_method
 from longreach.methods.base import Method, Part, method_config

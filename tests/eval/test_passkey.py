@@ -3,18 +3,17 @@ import json
 import pytest
 import torch
 
-from longreach.eval import passkey
-from longreach.eval.legacy import PasskeyResult, read_legacy, read_results
+from longreach.eval.legacy import read_legacy, read_results
 from longreach.eval.passkey import (
     INTRO,
     NEEDLE,
     PROMPT_VERSION,
+    PasskeyTask,
     greedy_answer,
     passkey_key,
     passkey_prompt,
     score_answer,
 )
-from longreach.eval.task import PasskeyTask
 
 
 @pytest.mark.parametrize("length", [200, 1000, 4096])
@@ -79,7 +78,6 @@ def test_records_of_the_old_passkey_command_read_as_compare_records(tmp_path):
     unversioned = {k: v for k, v in old.items() if k != "settings"}
     path.write_text(json.dumps({**old, "prompt_version": PROMPT_VERSION}) + "\n" + json.dumps(unversioned) + "\n{tor")
     assert [r.prompt_version for r in read_results(path, prompt_version=None)] == [PROMPT_VERSION, 1]
-    assert passkey.PasskeyResult is PasskeyResult  # still where benchmarks/llamacpp_passkey.py imports it
     new, older = read_legacy(path)
     assert new["task"] == "passkey" and new["score"] == 1.0 and new["expected"] == ["12345"]
     assert new["settings"] == old["settings"] and new["prompt_version"] == PROMPT_VERSION

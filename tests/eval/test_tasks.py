@@ -10,7 +10,8 @@ from longreach.eval.haystack import insert_needles, noise_haystack, text_haystac
 from longreach.eval.niah import NEEDLE, tokenizer_words
 from longreach.eval.passkey import passkey_key, passkey_prompt
 from longreach.eval.ruler import RULER_TASKS
-from longreach.eval.task import Sample, Task, build_tasks, known_task_names, prompt_version, string_match_all
+from longreach.eval.task import Sample, Task, string_match_all
+from longreach.eval.tasks import build_tasks, known_task_names, prompt_version
 
 LENGTHS = [512, 1500, 4096]
 DEPTHS = (0.1, 0.5, 0.9)

@@ -111,7 +111,7 @@ def read_text(path: str, what: str) -> str:
 def tasks(text: str) -> list[str]:
     """Task names, each one ``build_tasks`` knows or ``ppl``."""
     from longreach.eval.compare import PPL
-    from longreach.eval.task import known_task_names
+    from longreach.eval.tasks import known_task_names
 
     names = list(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
     known = [*known_task_names(), PPL]

@@ -52,7 +52,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     specs, lengths, names = checks.specs(args.method), checks.lengths(args.lengths), checks.tasks(args.tasks)
     from longreach.eval.compare import PPL
     from longreach.eval.evaluate import Evaluation
-    from longreach.eval.task import build_tasks
+    from longreach.eval.tasks import build_tasks
 
     generative = [name for name in names if name != PPL]
     try:
@@ -142,6 +142,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import longreach
     from longreach.integrations.transformers.forward_args import cache_kwargs
     from longreach.methods import method_for
+    from longreach.methods.coverage import unchanged_note
     from longreach.models.config import sliding_window, trained_length
 
     [spec] = checks.specs([args.method])
@@ -168,6 +169,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise UsageError(str(error)) from None
     console.print(f"[dim]{n} prompt tokens, method {method.spec()}[/]", highlight=False)
+    note = unchanged_note(spec, method, n + args.max_new_tokens)
+    if note is not None:
+        console.print(f"[dim]note: {note}[/]", highlight=False)
     ids = ids.to(model.device)
     sampling = {"do_sample": True, "temperature": args.temperature, "top_p": args.top_p} if args.temperature else {}
     torch.manual_seed(args.seed)
@@ -234,7 +238,12 @@ def cmd_info(args: argparse.Namespace) -> int:
     checks.model(args.model, args.dtype, args.device)
     model, _ = load(args)
     info = longreach.model_info(model, target_length=target)
-    rows = [
+    rows = []
+    if info.recommended is not None:  # what to use first; the facts behind it follow
+        rows.append(
+            (f"recommended for {info.target_length} tokens", f"{info.recommended.spec} ({info.recommended.reason})")
+        )
+    rows += [
         ("model type", info.model_type),
         ("trained length", f"{info.trained_length} tokens"),
         ("supported", "yes" if info.supported else f"no: {info.reason}"),
@@ -252,10 +261,6 @@ def cmd_info(args: argparse.Namespace) -> int:
                 )
             )
     rows += [(f"method {name}", verdict) for name, verdict in info.methods.items()]
-    length = getattr(info, "target_length", None) or target
-    recommended = getattr(info, "recommended", None)
-    if recommended is not None:
-        rows.append((f"recommended for {length} tokens", f"{recommended.spec} ({recommended.reason})"))
-    rows += [(f"{name} for {length} tokens", spec) for name, spec in info.suggested.items()]
+    rows += [(f"{name} for {info.target_length} tokens", spec) for name, spec in info.suggested.items()]
     print_facts(args.model, rows)
     return 0

@@ -7,6 +7,7 @@ import argparse
 
 from longreach import __version__
 from longreach.cli.checks import MAX_LENGTH, UsageError
+from longreach.models.embedded import DEFAULT_MODEL, EMBEDDED
 
 DEPTHS = "0.1,0.3,0.5,0.7,0.9"
 METHOD_HELP = (
@@ -62,8 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     def model_options(sub):
         sub.add_argument(
             "--model",
-            default="smollm2-135m",
-            help="embedded name (smollm2-135m), a .gguf file, a model folder or a Hugging Face id (org/name)",
+            default=DEFAULT_MODEL,
+            help=f"embedded name ({', '.join(EMBEDDED)}), a .gguf file, a model folder or a Hugging Face id (org/name)",
         )
         sub.add_argument(
             "--dtype",

@@ -30,7 +30,8 @@ from longreach.eval.passkey import greedy_answer
 from longreach.eval.perplexity import BUCKET, bucket_losses, token_losses
 from longreach.eval.plots import length_label
 from longreach.eval.records import append_record, read_records, same_settings
-from longreach.eval.task import Sample, Task, current_prompts, prompt_version
+from longreach.eval.task import Sample, Task
+from longreach.eval.tasks import current_prompts, prompt_version
 
 RESULTS = "results.jsonl"
 PPL = "ppl"

