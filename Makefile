@@ -20,9 +20,10 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 install: $(STAMP)
 
+# The method the measurements recommend up to 4x the trained length (README, "Which method?").
 demo: $(STAMP)
 	$(BIN)/longreach passkey --model smollm2-135m \
-		--method vanilla --method self-extend:group_size=4,window=1024 \
+		--method vanilla --method rerope:auto \
 		--lengths 4k,16k --depths 0.25,0.75 --samples 1 --out $(DEMO_OUT)
 
 test: $(STAMP)

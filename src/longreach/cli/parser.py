@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = command(
         "info",
-        "trained length, RoPE layout and suggested settings",
+        "the recommended method for a length, with the model's trained length, RoPE and every method's settings",
         "Loads the model and says what LongReach can do with it: its trained length, RoPE, which methods\n"
         "apply, the recommended one and every method's settings for --target-length.",
     )
