@@ -38,8 +38,8 @@ def main() -> None:
     length = parse_length(args.length)
     model, tokenizer = longreach.load_model(args.model)
     method = parse_method(args.method, target_length=length, trained_length=trained_length(model.config))
-    if not isinstance(method, longreach.InfLLM):
-        parser.error(f"--method must be an InfLLM spec, got {args.method!r}")
+    if method.attention != "memory":
+        parser.error(f"--method must be an InfLLM spec (a block memory to watch), got {args.method!r}")
     longreach.extend(model, method)
     key = passkey_key(args.seed, length, args.depth, 0)
     ids = torch.tensor([passkey_prompt(tokenizer, length, args.depth, key)])

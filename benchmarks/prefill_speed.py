@@ -52,8 +52,7 @@ def measure(model_name: str, spec: str, length: int, decode_steps: int, seed: in
 
     model, _ = longreach.load_model(model_name)
     method = parse_method(spec, target_length=length + decode_steps, trained_length=trained_length(model.config))
-    if not isinstance(method, longreach.Vanilla):
-        longreach.extend(model, method)
+    longreach.extend(model, method)  # vanilla: the model's own SDPA attention
     generator = torch.Generator().manual_seed(seed)
     ids = torch.randint(100, model.config.vocab_size - 100, (1, length), generator=generator)
     with torch.no_grad():
@@ -70,7 +69,7 @@ def measure(model_name: str, spec: str, length: int, decode_steps: int, seed: in
         decode = (time.perf_counter() - started) / max(1, decode_steps)
     return {
         "length": length,
-        "method": "vanilla (SDPA)" if isinstance(method, longreach.Vanilla) else method.spec(),
+        "method": "vanilla (SDPA)" if method.attention == "model" else method.spec(),
         "spec": spec,
         "prefill_s": round(prefill, 2),
         "decode_ms_per_token": round(1000 * decode, 1),
