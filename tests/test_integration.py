@@ -303,6 +303,26 @@ def test_non_method_is_a_type_error():
         longreach.extend(tiny_model(), 42)
 
 
+def test_generate_checks_prompt_and_new_tokens_before_reading_the_prompt():
+    model = tiny_model("llama", max_position_embeddings=32)
+    longreach.extend(model, longreach.SelfExtend(group_size=2, window=16))  # covers 48 tokens
+    forwards = []
+    model.register_forward_pre_hook(lambda *_: forwards.append(1))
+    ids = torch.randint(3, 128, (1, 40))
+    with pytest.raises(longreach.InputTooLongError, match=r"prompt \(40 tokens\) plus 9 new tokens needs 49"):
+        model.generate(ids, max_new_tokens=9, do_sample=False, pad_token_id=0)
+    with pytest.raises(longreach.InputTooLongError, match=r"prompt \(40 tokens\) plus 10 new tokens"):
+        model.generate(ids, max_length=50, do_sample=False, pad_token_id=0)
+    assert not forwards  # refused before a single token was read
+    # Left padding is not part of the prompt: 40 real tokens of 44 plus 8 new ones fit.
+    padded = torch.cat((torch.zeros(2, 4, dtype=torch.long), torch.randint(3, 128, (2, 40))), dim=1)
+    mask = torch.ones_like(padded)
+    mask[:, :4] = 0
+    with torch.no_grad():
+        out = model.generate(padded, attention_mask=mask, max_new_tokens=8, do_sample=False, pad_token_id=0)
+    assert out.shape == (2, 52)
+
+
 def test_a_spec_string_extends_like_its_config():
     model = tiny_model("llama", max_position_embeddings=32)
     ids = torch.randint(3, 128, (1, 48))
