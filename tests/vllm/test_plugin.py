@@ -1,0 +1,117 @@
+"""The plugin serves every plan method exactly as LongReach's transformers path computes it, with
+vLLM's own features on, and refuses what it cannot serve before the engine starts."""
+
+import pytest
+import torch
+import transformers
+from vllm_engines import TRAINED, run_engine
+
+import longreach
+
+LENGTH = 4 * TRAINED  # max_model_len: 4x the trained length
+
+
+def prompt(length: int, seed: int) -> list[int]:
+    return torch.randint(3, 512, (length,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def reference(model_dir, method: str | None, prompt_ids: list[int], continuation: list[int]) -> torch.Tensor:
+    """Log-probabilities (steps, vocab) of the transformers path at each generated position."""
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    if method is not None:
+        longreach.extend(model, method, target_length=LENGTH)
+    ids = torch.tensor([prompt_ids + continuation])
+    with torch.no_grad():
+        logits = model(ids).logits[0, len(prompt_ids) - 1 : -1]
+    return torch.log_softmax(logits.double(), dim=-1)
+
+
+def assert_matches(model_dir, method, prompts, results, vanilla_differs: bool = True):
+    for prompt_ids, result in zip(prompts, results, strict=True):
+        expected = reference(model_dir, method, prompt_ids, result["tokens"])
+        assert result["tokens"] == expected.argmax(-1).tolist()  # greedy tokens agree
+        for step, top in enumerate(result["logprobs"]):
+            for token, logprob in top.items():
+                assert abs(logprob - float(expected[step, int(token)])) <= 1e-3
+        if vanilla_differs and len(prompt_ids) > TRAINED:  # the method changed what the model computes
+            plain = reference(model_dir, None, prompt_ids, result["tokens"])
+            assert (plain - expected).abs().max() > 1e-2
+
+
+PLANS = [
+    "self-extend:auto",
+    "dual-chunk:auto",
+    "rerope:auto",  # with log-n scaling (log_scale_base)
+    "leaky-rerope:auto",
+    "lm-infinite:local_window=128,n_global=4,distance_limit=128",
+    "streaming-llm:n_sink=4,window=96",
+]
+
+
+@pytest.mark.parametrize("method", PLANS)
+def test_each_plan_matches_the_transformers_path(tiny_llama, method, tmp_path):
+    """One prompt at a time, read whole (no chunked prefill, no prefix caching)."""
+    prompts = [prompt(LENGTH - 6, 0), prompt(2 * TRAINED + 37, 1)]
+    out = run_engine(
+        tiny_llama,
+        method,
+        prompts,
+        tmp_path=tmp_path,
+        max_model_len=LENGTH,
+        max_num_batched_tokens=LENGTH,
+        enable_prefix_caching=False,
+        enable_chunked_prefill=False,
+    )
+    assert "error" not in out, out.get("error")
+    assert_matches(tiny_llama, method, prompts, out["results"])
+
+
+@pytest.mark.parametrize("method", ["self-extend:auto", "rerope:auto", "streaming-llm:n_sink=4,window=96"])
+def test_chunked_prefill_prefix_caching_and_batching_change_nothing(tiny_llama, method, tmp_path):
+    """Four requests of different lengths at once, read in chunks of 128 tokens, two sharing a long
+    prefix (the second reads it from the prefix cache): the same tokens and log-probabilities."""
+    shared = prompt(600, 2)
+    prompts = [shared + prompt(40, 3), prompt(300, 4), shared + prompt(90, 5), prompt(LENGTH - 6, 6)]
+    out = run_engine(
+        tiny_llama,
+        method,
+        prompts,
+        tmp_path=tmp_path,
+        max_model_len=LENGTH,
+        max_num_batched_tokens=128,
+        enable_chunked_prefill=True,
+        enable_prefix_caching=True,
+    )
+    assert "error" not in out, out.get("error")
+    assert_matches(tiny_llama, method, prompts, out["results"], vanilla_differs=False)
+
+
+def test_a_second_family_with_qkv_bias(tiny_qwen2, tmp_path):
+    prompts = [prompt(3 * TRAINED, 7)]
+    out = run_engine(tiny_qwen2, "self-extend:auto", prompts, tmp_path=tmp_path, max_model_len=LENGTH)
+    assert "error" not in out, out.get("error")
+    assert_matches(tiny_qwen2, "self-extend:auto", prompts, out["results"])
+
+
+def test_vanilla_through_the_plugin_is_vllm_itself(tiny_llama, tmp_path):
+    prompts = [prompt(TRAINED - 10, 8), prompt(100, 9)]
+    plain = run_engine(tiny_llama, None, prompts, tmp_path=tmp_path, max_model_len=TRAINED)
+    through = run_engine(tiny_llama, "vanilla", prompts, tmp_path=tmp_path, max_model_len=TRAINED)
+    assert plain == through
+    assert_matches(tiny_llama, None, prompts, plain["results"], vanilla_differs=False)
+
+
+@pytest.mark.parametrize(
+    ("method", "length", "message"),
+    [
+        ("self-extend", LENGTH, "missing group_size, window"),
+        ("no-such-method", LENGTH, "unknown method 'no-such-method'"),
+        ("self-extend:group_size=2,window=64", LENGTH, r"longer than SelfExtend\(group_size=2, window=64\) covers"),
+        ("infllm:auto", LENGTH, "block memory"),
+        ("yarn:auto", LENGTH, "rope_parameters"),
+    ],
+)
+def test_bad_settings_stop_the_engine_with_the_reason(tiny_llama, method, length, message, tmp_path):
+    out = run_engine(tiny_llama, method, [prompt(10, 0)], tmp_path=tmp_path, max_model_len=length)
+    assert "error" in out
+    assert pytest.importorskip("re").search(message, out["error"]), out["error"]

@@ -1,0 +1,47 @@
+"""Tiny models vLLM can load and an engine per process, for the plugin's tests."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import transformers
+
+TRAINED = 256
+JOB = Path(__file__).with_name("engine_job.py")
+
+
+def save_tiny(folder: Path, family: str) -> Path:
+    """A tiny random model vLLM's CPU attention takes (head size 32), trained length 256."""
+    common = dict(
+        vocab_size=512,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=TRAINED,
+        bos_token_id=1,
+        eos_token_id=2,
+        rope_theta=500.0,
+    )
+    config = getattr(transformers, f"{family}Config")(**common)
+    torch.manual_seed(0)
+    model = getattr(transformers, f"{family}ForCausalLM")(config).eval()
+    model.save_pretrained(folder)
+    return folder
+
+
+def run_engine(model: Path, method: str | None, prompts, *, new_tokens: int = 6, tmp_path: Path, **engine) -> dict:
+    """Start one engine with ``method`` (None: no LONGREACH_METHOD) and generate greedily."""
+    job, out = tmp_path / "job.json", tmp_path / "out.json"
+    job.write_text(json.dumps({"model": str(model), "engine": engine, "prompts": prompts, "new_tokens": new_tokens}))
+    env = {k: v for k, v in os.environ.items() if k != "LONGREACH_METHOD"}
+    if method is not None:
+        env["LONGREACH_METHOD"] = method
+    done = subprocess.run([sys.executable, str(JOB), str(job), str(out)], env=env, capture_output=True, text=True)
+    if not out.exists():
+        raise AssertionError(f"the engine process failed:\n{done.stderr[-3000:]}")
+    return json.loads(out.read_text())
