@@ -1,10 +1,18 @@
 """The plugin serves every plan method exactly as LongReach's transformers path computes it, with
 vLLM's own features on, and refuses what it cannot serve before the engine starts."""
 
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
 import pytest
 import torch
 import transformers
-from vllm_engines import TRAINED, run_engine
+from vllm_engines import TRAINED, as_ids, as_text, run_engine
 
 import longreach
 
@@ -115,3 +123,67 @@ def test_bad_settings_stop_the_engine_with_the_reason(tiny_llama, method, length
     out = run_engine(tiny_llama, method, [prompt(10, 0)], tmp_path=tmp_path, max_model_len=length)
     assert "error" in out
     assert pytest.importorskip("re").search(message, out["error"]), out["error"]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_longreach_serve_answers_openai_clients_and_stops_cleanly(tiny_llama, tmp_path):
+    import openai
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "LONGREACH_METHOD"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "longreach.cli", "serve", "--model", str(tiny_llama), "--method", "rerope:auto"]
+        + ["--max-model-len", str(LENGTH), "--port", str(port), "--", "--enforce-eager"]
+        + ["--kv-cache-memory-bytes", str(1 << 28)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "server.log").open("w"),
+    )
+    try:
+        deadline = time.time() + 300
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None and time.time() < deadline, (tmp_path / "server.log").read_text()[-3000:]
+                time.sleep(2)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none")
+        prompt_ids = prompt(3 * TRAINED, 11)
+        completion = client.completions.create(
+            model=str(tiny_llama), prompt=as_text(prompt_ids), max_tokens=6, temperature=0
+        )
+        tokens = as_ids(completion.choices[0].text)
+        expected = reference(tiny_llama, "rerope:auto", prompt_ids, tokens)
+        assert len(tokens) == 6 and tokens == expected.argmax(-1).tolist()
+        stream = client.chat.completions.create(
+            model=str(tiny_llama),
+            messages=[{"role": "user", "content": as_text(prompt_ids)}],
+            max_tokens=6,
+            temperature=0,
+            stream=True,
+        )
+        streamed = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+        assert streamed.split() == completion.choices[0].text.split()
+        with pytest.raises(openai.BadRequestError, match="maximum context length"):
+            client.completions.create(model=str(tiny_llama), prompt=as_text(prompt(LENGTH + 10, 12)), max_tokens=4)
+    finally:
+        server.send_signal(signal.SIGINT)
+        assert server.wait(timeout=90) in (0, -signal.SIGINT)
+
+
+def test_longreach_serve_refuses_settings_short_of_the_length_before_starting_vllm(tiny_llama):
+    done = subprocess.run(
+        [sys.executable, "-m", "longreach.cli", "serve", "--model", str(tiny_llama)]
+        + ["--method", "self-extend:group_size=2,window=64", "--max-model-len", str(LENGTH)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "longer than SelfExtend(group_size=2, window=64) covers" in done.stderr

@@ -31,7 +31,40 @@ def save_tiny(folder: Path, family: str) -> Path:
     torch.manual_seed(0)
     model = getattr(transformers, f"{family}ForCausalLM")(config).eval()
     model.save_pretrained(folder)
+    word_tokenizer().save_pretrained(folder)
     return folder
+
+
+def word_tokenizer() -> transformers.PreTrainedTokenizerFast:
+    """A tokenizer of the tiny vocabulary: token ``i`` is the word ``w{i}``, words split on spaces,
+    with a chat template that joins the messages' text, so a server can take text and chats."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    words = Tokenizer(models.WordLevel({word(i): i for i in range(512)}, unk_token=word(0)))
+    words.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    words.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    tokenizer = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=words, unk_token=word(0), bos_token=word(1), eos_token=word(2)
+    )
+    tokenizer.chat_template = "{% for message in messages %}{{ message['content'] }}{% endfor %}"
+    return tokenizer
+
+
+SPECIAL = ("<unk>", "<s>", "</s>")
+
+
+def word(i: int) -> str:
+    """Token ``i`` as a word (special tokens must not be prefixes of other words)."""
+    return SPECIAL[i] if i < len(SPECIAL) else f"w{i}"
+
+
+def as_text(ids: list[int]) -> str:
+    return " ".join(word(i) for i in ids)
+
+
+def as_ids(text: str) -> list[int]:
+    ids = {word(i): i for i in range(512)}
+    return [ids[w] for w in text.split()]
 
 
 def run_engine(model: Path, method: str | None, prompts, *, new_tokens: int = 6, tmp_path: Path, **engine) -> dict:

@@ -1,4 +1,4 @@
-"""The ``longreach`` command line: passkey, perplexity, compare, report, generate, info.
+"""The ``longreach`` command line: passkey, perplexity, compare, report, generate, info, serve.
 
 ``parser`` builds the arguments (nothing heavy imported: ``--help`` answers at once), ``checks``
 turns every misuse into one line with exit code 2 before the model loads where it can, and

