@@ -42,6 +42,13 @@ def safetensors_folder(name_or_path: str | Path, *, dtype: str = "float32") -> P
     from longreach.models.loading import load_model
 
     model, tokenizer = load_model(name, dtype=dtype)
+    if "gguf" in str(getattr(getattr(model, "hf_quantizer", None), "quantization_config", "")).lower():
+        # GGUF weights are dequantised on load: what transformers still calls quantized is plain
+        # tensors, and it refuses to save them until told so.
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{stem}-", dir=target.parent))
     try:
