@@ -79,3 +79,35 @@ def test_embedded_model_loads_in_eval_mode_with_its_trained_length(smollm):
     assert info.supported and info.rotary_layout == "half-split" and info.rope_base == 100000.0
     assert info.suggested["self-extend"] == "self-extend:group_size=3,window=2048"
     assert tokenizer("The pass key is 12345.").input_ids
+
+
+def test_a_safetensors_folder_is_served_as_it_is(tiny_model_dir, tmp_path, monkeypatch):
+    from longreach.models.export import safetensors_folder
+
+    monkeypatch.setenv("LONGREACH_CACHE", str(tmp_path))
+    assert safetensors_folder(tiny_model_dir) == tiny_model_dir
+    assert not any(tmp_path.iterdir())  # nothing converted, nothing cached
+
+
+@pytest.mark.model
+def test_the_embedded_model_converts_once_to_plain_safetensors(smollm, tmp_path, monkeypatch):
+    import json
+
+    import transformers
+
+    from longreach.models.export import safetensors_folder
+
+    monkeypatch.setenv("LONGREACH_CACHE", str(tmp_path))
+    folder = safetensors_folder("smollm2-135m")
+    assert folder == tmp_path / "models" / "smollm2-135m-float32"
+    assert "quantization_config" not in json.loads((folder / "config.json").read_text())
+    stamp = (folder / "model.safetensors").stat().st_mtime_ns
+    assert safetensors_folder("smollm2-135m") == folder  # the second call converts nothing
+    assert (folder / "model.safetensors").stat().st_mtime_ns == stamp
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    model, tokenizer = smollm
+    ids = tokenizer("The grass is green. The sky is blue.", return_tensors="pt").input_ids
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, model(ids).logits, atol=1e-5, rtol=1e-5)
+    text = "The grass is green."
+    assert transformers.AutoTokenizer.from_pretrained(folder)(text).input_ids == tokenizer(text).input_ids
