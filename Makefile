@@ -44,7 +44,7 @@ test: $(STAMP) $(VLLM_STAMP)
 	$(BIN)/ruff check src tests benchmarks conftest.py
 	$(BIN)/ruff format --check src tests benchmarks conftest.py
 	$(BIN)/python -m pytest -q
-	$(VLLM_VENV)/bin/python -m pytest -q tests/vllm src/longreach/integrations/vllm
+	$(VLLM_VENV)/bin/python -m pytest -q tests/vllm_plugin src/longreach/integrations/vllm
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks conftest.py

@@ -3,4 +3,5 @@ it pins its own torch and transformers); everywhere else they are left out of co
 
 import importlib.util
 
-collect_ignore_glob = [] if importlib.util.find_spec("vllm") else ["src/longreach/integrations/vllm/*", "tests/vllm/*"]
+_vllm = importlib.util.find_spec("vllm")
+collect_ignore_glob = [] if _vllm and _vllm.origin else ["src/longreach/integrations/vllm/*", "tests/vllm_plugin/*"]

