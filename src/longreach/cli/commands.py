@@ -101,9 +101,12 @@ def _evaluate(args: argparse.Namespace, evaluation, out: Path) -> int:
         asked = [r for r in records if r["method"] in evaluation.methods and r["length"] in evaluation.lengths]
         for table in build_tables(asked):
             print_table(table)
-    written = [out / "results.jsonl", out / REPORT, *(out / f for k in evaluation.summaries for f in SUMMARIES[k])]
-    console.print("wrote " + ", ".join(str(p) for p in written if p.exists()), highlight=False, soft_wrap=True)
+    _say_written(out / "results.jsonl", out / REPORT, *(out / f for k in evaluation.summaries for f in SUMMARIES[k]))
     return 0
+
+
+def _say_written(*paths: Path) -> None:
+    console.print("wrote " + ", ".join(str(p) for p in paths if p.exists()), highlight=False, soft_wrap=True)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -131,8 +134,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     kinds = [k for k in run.get("summaries", []) if k in SUMMARIES]
     for kind in kinds:
         print_table(summary_table(kind, records, run))
-    written = [folder / REPORT, *(folder / f for k in kinds for f in SUMMARIES[k])]
-    console.print("wrote " + ", ".join(str(p) for p in written if p.exists()), highlight=False, soft_wrap=True)
+    _say_written(folder / REPORT, *(folder / f for k in kinds for f in SUMMARIES[k]))
     return 0
 
 
@@ -292,9 +294,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         plan_for(spec, AutoConfig.from_pretrained(folder), length)  # refused here, not deep in vLLM
     except (ModelNotAvailableError, ValueError) as error:
         raise UsageError(str(error)) from None
-    env = {**os.environ, METHOD_ENV: spec}
-    if spec.partition(":")[0] != "vanilla":
-        env["VLLM_ALLOW_LONG_MAX_MODEL_LEN"] = "1"
+    env = {**os.environ, METHOD_ENV: spec}  # the plugin then lets vLLM past the trained length
     command = [
         sys.executable,
         "-m",

@@ -147,10 +147,7 @@ def build_tables(records: list[dict], folder: Path | None = None, *, trained_len
         )
     ppl = [r for r in records if r["task"] == PPL]
     if ppl:
-        table = {
-            m: {r["length"]: r["perplexity"] for r in ppl if r["method"] == m}
-            for m in _ordered(r["method"] for r in ppl)
-        }
+        table = perplexities(ppl)
         texts = ", ".join(ppl[0].get("texts", []))
         entry = Table("ppl: perplexity", lengths, _format(table, "{:.2f}"), note=f"on {texts}")
         curves = {}
@@ -199,7 +196,7 @@ def write_report(folder: Path) -> Path:
     outdated = {cell_key(r) for r in recorded if not current_prompts(r)} - {cell_key(r) for r in records}
     if not records:
         raise ValueError(f"{folder / RESULTS} holds no results; run `longreach compare --out {folder}` first")
-    run = json.loads((folder / RUN).read_text()) if (folder / RUN).is_file() else {}
+    run = read_run(folder)
     trained = run.get("trained_length")
     tables = build_tables(records, folder, trained_length=trained)
     lines = [f"# LongReach comparison: {records[0].get('model') or run.get('model', '')}", ""]
