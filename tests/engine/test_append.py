@@ -65,3 +65,18 @@ def test_dropping_a_run_moves_the_tokens_before_it_in_place():
 def test_a_view_that_would_pin_a_mostly_empty_buffer_is_not_kept():
     held = append_tokens(torch.randn(1, 1, 64, 2), torch.randn(1, 1, 1, 2))
     assert not can_drop_in_place(held, 2, 50)  # 17 tokens left of a 73-token buffer: copy them
+
+
+def test_appends_in_place_under_inference_mode():
+    """vLLM runs under torch.inference_mode, where views do not record their base."""
+    with torch.inference_mode():
+        start = torch.arange(16.0).view(1, 1, 16, 1)
+        held = append_tokens(start, torch.tensor(16.0).view(1, 1, 1, 1))
+        grown = append_tokens(held, torch.tensor(17.0).view(1, 1, 1, 1))
+        assert grown.data_ptr() == held.data_ptr()
+        assert grown.flatten().tolist() == list(range(18))
+        assert can_drop_in_place(grown, 1, 2)
+        dropped = drop_run(grown, 1, 2)
+        again = append_tokens(dropped, torch.tensor(18.0).view(1, 1, 1, 1))
+        assert again.data_ptr() == dropped.data_ptr()
+        assert again.flatten().tolist() == [0.0] + list(range(2, 19))

@@ -1,7 +1,8 @@
 """Runs one vLLM engine in its own process (an engine per method, as a server would be) and writes
 what it generated: ``python engine_job.py JOB.json OUT.json``. The job names the model folder,
 the engine's options, the prompts (token ids) and the tokens to generate; the environment
-carries ``LONGREACH_METHOD``. A failure to start is written as ``{"error": message}``."""
+carries ``LONGREACH_METHOD``. Besides the tokens and top-5 log-probabilities it writes how many
+times the scheduler preempted a request (counted when the options turn stats on). A failure to start is written as ``{"error": message}``."""
 
 import json
 import os
@@ -20,9 +21,11 @@ def main(job_path: str, out_path: str) -> None:
             dtype="float32",
             enforce_eager=True,
             skip_tokenizer_init=True,
-            max_num_seqs=8,
-            kv_cache_memory_bytes=1 << 28,  # a tiny model's cache: 256 MiB, not 92% of the machine
-            **job["engine"],
+            **{
+                "max_num_seqs": 8,
+                "kv_cache_memory_bytes": 1 << 28,  # a tiny model's cache: 256 MiB, not 92% of the machine
+                **job["engine"],
+            },
         )
     except Exception as error:  # the refusal a user would see
         with open(out_path, "w") as handle:
@@ -37,8 +40,9 @@ def main(job_path: str, out_path: str) -> None:
         }
         for o in outputs
     ]
+    preemptions = sum(m.value for m in llm.get_metrics() if m.name == "vllm:num_preemptions")
     with open(out_path, "w") as handle:
-        json.dump({"results": results}, handle)
+        json.dump({"results": results, "preemptions": preemptions}, handle)
 
 
 if __name__ == "__main__":

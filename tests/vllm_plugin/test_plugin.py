@@ -12,7 +12,7 @@ import urllib.request
 import pytest
 import torch
 import transformers
-from vllm_engines import TRAINED, as_ids, as_text, run_engine
+from vllm_engines import TOKEN_BYTES, TRAINED, as_ids, as_text, run_engine
 
 import longreach
 
@@ -91,6 +91,27 @@ def test_chunked_prefill_prefix_caching_and_batching_change_nothing(tiny_llama, 
         enable_prefix_caching=True,
     )
     assert "error" not in out, out.get("error")
+    assert_matches(tiny_llama, method, prompts, out["results"], vanilla_differs=False)
+
+
+def test_preempted_requests_are_recomputed_to_the_same_answer(tiny_llama, tmp_path):
+    """A cache of ten 128-token blocks holds two 620-token prompts; decoding past 640 tokens needs
+    an eleventh block, so the scheduler preempts a request and later recomputes it."""
+    method = "self-extend:auto"
+    prompts = [prompt(620, 13), prompt(620, 14), prompt(300, 15)]
+    out = run_engine(
+        tiny_llama,
+        method,
+        prompts,
+        new_tokens=40,
+        tmp_path=tmp_path,
+        max_model_len=LENGTH,
+        block_size=128,
+        kv_cache_memory_bytes=10 * 128 * TOKEN_BYTES,
+        disable_log_stats=False,
+    )
+    assert "error" not in out, out.get("error")
+    assert out["preemptions"] > 0
     assert_matches(tiny_llama, method, prompts, out["results"], vanilla_differs=False)
 
 

@@ -10,6 +10,8 @@ import torch
 import transformers
 
 TRAINED = 256
+#: KV cache bytes per token of the tiny models: 2 layers x (key, value) x 2 KV heads x 32 dims x 4 bytes.
+TOKEN_BYTES = 2 * 2 * 2 * 32 * 4
 JOB = Path(__file__).with_name("engine_job.py")
 
 

@@ -18,17 +18,28 @@ import torch
 SPARE = 0.125
 #: Marks the buffers made here: only those are ever written in place, never a tensor of the user's.
 _OWNED = "_longreach_append_buffer"
+#: The buffer behind a view returned here. Under ``torch.inference_mode`` (vLLM's) views do not
+#: record their base, so the views handed out carry it themselves.
+_BUFFER = "_longreach_buffer"
+
+
+def _handed_out(buffer: torch.Tensor, view: torch.Tensor) -> torch.Tensor:
+    setattr(view, _BUFFER, buffer)
+    return view
 
 
 def _owned_view(held: torch.Tensor) -> tuple[torch.Tensor, int] | None:
     """(buffer, offset) when ``held`` is tokens [offset, offset + n) of a buffer made here."""
-    buffer = held._base
+    buffer = getattr(held, _BUFFER, None)
+    if buffer is None:
+        buffer = held._base
     if (
         buffer is None
         or not getattr(buffer, _OWNED, False)
         or buffer.shape[:-2] != held.shape[:-2]
         or buffer.shape[-1] != held.shape[-1]
         or buffer.stride() != held.stride()
+        or buffer.untyped_storage().data_ptr() != held.untyped_storage().data_ptr()
     ):
         return None
     offset, rest = divmod(held.data_ptr() - buffer.data_ptr(), buffer.stride(-2) * buffer.element_size())
@@ -61,13 +72,13 @@ def append_tokens(held: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
     if owned is not None and owned[1] + n + m <= owned[0].shape[-2]:
         buffer, offset = owned
         buffer[..., offset + n : offset + n + m, :] = new
-        return buffer[..., offset : offset + n + m, :]
+        return _handed_out(buffer, buffer[..., offset : offset + n + m, :])
     capacity = n + m + max(1, int((n + m) * SPARE))
     buffer = held.new_empty((*held.shape[:-2], capacity, held.shape[-1]))
     setattr(buffer, _OWNED, True)
     buffer[..., :n, :] = held
     buffer[..., n : n + m, :] = new
-    return buffer[..., : n + m, :]
+    return _handed_out(buffer, buffer[..., : n + m, :])
 
 
 def can_drop_in_place(held: torch.Tensor, start: int, stop: int) -> bool:
@@ -95,6 +106,7 @@ def drop_run(held: torch.Tensor, start: int, stop: int) -> torch.Tensor:
     """
     if not can_drop_in_place(held, start, stop):
         raise ValueError(f"tokens [{start}, {stop}) of this tensor cannot be dropped in place")
+    buffer = _owned_view(held)[0]
     if start:
         held[..., stop - start : stop, :] = held[..., :start, :].clone()
-    return held[..., stop - start :, :]
+    return _handed_out(buffer, held[..., stop - start :, :])

@@ -15,6 +15,7 @@ from vllm.config import get_current_vllm_config
 from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend, CPUAttentionBackendImpl
 
 from longreach.engine.attention import Scoring, attend
+from longreach.integrations.vllm.requests import RUNNING
 from longreach.integrations.vllm.rotary import LAYOUTS
 from longreach.integrations.vllm.settings import Plan, plan_for, requested_spec
 
@@ -95,28 +96,51 @@ class LongReachCPUAttentionImpl(CPUAttentionBackendImpl):
             sink_logits=self.sinks,
         )
         head_size = query.shape[-1]
-        block_size = kv_cache.shape[2]
         starts = attn_metadata.query_start_loc.tolist()
         lengths = attn_metadata.seq_lens.tolist()
+        request_ids = RUNNING.batch(len(lengths)) if key is not None else None
         for request, seq_len in enumerate(lengths):
             first, last = starts[request], starts[request + 1]
             if last <= first:
                 continue
-            n_blocks = -(-seq_len // block_size)
-            blocks = attn_metadata.block_table[request, :n_blocks].to(torch.long)
-            held = kv_cache[blocks].transpose(0, 1).reshape(kv_cache.shape[1], n_blocks * block_size, -1)
-            keys = held[None, :, :seq_len, :head_size]
-            values = held[None, :, :seq_len, head_size:]
-            query_positions = torch.arange(seq_len - (last - first), seq_len, device=query.device)
+
+            def read_blocks(count: int, request: int = request) -> tuple[torch.Tensor, torch.Tensor]:
+                held = self._read_blocks(kv_cache, attn_metadata.block_table[request], count)
+                return held[..., :head_size].to(query.dtype), held[..., head_size:].to(query.dtype)
+
+            context = seq_len - (last - first)
+            if request_ids is None:  # no copies kept (or a layer that shares another's cache)
+                keys, values = read_blocks(seq_len)
+                key_store = None
+            else:
+                held = RUNNING.extend(
+                    request_ids[request],
+                    layer.layer_name,
+                    context,
+                    key[first:last].transpose(0, 1)[None].to(query.dtype),
+                    value[first:last].transpose(0, 1)[None].to(query.dtype),
+                    read_blocks,
+                )
+                keys, values, key_store = held.keys, held.values, held.rotated
+            query_positions = torch.arange(context, seq_len, device=query.device)
             out = attend(
                 query[first:last].transpose(0, 1)[None],
-                keys.to(query.dtype),
-                values.to(query.dtype),
+                keys,
+                values,
                 plan.parts,
                 scoring,
                 query_positions=query_positions,
                 key_positions=torch.arange(seq_len, device=query.device),
                 query_scale=plan.method.query_scale(query_positions, plan.trained_length),
+                key_store=key_store,
             )
             output[first:last] = out[0].transpose(0, 1).to(output.dtype)
         return output
+
+    @staticmethod
+    def _read_blocks(kv_cache: torch.Tensor, block_row: torch.Tensor, count: int) -> torch.Tensor:
+        """The first ``count`` tokens of a request from its blocks: (1, Hkv, count, 2 * head size)."""
+        block_size = kv_cache.shape[2]
+        blocks = block_row[: -(-count // block_size)].to(torch.long)
+        held = kv_cache[blocks].transpose(0, 1).reshape(kv_cache.shape[1], blocks.numel() * block_size, kv_cache.shape[3])
+        return held[None, :, :count]
