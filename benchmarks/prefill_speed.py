@@ -47,17 +47,28 @@ def block_bytes(cache) -> int:
 
 def measure(model_name: str, spec: str, length: int, decode_steps: int, seed: int = 0) -> dict:
     import longreach
+
+    model, _ = longreach.load_model(model_name)
+    return time_model(model, spec, length, decode_steps, seed)
+
+
+def time_model(model, spec: str, length: int, decode_steps: int, seed: int = 0) -> dict:
+    """Extend ``model`` with ``spec`` (vanilla: the model's own SDPA attention), prefill ``length``
+    random tokens and decode ``decode_steps`` tokens with the cache."""
+    import longreach
     from longreach.methods import parse_method
     from longreach.models.config import trained_length
 
-    model, _ = longreach.load_model(model_name)
     method = parse_method(spec, target_length=length + decode_steps, trained_length=trained_length(model.config))
-    longreach.extend(model, method)  # vanilla: the model's own SDPA attention
+    longreach.extend(model, method)
     generator = torch.Generator().manual_seed(seed)
-    ids = torch.randint(100, model.config.vocab_size - 100, (1, length), generator=generator)
+    ids = torch.randint(100, model.config.vocab_size - 100, (1, length), generator=generator).to(model.device)
+    synchronize = torch.cuda.synchronize if model.device.type == "cuda" else lambda: None
     with torch.no_grad():
+        synchronize()
         started = time.perf_counter()
         out = model(ids, use_cache=True, logits_to_keep=1)
+        synchronize()
         prefill = time.perf_counter() - started
         cache = out.past_key_values
         after_prefill = kv_bytes(cache)
@@ -66,7 +77,9 @@ def measure(model_name: str, spec: str, length: int, decode_steps: int, seed: in
         for _ in range(decode_steps):
             out = model(token, use_cache=True, **cache_kwargs(model, cache))
             token = out.logits[:, -1:].argmax(-1)
+        synchronize()
         decode = (time.perf_counter() - started) / max(1, decode_steps)
+    peak = torch.cuda.max_memory_allocated() if model.device.type == "cuda" else None
     return {
         "length": length,
         "method": "vanilla (SDPA)" if method.attention == "model" else method.spec(),
@@ -77,6 +90,7 @@ def measure(model_name: str, spec: str, length: int, decode_steps: int, seed: in
         "kv_mib_after_decode": round(kv_bytes(cache) / 2**20, 1),
         "blocks_mib_after_decode": round(block_bytes(cache) / 2**20, 1),
         "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+        **({"peak_gpu_gib": round(peak / 2**30, 2)} if peak is not None else {}),
     }
 
 

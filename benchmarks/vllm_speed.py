@@ -44,12 +44,12 @@ def measure_vllm(model_name: str, path: str, spec: str | None, length: int, requ
     if spec and path == "plugin":
         os.environ["LONGREACH_METHOD"] = spec
     if path == "plugin-vanilla":  # the engine's own vanilla plan, to see what executing a plan costs
-        import longreach.integrations.vllm.backend as backend
+        import longreach.integrations.vllm.settings as settings
         from longreach.integrations.vllm.settings import Plan
         from longreach.methods.vanilla import Vanilla
         from longreach.models.config import trained_length
 
-        backend.plan_for = lambda spec, hf_config, max_model_len: Plan(
+        settings.plan_for = lambda spec, hf_config, max_model_len: Plan(
             Vanilla(), Vanilla().parts(), trained_length(hf_config)
         )
     from vllm import LLM, SamplingParams
@@ -67,7 +67,8 @@ def measure_vllm(model_name: str, path: str, spec: str | None, length: int, requ
         enable_prefix_caching=False,
         max_model_len=length + decode_steps + 1,
         max_num_seqs=max(requests, 1),
-        kv_cache_memory_bytes=requests * (length + decode_steps + 64) * token_bytes + (1 << 26),
+        # Room for every request at once, in vLLM's cache and (with a method) the plugin's copies.
+        kv_cache_memory_bytes=3 * requests * (length + decode_steps + 64) * token_bytes + (1 << 26),
     )
     vocab = llm.llm_engine.model_config.hf_config.vocab_size
     engine = llm.llm_engine

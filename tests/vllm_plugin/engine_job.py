@@ -2,7 +2,8 @@
 what it generated: ``python engine_job.py JOB.json OUT.json``. The job names the model folder,
 the engine's options, the prompts (token ids) and the tokens to generate; the environment
 carries ``LONGREACH_METHOD``. Besides the tokens and top-5 log-probabilities it writes how many
-times the scheduler preempted a request (counted when the options turn stats on). A failure to start is written as ``{"error": message}``."""
+times the scheduler preempted a request (counted when the options turn stats on). A failure to
+start is written as ``{"error": message}``."""
 
 import json
 import os
@@ -40,7 +41,9 @@ def main(job_path: str, out_path: str) -> None:
         }
         for o in outputs
     ]
-    preemptions = sum(m.value for m in llm.get_metrics() if m.name == "vllm:num_preemptions")
+    preemptions = None
+    if job["engine"].get("disable_log_stats") is False:
+        preemptions = sum(m.value for m in llm.get_metrics() if m.name == "vllm:num_preemptions")
     with open(out_path, "w") as handle:
         json.dump({"results": results, "preemptions": preemptions}, handle)
 

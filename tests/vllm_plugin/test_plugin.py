@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+import types
 import urllib.request
 
 import pytest
@@ -95,8 +96,9 @@ def test_chunked_prefill_prefix_caching_and_batching_change_nothing(tiny_llama, 
 
 
 def test_preempted_requests_are_recomputed_to_the_same_answer(tiny_llama, tmp_path):
-    """A cache of ten 128-token blocks holds two 620-token prompts; decoding past 640 tokens needs
-    an eleventh block, so the scheduler preempts a request and later recomputes it."""
+    """A cache of ten usable 128-token blocks holds two 620-token prompts; decoding past 640 tokens needs
+    an eleventh block, so the scheduler preempts a request and later recomputes it. (The plugin
+    gives the paged cache 2 / 5 of the budget: self-extend moves keys in one part.)"""
     method = "self-extend:auto"
     prompts = [prompt(620, 13), prompt(620, 14), prompt(300, 15)]
     out = run_engine(
@@ -107,7 +109,7 @@ def test_preempted_requests_are_recomputed_to_the_same_answer(tiny_llama, tmp_pa
         tmp_path=tmp_path,
         max_model_len=LENGTH,
         block_size=128,
-        kv_cache_memory_bytes=10 * 128 * TOKEN_BYTES,
+        kv_cache_memory_bytes=28 * 128 * TOKEN_BYTES,  # 11 blocks, one of them vLLM's null block
         disable_log_stats=False,
     )
     assert "error" not in out, out.get("error")
@@ -208,3 +210,28 @@ def test_longreach_serve_refuses_settings_short_of_the_length_before_starting_vl
     )
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "longer than SelfExtend(group_size=2, window=64) covers" in done.stderr
+
+
+def test_other_platforms_refuse_a_method_instead_of_ignoring_it(monkeypatch):
+    """The backend override reaches vLLM's CPU backend only: on a GPU a method must stop vLLM."""
+    from vllm.platforms import current_platform
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    from longreach.integrations.vllm import plugin
+
+    monkeypatch.setattr(type(current_platform), "is_cpu", lambda self: False)
+    monkeypatch.setattr(GPUModelRunner, "load_model", GPUModelRunner.load_model)  # restored afterwards
+    monkeypatch.setenv("LONGREACH_METHOD", "rerope:auto")
+    with pytest.raises(ValueError, match="CPU backend only"):
+        plugin.install.__wrapped__()
+    monkeypatch.delenv("LONGREACH_METHOD")
+    plugin.install.__wrapped__()  # no method in the environment: the model load checks additional_config
+    runner = GPUModelRunner.__new__(GPUModelRunner)
+    runner.vllm_config = types.SimpleNamespace(
+        additional_config={"longreach_method": "rerope:auto"},
+        model_config=types.SimpleNamespace(
+            hf_config=transformers.LlamaConfig(max_position_embeddings=TRAINED), max_model_len=LENGTH
+        ),
+    )
+    with pytest.raises(ValueError, match="CPU backend only"):
+        runner.load_model()

@@ -1,4 +1,6 @@
-"""Attention kernels that also return the log-sum-exp of each query row's scores.
+"""Attention kernels that also return the log-sum-exp of each query row's scores: PyTorch's fused
+flash kernel on CPU, its flash or memory-efficient kernel on CUDA, and a portable one in plain
+torch ops for everything else (other devices, soft-capping).
 
 The LSE is what lets the engine merge the parts of a plan exactly. Shapes follow SDPA:
 q (B, H, Nq, D), k and v (B, H, Nk, D), returning out (B, H, Nq, D) in q's dtype and
@@ -33,8 +35,13 @@ def attention_with_lse(
         >>> out.shape, lse.shape
         (torch.Size([1, 2, 4, 8]), torch.Size([1, 2, 4]))
     """
-    if q.device.type == "cpu" and softcap is None:  # the fused kernel has no soft-capping
-        return _cpu_flash(q, k, v, scale=scale, mask=mask, causal=causal)
+    if softcap is None:  # the fused kernels have no soft-capping
+        if q.device.type == "cpu":
+            return _cpu_flash(q, k, v, scale=scale, mask=mask, causal=causal)
+        if q.device.type == "cuda":
+            fused = _cuda_fused(q, k, v, scale=scale, mask=mask, causal=causal)
+            if fused is not None:
+                return fused
     return portable_attention_with_lse(q, k, v, scale=scale, mask=mask, causal=causal, softcap=softcap)
 
 
@@ -47,6 +54,28 @@ def _cpu_flash(q, k, v, *, scale, mask, causal):
         q, k, v, 0.0, causal, attn_mask=additive, scale=scale
     )
     return out, lse
+
+
+def _cuda_fused(q, k, v, *, scale, mask, causal):
+    """PyTorch's flash kernel (half precision, no mask) or memory-efficient kernel (a mask as an
+    additive bias), both asked for their log-sum-exp; None when neither takes these inputs.
+    The engine's causal pieces are square, so top-left and bottom-right alignment agree."""
+    params = torch.backends.cuda.SDPAParams(q, k, v, None, 0.0, causal, False)
+    if mask is None and torch.backends.cuda.can_use_flash_attention(params):
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, causal, scale=scale)[:2]
+        return out, lse.float()
+    bias = None
+    if mask is not None:
+        # The kernel reads the bias in rows aligned to 16 elements: pad the row, then slice.
+        padded = -(-mask.shape[-1] // 16) * 16
+        bias = torch.zeros(*mask.shape[:-1], padded, dtype=q.dtype, device=q.device)[..., : mask.shape[-1]]
+        bias.masked_fill_(~mask, float("-inf"))
+        bias = bias.expand(q.shape[0], q.shape[1], *mask.shape[-2:])
+    params = torch.backends.cuda.SDPAParams(q, k, v, bias, 0.0, causal, False)
+    if not torch.backends.cuda.can_use_efficient_attention(params):
+        return None
+    out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, bias, True, 0.0, causal, scale=scale)[:2]
+    return out, lse[..., : q.shape[-2]].float()  # the kernel pads the rows of its lse
 
 
 def portable_attention_with_lse(q, k, v, *, scale, mask=None, causal=False, softcap=None):

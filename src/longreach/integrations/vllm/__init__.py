@@ -7,7 +7,8 @@ set, vLLM attends exactly as without the plugin.
 
 ``plugin`` registers; ``settings`` turns the spec and vLLM's config into a plan; ``rotary`` reads
 each layer's RoPE off the loaded model (and makes its tables reach the whole context);
-``backend`` is the attention backend that executes the plan over the paged KV cache.
+``backend`` is the attention backend that executes the plan over the paged KV cache;
+``requests`` keeps each running request's keys and values contiguous between steps.
 """
 
 

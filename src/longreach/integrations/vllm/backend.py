@@ -17,13 +17,7 @@ from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend, CPUAttentio
 from longreach.engine.attention import Scoring, attend
 from longreach.integrations.vllm.requests import RUNNING
 from longreach.integrations.vllm.rotary import LAYOUTS
-from longreach.integrations.vllm.settings import Plan, plan_for, requested_spec
-
-
-def plan_of(config) -> Plan | None:
-    """The plan of an engine's ``VllmConfig``."""
-    model = config.model_config
-    return plan_for(requested_spec(config.additional_config), model.hf_config, model.max_model_len)
+from longreach.integrations.vllm.settings import plan_of
 
 
 class LongReachCPUAttentionBackend(CPUAttentionBackend):
@@ -142,5 +136,6 @@ class LongReachCPUAttentionImpl(CPUAttentionBackendImpl):
         """The first ``count`` tokens of a request from its blocks: (1, Hkv, count, 2 * head size)."""
         block_size = kv_cache.shape[2]
         blocks = block_row[: -(-count // block_size)].to(torch.long)
-        held = kv_cache[blocks].transpose(0, 1).reshape(kv_cache.shape[1], blocks.numel() * block_size, kv_cache.shape[3])
+        heads, width = kv_cache.shape[1], kv_cache.shape[3]
+        held = kv_cache[blocks].transpose(0, 1).reshape(heads, blocks.numel() * block_size, width)
         return held[None, :, :count]

@@ -7,6 +7,9 @@ here, a step appends only its new tokens and the engine re-rotates only those (i
 as in the transformers integration. The price is memory: a second copy of each running request's
 keys and values, and of its keys once per part that moves them, outside vLLM's KV cache budget.
 
+The copies are KV memory too, so the plugin gives vLLM's paged cache only its share of the KV
+budget (:func:`cache_share`): running requests' copies then fit in the rest.
+
 The paged cache stays the source of truth: a copy is used only while it holds exactly the tokens
 before the step's new ones, and is rebuilt from the blocks otherwise (a prefix-cache hit, a
 request preempted and recomputed). Copies of finished and preempted requests are dropped when
@@ -22,6 +25,20 @@ from dataclasses import dataclass, field
 import torch
 
 from longreach.engine.append import append_tokens
+from longreach.methods.base import Part
+
+
+def cache_share(parts: tuple[Part, ...], budget: int) -> int:
+    """The bytes of a KV budget left to vLLM's paged cache when each of its tokens may also be held
+    here: its key and value once more, and its key once per part that moves keys.
+
+    Example:
+        >>> from longreach.methods import ReRoPE
+        >>> cache_share(ReRoPE(window=64).parts(), 5_000)  # keys and values twice, keys once more
+        2000
+    """
+    moved = sum(part.key_position is not None for part in parts)
+    return budget * 2 // (4 + moved)
 
 
 @dataclass

@@ -69,3 +69,9 @@ def plan_for(spec: str | None, hf_config, max_model_len: int) -> Plan | None:
     if window is not None:
         method.check_window(window, trained)
     return Plan(method=method, parts=method.parts(), trained_length=trained)
+
+
+def plan_of(config) -> Plan | None:
+    """The plan of an engine's ``VllmConfig`` (see :func:`plan_for`)."""
+    model = config.model_config
+    return plan_for(requested_spec(config.additional_config), model.hf_config, model.max_model_len)
