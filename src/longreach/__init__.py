@@ -30,6 +30,7 @@ _EXPORTS = {
     "RopeScaling": "longreach.methods",
     "SelfExtend": "longreach.methods",
     "StreamingLLM": "longreach.methods",
+    "String": "longreach.methods",
     "Vanilla": "longreach.methods",
     "parse_method": "longreach.methods",
     "ModelInfo": "longreach.models",
@@ -58,6 +59,7 @@ __all__ = [
     "RopeScaling",
     "SelfExtend",
     "StreamingLLM",
+    "String",
     "UnsupportedModelError",
     "Vanilla",
     "current_method",
@@ -84,6 +86,7 @@ if TYPE_CHECKING:  # what a type checker and an IDE see; at run time __getattr__
         RopeScaling,
         SelfExtend,
         StreamingLLM,
+        String,
         Vanilla,
         parse_method,
     )

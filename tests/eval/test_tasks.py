@@ -7,6 +7,7 @@ import pytest
 
 from longreach.data import DEFAULT_TEXT
 from longreach.eval.haystack import insert_needles, noise_haystack, text_haystack
+from longreach.eval.natural import WORDINGS, NaturalNeedleTask
 from longreach.eval.niah import NEEDLE, tokenizer_words
 from longreach.eval.passkey import passkey_key, passkey_prompt
 from longreach.eval.ruler import RULER_TASKS
@@ -15,7 +16,7 @@ from longreach.eval.tasks import build_tasks, known_task_names, prompt_version
 
 LENGTHS = [512, 1500, 4096]
 DEPTHS = (0.1, 0.5, 0.9)
-TASK_NAMES = ["passkey", "niah", "niah-text", *(f"ruler:{name}" for name in RULER_TASKS)]
+TASK_NAMES = ["passkey", "niah", "niah-text", "niah-natural", *(f"ruler:{name}" for name in RULER_TASKS)]
 BOOK = (
     "It was a bright cold day in April, and the clocks were striking thirteen. "
     "Winston slipped quickly through the glass doors of Victory Mansions. "
@@ -34,7 +35,8 @@ def book(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tasks(book):
     return {
-        task.name: task for task in build_tasks(["passkey", "niah", "niah-text", "ruler"], texts=[book], depths=DEPTHS)
+        task.name: task
+        for task in build_tasks(["passkey", "niah", "niah-text", "niah-natural", "ruler"], texts=[book], depths=DEPTHS)
     }
 
 
@@ -44,6 +46,8 @@ def first_needle(task: str, sample: Sample) -> str:
         return f"The pass key is {sample.expected[0]}. Remember it."
     if task == "ruler:vt":
         return "VAR "
+    if task == "niah-natural":
+        return WORDINGS[sample.index % len(WORDINGS)].needle.split("{")[0]
     return "One of the special magic"
 
 
@@ -58,7 +62,7 @@ def test_prompts_have_the_exact_length_and_the_answer(tasks, smollm_tokenizer, n
     task = tasks[name]
     assert isinstance(task, Task) and task.name == name
     samples = task.samples(smollm_tokenizer, length, 2, seed=0)
-    depth_grid = name in ("passkey", "niah", "niah-text")
+    depth_grid = name in ("passkey", "niah", "niah-text", "niah-natural")
     assert len(samples) == (len(DEPTHS) * 2 if depth_grid else 2)
     for sample in samples:
         assert sample.task == name and sample.length == length and len(sample.prompt_ids) == length
@@ -199,6 +203,7 @@ PROMPT_FINGERPRINTS = {
     "passkey": (2, "4b281e522e12"),
     "niah": (1, "23d6cbe6e1da"),
     "niah-text": (2, "7fd9d5af584d"),
+    "niah-natural": (1, "5ec7ee04aa7b"),
     "ruler:niah_single_1": (1, "50b779c979f4"),
     "ruler:niah_single_uuid": (1, "769c537f1487"),
     "ruler:niah_multikey": (1, "385e2aef08c5"),
@@ -261,13 +266,14 @@ def test_build_tasks_names_and_errors(book, tmp_path):
     assert [t.name for t in build_tasks(["ruler"])] == [f"ruler:{n}" for n in RULER_TASKS]
     assert [t.name for t in build_tasks(["ruler:vt", "ruler", "passkey"])][:2] == ["ruler:vt", "ruler:niah_single_1"]
     assert len(build_tasks(["ruler:vt", "ruler"])) == len(RULER_TASKS)
-    assert known_task_names()[:4] == ["passkey", "niah", "niah-text", "ruler"]
+    assert known_task_names()[:5] == ["passkey", "niah", "niah-text", "niah-natural", "ruler"]
     assert build_tasks(["niah"], depths=[0.25])[0].depths == (0.25,)
-    with pytest.raises(ValueError, match="unknown task 'needle'; known tasks: passkey, niah, niah-text, ruler"):
+    with pytest.raises(ValueError, match="unknown task 'needle'; known tasks: passkey, niah, niah-text, niah-natural, ruler"):
         build_tasks(["needle"])
     with pytest.raises(ValueError, match="unknown RULER task 'ruler:qa'; known: ruler:niah_single_1"):
         build_tasks(["ruler:qa"])
     assert build_tasks(["niah-text"])[0].texts == (DEFAULT_TEXT,)  # the novel LongReach ships
+    assert build_tasks(["niah-natural"], texts=[book])[0].texts == (book,)
     missing = tmp_path / "missing.txt"
     with pytest.raises(ValueError, match=f"text file {re.escape(str(missing))} does not exist"):
         build_tasks(["niah-text"], texts=[missing])
@@ -297,3 +303,18 @@ def test_too_short_lengths_name_the_minimum(tasks, smollm_tokenizer, name):
 def test_sample_length_must_match_its_prompt():
     with pytest.raises(ValueError, match="3 prompt tokens, not 4"):
         Sample("niah", 4, 0.5, 0, [1, 2, 3], ("1",), 8)
+
+
+def test_natural_needles_cycle_their_wordings_in_the_given_text(book, smollm_tokenizer):
+    """Five samples at a depth ask each wording once; the haystack is the book, the needle's
+    number is the answer and the question does not contain it."""
+    task = NaturalNeedleTask(depths=(0.5,), texts=(book,))
+    assert task.variant == "book.txt"
+    samples = task.samples(smollm_tokenizer, 800, len(WORDINGS), seed=0)
+    for sample, wording in zip(samples, WORDINGS, strict=True):
+        text = smollm_tokenizer.decode(sample.prompt_ids)
+        assert "Winston slipped quickly" in text and wording.needle.split("{")[0] in text
+        question = text[text.rindex("Question:") :]
+        assert sample.expected[0] in text and sample.expected[0] not in question
+        assert task.score(sample, f" {sample.expected[0]}.") == 1.0 and task.score(sample, " 12.") == 0.0
+    assert NaturalNeedleTask().texts == (DEFAULT_TEXT,)  # the shipped novel unless told otherwise

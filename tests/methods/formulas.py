@@ -57,6 +57,11 @@ def pair_positions(method, i: torch.Tensor, j: torch.Tensor):
         else:
             far_q, far_k = w + (i - w).double() / factor, j.double() / factor
         return torch.where(near, i.double(), far_q), torch.where(near, j.double(), far_k), attends
+    if isinstance(method, longreach.String):
+        # Near pairs at their true positions; the rest at distance d - shifted_offset + local_value.
+        near = d < method.shifted_offset
+        q = torch.where(near, i, i - method.shifted_offset + method.local_value)
+        return q.double(), j.double(), attends
     if isinstance(method, longreach.StreamingLLM):
         # The rolling cache: tokens 0..i while they fit in n_sink + window slots; after that the
         # sinks in slots 0..n_sink-1 and the last `window` tokens in the slots after them.
@@ -83,6 +88,8 @@ def score_scale(method, i: torch.Tensor, trained_length: int) -> torch.Tensor:
     base = method.log_scale_base
     if base is not None:
         scale = scale * torch.clamp(torch.log(i.clamp_min(0).double() + 1) / math.log(base), min=1.0)
+    if isinstance(method, longreach.String) and method.attention_factor is not None:
+        scale = scale * method.attention_factor**2
     if isinstance(method, longreach.DualChunk) and method.mscale:
         length = i.clamp_min(0).double() + 1
         m = torch.where(length > trained_length, 0.05 * torch.log(length / trained_length) + 1, 1.0)

@@ -16,6 +16,7 @@ COVERING = [
     longreach.ReRoPE(window=60),
     longreach.ReRoPE(window=8, leaky_factor=1.0),
     longreach.StreamingLLM(n_sink=4, window=48),
+    longreach.String(shifted_offset=48, local_value=4),  # no pair is 48 apart
 ]
 
 TRAINED = 32
@@ -27,6 +28,8 @@ ACTIVE = [
     longreach.ReRoPE(window=6, leaky_factor=2.0),
     longreach.StreamingLLM(n_sink=3, window=10),
     longreach.SelfExtend(group_size=3, window=6, log_scale_base=TRAINED),
+    longreach.String(shifted_offset=24, local_value=3),
+    longreach.String(shifted_offset=22, local_value=4, attention_factor=1.07),
 ]
 
 
@@ -159,6 +162,9 @@ def test_evicting_cache_refuses_to_roll_back():
         (lambda: longreach.ReRoPE(window=0), "window must be >= 1"),
         (lambda: longreach.ReRoPE(window=4, leaky_factor=0.5), "leaky_factor must be >= 1"),
         (lambda: longreach.StreamingLLM(n_sink=4, window=0), "window must be >= 1"),
+        (lambda: longreach.String(shifted_offset=0), "shifted_offset must be >= 1"),
+        (lambda: longreach.String(shifted_offset=8, local_value=8), "local_value \\(8\\) must be below shifted_offset"),
+        (lambda: longreach.String(shifted_offset=8, local_value=2, attention_factor=0.0), "attention_factor must be"),
         (lambda: longreach.SelfExtend(4, 16, log_scale_base=1), "log_scale_base must be >= 2"),
         (lambda: longreach.RopeScaling("ntk", 2.0), "kind must be one of"),
         (lambda: longreach.RopeScaling("linear", 0.5), "factor must be a number >= 1|factor must be >= 1"),
@@ -182,6 +188,7 @@ def test_non_integer_settings_are_type_errors():
         (longreach.DualChunk(chunk_size=40, local_window=4), "chunk_size=40 reaches rotary distance 40"),
         (longreach.StreamingLLM(n_sink=4, window=40), "n_sink \\+ window = 44"),
         (longreach.ReRoPE(window=32), "window=32"),
+        (longreach.String(shifted_offset=40, local_value=4), "shifted_offset=40"),
         (longreach.LMInfinite(local_window=64, n_global=4, distance_limit=8), "local_window=64"),
     ],
 )
@@ -194,6 +201,15 @@ def test_settings_beyond_the_trained_length_are_refused(method, message):
     # The refused method changed nothing: the model keeps the method it had.
     assert longreach.current_method(model) == longreach.SelfExtend(2, 8)
     assert model.config._attn_implementation == kept
+
+
+def test_string_input_too_long_names_what_covers_it():
+    """STRING covers trained + shifted_offset - local_value tokens: 32 + 12 - 4 = 40 here."""
+    model = tiny_model("llama", max_position_embeddings=TRAINED)
+    longreach.extend(model, longreach.String(shifted_offset=12, local_value=4))
+    logits(model, torch.randint(3, 128, (1, 40)))
+    with pytest.raises(longreach.InputTooLongError, match="string:shifted_offset=22,local_value=4"):
+        logits(model, torch.randint(3, 128, (1, 50)))
 
 
 def test_leaky_rerope_input_too_long_suggests_a_factor():

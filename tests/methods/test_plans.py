@@ -37,6 +37,17 @@ def infllms(draw):
     )
 
 
+@st.composite
+def strings(draw):
+    offset = draw(st.integers(1, 30))
+    return longreach.String(
+        shifted_offset=offset,
+        local_value=draw(st.integers(0, offset - 1)),
+        attention_factor=draw(st.one_of(st.none(), st.floats(0.5, 1.5))),
+        log_scale_base=draw(log_base),
+    )
+
+
 METHODS = st.one_of(
     dual_chunks(),
     infllms(),
@@ -49,6 +60,7 @@ METHODS = st.one_of(
     ),
     st.builds(longreach.ReRoPE, window=st.integers(1, 30), log_scale_base=log_base),
     st.builds(longreach.ReRoPE, window=st.integers(1, 30), leaky_factor=st.floats(1.0, 8.0), log_scale_base=log_base),
+    strings(),
     st.builds(longreach.StreamingLLM, n_sink=st.integers(0, 6), window=st.integers(1, 30), log_scale_base=log_base),
     st.builds(longreach.SelfExtend, group_size=st.integers(1, 6), window=st.integers(1, 30), log_scale_base=log_base),
 )
@@ -140,6 +152,7 @@ def test_attending_only_retained_keys_changes_nothing(case):
         longreach.LMInfinite(6, 2, 10),
         longreach.ReRoPE(5),
         longreach.ReRoPE(5, leaky_factor=3.0),
+        longreach.String(6, local_value=2),
         longreach.StreamingLLM(2, 6),
     ],
 )

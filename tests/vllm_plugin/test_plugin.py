@@ -24,20 +24,22 @@ def prompt(length: int, seed: int) -> list[int]:
     return torch.randint(3, 512, (length,), generator=torch.Generator().manual_seed(seed)).tolist()
 
 
-def reference(model_dir, method: str | None, prompt_ids: list[int], continuation: list[int]) -> torch.Tensor:
+def reference(
+    model_dir, method: str | None, prompt_ids: list[int], continuation: list[int], target_length: int = LENGTH
+) -> torch.Tensor:
     """Log-probabilities (steps, vocab) of the transformers path at each generated position."""
     model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     if method is not None:
-        longreach.extend(model, method, target_length=LENGTH)
+        longreach.extend(model, method, target_length=target_length)
     ids = torch.tensor([prompt_ids + continuation])
     with torch.no_grad():
         logits = model(ids).logits[0, len(prompt_ids) - 1 : -1]
     return torch.log_softmax(logits.double(), dim=-1)
 
 
-def assert_matches(model_dir, method, prompts, results, vanilla_differs: bool = True):
+def assert_matches(model_dir, method, prompts, results, vanilla_differs: bool = True, target_length: int = LENGTH):
     for prompt_ids, result in zip(prompts, results, strict=True):
-        expected = reference(model_dir, method, prompt_ids, result["tokens"])
+        expected = reference(model_dir, method, prompt_ids, result["tokens"], target_length)
         assert result["tokens"] == expected.argmax(-1).tolist()  # greedy tokens agree
         for step, top in enumerate(result["logprobs"]):
             for token, logprob in top.items():
@@ -73,6 +75,15 @@ def test_each_plan_matches_the_transformers_path(tiny_llama, method, tmp_path):
     )
     assert "error" not in out, out.get("error")
     assert_matches(tiny_llama, method, prompts, out["results"])
+
+
+def test_string_matches_the_transformers_path(tiny_llama, tmp_path):
+    """STRING covers trained + shifted_offset - local_value tokens (480 here), not 4x."""
+    method = "string:shifted_offset=240,local_value=32"
+    prompts = [prompt(460, 16), prompt(300, 17)]
+    out = run_engine(tiny_llama, method, prompts, tmp_path=tmp_path, max_model_len=464)
+    assert "error" not in out, out.get("error")
+    assert_matches(tiny_llama, method, prompts, out["results"], target_length=464)
 
 
 @pytest.mark.parametrize("method", ["self-extend:auto", "rerope:auto", "streaming-llm:n_sink=4,window=96"])

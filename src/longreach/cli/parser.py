@@ -15,7 +15,8 @@ METHOD_HELP = (
     "e.g. --method vanilla --method self-extend:auto (default: vanilla)"
 )
 TASKS_HELP = (
-    "comma-separated tasks: passkey, niah, niah-text (needles in --text), ruler (all RULER tasks), "
+    "comma-separated tasks: passkey, niah, niah-text (needles in --text), niah-natural (facts told in --text, "
+    "several wordings), ruler (all RULER tasks), "
     "ruler:NAME (niah_single_1, niah_single_uuid, niah_multikey, niah_multivalue, niah_multiquery, vt, cwe, fwe), "
     "ppl (perplexity over --text)"
 )
@@ -126,10 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     model_options(compare)
     evaluation_options(compare, out="results/compare", lengths="4k,8k,16k")
     compare.add_argument("--tasks", default="passkey,niah", help=TASKS_HELP)
-    compare.add_argument("--depths", default=DEPTHS, help="needle depths of passkey, niah and niah-text, within [0, 1]")
+    compare.add_argument("--depths", default=DEPTHS, help="needle depths of passkey and the niah tasks, within [0, 1]")
     compare.add_argument("--samples", type=int, default=1, help="samples per cell (per depth for needle tasks)")
     compare.add_argument("--seed", type=int, default=0, help="seed of the prompts: same seed, same prompts")
-    compare.add_argument("--text", action="append", metavar="FILE", help=TEXT_HELP + "; for niah-text and ppl")
+    compare.add_argument(
+        "--text", action="append", metavar="FILE", help=TEXT_HELP + "; for niah-text, niah-natural and ppl"
+    )
     compare.set_defaults(run="cmd_compare")
 
     report = command(

@@ -1,7 +1,7 @@
 """Data shipped with LongReach: one public-domain text, the default ``--text`` of the commands.
 
 ``DEFAULT_TEXT`` is the one place that names it (see README.md beside it for its source and
-licence): ``ppl``, ``niah-text`` and ``longreach perplexity`` read it when no ``--text`` is given.
+licence): ``ppl``, ``niah-text``, ``niah-natural`` and ``longreach perplexity`` read it when no ``--text`` is given.
 
 Example:
     >>> DEFAULT_TEXT.name

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from longreach.data import DEFAULT_TEXT
 from longreach.eval.haystack import check_texts
+from longreach.eval.natural import NaturalNeedleTask
 from longreach.eval.niah import NiahTask
 from longreach.eval.passkey import PROMPT_VERSION, PasskeyTask
 from longreach.eval.ruler import RULER_TASKS
@@ -43,8 +44,8 @@ def build_tasks(
     """The task objects for the names a user gave, in order and without repeats.
 
     ``ruler`` stands for every RULER task (``ruler:niah_single_1``, ... ``ruler:fwe``);
-    ``niah-text`` takes its haystack from ``texts`` (by default the novel LongReach ships,
-    ``longreach.data.DEFAULT_TEXT``). ``depths`` is the needle depth grid of ``passkey``,
+    ``niah-text`` and ``niah-natural`` take their haystack from ``texts`` (by default the novel
+    LongReach ships, ``longreach.data.DEFAULT_TEXT``). ``depths`` is the needle depth grid of ``passkey``,
     ``niah`` and ``niah-text``.
 
     Example:
@@ -53,7 +54,7 @@ def build_tasks(
         >>> build_tasks(["needle"])  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        ValueError: unknown task 'needle'; known tasks: passkey, niah, niah-text, ruler, ruler:niah_single_1, ...
+        ValueError: unknown task 'needle'; known tasks: passkey, niah, niah-text, niah-natural, ruler, ...
     """
     depths = tuple(float(d) for d in depths)
     if not depths:
@@ -72,6 +73,8 @@ def build_tasks(
             tasks[name] = NiahTask(name, depths=depths)
         elif name == "niah-text":
             tasks[name] = NiahTask(name, depths=depths, texts=check_texts(texts or [DEFAULT_TEXT]))
+        elif name == "niah-natural":
+            tasks[name] = NaturalNeedleTask(depths=depths, texts=check_texts(texts or [DEFAULT_TEXT]))
         elif name == "ruler":
             tasks.update((task.name, task) for task in RULER_TASKS.values())
         elif name.startswith("ruler:"):
@@ -89,7 +92,7 @@ def known_task_names() -> list[str]:
     """Every name ``build_tasks`` accepts.
 
     Example:
-        >>> known_task_names()[:4]
-        ['passkey', 'niah', 'niah-text', 'ruler']
+        >>> known_task_names()[:5]
+        ['passkey', 'niah', 'niah-text', 'niah-natural', 'ruler']
     """
-    return ["passkey", "niah", "niah-text", "ruler", *(f"ruler:{n}" for n in RULER_TASKS)]
+    return ["passkey", "niah", "niah-text", "niah-natural", "ruler", *(f"ruler:{n}" for n in RULER_TASKS)]

@@ -11,6 +11,7 @@ from longreach.methods.rope_scaling import RopeScaling
 from longreach.methods.self_extend import SelfExtend
 from longreach.methods.spec import MethodSpecError, is_auto, parse_length, parse_method
 from longreach.methods.streaming_llm import StreamingLLM
+from longreach.methods.string import String
 from longreach.methods.vanilla import Vanilla
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "RopeScaling",
     "SelfExtend",
     "StreamingLLM",
+    "String",
     "Vanilla",
     "check_length",
     "is_auto",

@@ -10,11 +10,12 @@ from longreach.methods.rerope import ReRoPE
 from longreach.methods.rope_scaling import RopeScaling
 from longreach.methods.self_extend import SelfExtend
 from longreach.methods.streaming_llm import StreamingLLM
+from longreach.methods.string import String
 from longreach.methods.vanilla import Vanilla
 
 #: Method classes by CLI name.
 METHODS: dict[str, type[Method]] = {
     name: cls
-    for cls in (Vanilla, SelfExtend, DualChunk, LMInfinite, ReRoPE, StreamingLLM, InfLLM, RopeScaling)
+    for cls in (Vanilla, SelfExtend, DualChunk, LMInfinite, ReRoPE, String, StreamingLLM, InfLLM, RopeScaling)
     for name in cls.cli_names
 }

@@ -1,0 +1,127 @@
+"""Needles in natural text: a fact written as one more sentence of a book, in one of several
+wordings, at a chosen depth of the user's own text, and asked about at the end in plain words.
+
+The synthetic tasks overstate what a reader of real documents gets: a repeated filler makes the
+needle the only sentence unlike the rest, and RULER's wording ("special magic number") appears
+nowhere else. Here the haystack is running prose (the files given, by default the novel LongReach
+ships), the needle is a sentence a novel could hold (a name, an object, a six-digit number), and
+sample ``i`` at a depth uses wording ``i % len(WORDINGS)``, so five samples per depth ask every
+wording once. The number is the answer; the question repeats the needle's words, not its number.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from longreach.data import DEFAULT_TEXT
+from longreach.eval.haystack import check_texts, needle_prompt, text_haystack
+from longreach.eval.task import DEFAULT_DEPTHS, Sample, check_count, string_match_all
+
+
+@dataclass(frozen=True)
+class Wording:
+    """How one fact is told in the text and asked about at the end ({name}, {value})."""
+
+    needle: str
+    question: str
+    answer: str
+
+
+WORDINGS = (
+    Wording(
+        "The combination of {name}'s old iron safe was {value}, and nobody else knew it.",
+        "What was the combination of {name}'s old iron safe?",
+        "The combination of {name}'s old iron safe was",
+    ),
+    Wording(
+        "On the back of the map {name} had written a single number: {value}.",
+        "What number had {name} written on the back of the map?",
+        "The number {name} had written on the back of the map was",
+    ),
+    Wording(
+        "The ticket that {name} kept in a coat pocket bore the number {value}.",
+        "What number did the ticket in {name}'s coat pocket bear?",
+        "The ticket in {name}'s coat pocket bore the number",
+    ),
+    Wording(
+        "The letter gave {name}'s new address as number {value} on the harbour road.",
+        "At what number on the harbour road was {name}'s new address?",
+        "{name}'s new address was number",
+    ),
+    Wording(
+        "In the ledger, the debt that {name} owed the bank was recorded as {value} pounds.",
+        "How many pounds did {name} owe the bank, according to the ledger?",
+        "According to the ledger, {name} owed the bank",
+    ),
+)
+#: Given names for the needle's person: common, one or two tokens, rare as characters of a novel.
+NAMES = (
+    "Edith Marlow",
+    "Walter Pryce",
+    "Agnes Holloway",
+    "Felix Dunmore",
+    "Clara Whitby",
+    "Oscar Penhallow",
+    "Mabel Ashdown",
+    "Rupert Fenwick",
+    "Ida Carrow",
+    "Hugo Bramwell",
+)
+HEAD = "Read the following text carefully. A question about it follows at the end.\n"
+TAIL = "\nQuestion: {question}\nAnswer: {answer}"
+#: Enough for a six-digit number and the words around it.
+NEW_TOKENS = 24
+
+
+@dataclass(frozen=True)
+class NaturalNeedleTask:
+    """``niah-natural``: one fact per prompt, told in one of :data:`WORDINGS` inside ``texts``
+    (by default the shipped novel), at each depth of the grid; ``count`` samples per depth.
+
+    Example:
+        >>> task = NaturalNeedleTask(depths=(0.5,))
+        >>> samples = task.samples(tokenizer, 8192, 5, seed=0)  # doctest: +SKIP
+        >>> [s.expected for s in samples][:2]  # doctest: +SKIP
+        [('493017',), ('806211',)]
+    """
+
+    name: str = "niah-natural"
+    depths: tuple[float, ...] = DEFAULT_DEPTHS
+    texts: tuple[Path, ...] = (DEFAULT_TEXT,)
+    max_new_tokens: int = NEW_TOKENS
+
+    def __post_init__(self):
+        check_texts(self.texts)
+
+    @property
+    def variant(self) -> str:
+        """The haystack's files: a cell asked in another text is asked again, not reused."""
+        return ",".join(Path(p).name for p in self.texts)
+
+    def samples(self, tokenizer, length: int, count: int, seed: int) -> list[Sample]:
+        check_count(count)
+        samples = []
+        for depth in map(float, self.depths):
+            for index in range(count):
+                rng = random.Random(f"{self.name}:{seed}:{length}:{depth}:{index}")
+                wording = WORDINGS[index % len(WORDINGS)]
+                name, value = rng.choice(NAMES), str(rng.randint(100_000, 999_999))
+                ids = needle_prompt(
+                    tokenizer,
+                    length,
+                    head=HEAD,
+                    tail=TAIL.format(
+                        question=wording.question.format(name=name), answer=wording.answer.format(name=name)
+                    ),
+                    needles=[wording.needle.format(name=name, value=value)],
+                    depths=[depth],
+                    haystack=lambda n: text_haystack(tokenizer, self.texts, n),
+                    what=self.name,
+                )
+                samples.append(Sample(self.name, length, depth, index, ids, (value,), self.max_new_tokens))
+        return samples
+
+    def score(self, sample: Sample, answer: str) -> float:
+        return string_match_all(answer, sample.expected)
