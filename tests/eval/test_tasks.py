@@ -268,7 +268,9 @@ def test_build_tasks_names_and_errors(book, tmp_path):
     assert len(build_tasks(["ruler:vt", "ruler"])) == len(RULER_TASKS)
     assert known_task_names()[:5] == ["passkey", "niah", "niah-text", "niah-natural", "ruler"]
     assert build_tasks(["niah"], depths=[0.25])[0].depths == (0.25,)
-    with pytest.raises(ValueError, match="unknown task 'needle'; known tasks: passkey, niah, niah-text, niah-natural, ruler"):
+    with pytest.raises(
+        ValueError, match="unknown task 'needle'; known tasks: passkey, niah, niah-text, niah-natural, ruler"
+    ):
         build_tasks(["needle"])
     with pytest.raises(ValueError, match="unknown RULER task 'ruler:qa'; known: ruler:niah_single_1"):
         build_tasks(["ruler:qa"])
