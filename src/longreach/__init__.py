@@ -42,6 +42,8 @@ _EXPORTS = {
     "extend": "longreach.integrations.transformers",
     "prefill": "longreach.integrations.transformers",
     "restore": "longreach.integrations.transformers",
+    "tune": "longreach.eval.tune",
+    "TuneResult": "longreach.eval.tune",
 }
 
 __all__ = [
@@ -60,6 +62,7 @@ __all__ = [
     "SelfExtend",
     "StreamingLLM",
     "String",
+    "TuneResult",
     "UnsupportedModelError",
     "Vanilla",
     "current_method",
@@ -69,9 +72,11 @@ __all__ = [
     "parse_method",
     "prefill",
     "restore",
+    "tune",
 ]
 
 if TYPE_CHECKING:  # what a type checker and an IDE see; at run time __getattr__ loads them
+    from longreach.eval.tune import TuneResult, tune
     from longreach.integrations.transformers import current_method, extend, prefill, restore
     from longreach.methods import (
         METHODS,

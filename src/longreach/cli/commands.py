@@ -11,6 +11,7 @@ from pathlib import Path
 from longreach.cli import checks
 from longreach.cli.checks import UsageError
 from longreach.cli.ui import CellProgress, console, print_facts, print_table
+from longreach.cli.ui import out as stdout
 
 
 def load(args: argparse.Namespace):
@@ -107,6 +108,50 @@ def _evaluate(args: argparse.Namespace, evaluation, out: Path) -> int:
 
 def _say_written(*paths: Path) -> None:
     console.print("wrote " + ", ".join(str(p) for p in paths if p.exists()), highlight=False, soft_wrap=True)
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from longreach.eval.tune import TUNE, parse_budget, ranking_table, tune
+
+    folder, depths, texts = checks.out_folder(args.out), checks.depths(args.depths), checks.text_files(args.text)
+    [target] = checks.lengths(args.target_length, "--target-length")
+    specs = checks.specs(args.method) if args.method else None
+    try:
+        budget = parse_budget(args.budget)
+    except ValueError as error:
+        raise UsageError(f"--budget: {error}") from None
+    checks.model(args.model, args.dtype, args.device)
+    model, tokenizer = load(args)
+    with CellProgress(args.command) as progress:
+        try:
+            result = tune(
+                model,
+                tokenizer,
+                target,
+                texts=texts,
+                budget=budget,
+                out=folder,
+                candidates=specs,
+                depths=depths,
+                seed=args.seed,
+                model_name=args.model,
+                command="longreach " + shlex.join(args.argv),
+                on_start=progress.on_start,
+                on_cell=progress.on_cell,
+            )
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+    print_table(ranking_table(result))
+    for line in result.skipped:
+        console.print(f"[dim]not a candidate: {line}[/]", highlight=False)
+    if result.recommended:  # the answer: on stdout with the table
+        stdout.print(f"recommended: [bold]{result.recommended}[/] ({result.reason})", highlight=False, soft_wrap=True)
+    else:
+        console.print(f"[red]no recommendation[/]: {result.reason}", highlight=False)
+    if not result.complete:
+        console.print("the budget ended the run early: run the same command again to measure the rest", highlight=False)
+    _say_written(folder / "results.jsonl", folder / "report.md", folder / TUNE)
+    return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:

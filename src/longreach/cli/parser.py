@@ -135,6 +135,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compare.set_defaults(run="cmd_compare")
 
+    tune = command(
+        "tune",
+        "measure candidate methods on your model at a target length and recommend one",
+        "Candidates (every method's NAME:auto and wider windows, or the --method given) are measured at\n"
+        "--target-length on facts told in --text (niah-natural: five wordings at the --depths), a\n"
+        "multi-key needle and perplexity over --text, most informative cells first, until --budget runs\n"
+        "out. Prints the ranking and the recommended spec with its measurements; writes into --out:\n"
+        "results.jsonl (a rerun goes on where the last stopped), report.md and tune.json.",
+    )
+    model_options(tune)
+    tune.add_argument("--target-length", required=True, help="the input length to tune for, e.g. 16k")
+    tune.add_argument("--budget", default="30m", help="time to spend at most: seconds, or 90s, 30m, 1.5h")
+    tune.add_argument("--method", action="append", metavar="SPEC", help="a candidate (repeatable; default: the grid)")
+    tune.add_argument("--text", action="append", metavar="FILE", help=TEXT_HELP)
+    tune.add_argument("--depths", default=DEPTHS, help="depths of the facts in the text, within [0, 1]")
+    tune.add_argument("--seed", type=int, default=0, help="seed of the prompts: same seed, same prompts")
+    tune.add_argument(
+        "--out", default="results/tune", help="output folder; a rerun into it does only what is missing (resumes)"
+    )
+    tune.set_defaults(run="cmd_tune")
+
     report = command(
         "report",
         "rebuild the report of a results folder",

@@ -147,6 +147,8 @@ def run_compare(
     versions: dict | None = None,
     on_start: Callable[[int], None] | None = None,
     on_cell: Callable[[dict, int], None] | None = None,
+    schedule: Callable[[list[Work]], list[Work]] | None = None,
+    should_stop: Callable[[Work], bool] | None = None,
 ) -> list[dict]:
     """Run every missing cell of methods x tasks x lengths (and ``ppl`` over ``texts``), appending
     each to ``out/results.jsonl`` as it finishes; returns all records of the folder.
@@ -158,8 +160,10 @@ def run_compare(
     use (finished cells recorded with other settings are rerun) and raises for settings that
     fall short, so they fail at once.
     ``on_start(total_tokens)`` and ``on_cell(record, tokens)`` report progress, weighted by
-    the tokens each cell reads. ``ppl`` reads ``texts`` (by default the novel LongReach ships,
-    ``longreach.data.DEFAULT_TEXT``).
+    the tokens each cell reads. ``schedule(work)`` reorders the pending work (by default grouped
+    by method, then length); ``should_stop(item)``, asked before each item, ends the run early
+    (a time budget): what finished is recorded, and a rerun goes on from there. ``ppl`` reads
+    ``texts`` (by default the novel LongReach ships, ``longreach.data.DEFAULT_TEXT``).
 
     Example:
         >>> tasks = build_tasks(["passkey", "niah"])  # doctest: +SKIP
@@ -200,12 +204,16 @@ def run_compare(
         settings=lambda method, n: resolved.get((method, n)),
         texts=[Path(p).name for p in texts],
     )
+    if schedule is not None:
+        work = schedule(work)
     if on_start:
         on_start(sum(w.tokens for w in work))
     common = {"model": model_name, "seed": seed, "versions": versions or {}}
     by_name = {task.name: task for task in tasks}
     applied = None
     for item in work:
+        if should_stop is not None and should_stop(item):
+            break
         if applied != (item.method, item.length):
             settings = apply(item.method, item.length)
             applied = (item.method, item.length)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from longreach.data import DEFAULT_TEXT
-from longreach.eval.compare import run_compare
+from longreach.eval.compare import Work, run_compare
 from longreach.eval.passkey import FILLER, PasskeyTask
 from longreach.eval.report import RUN, read_run, write_report
 from longreach.eval.task import DEFAULT_DEPTHS, Task
@@ -113,10 +113,13 @@ def evaluate(
     command: str | None = None,
     on_start: Callable[[int], None] | None = None,
     on_cell: Callable[[dict, int], None] | None = None,
+    schedule: Callable[[list[Work]], list[Work]] | None = None,
+    should_stop: Callable[[Work], bool] | None = None,
 ) -> list[dict]:
     """Run every missing cell of ``evaluation`` on ``model`` into the folder ``out`` and rebuild
     its report (and the preset summaries); returns the folder's records. The model is restored
-    to its own attention afterwards, even on error.
+    to its own attention afterwards, even on error. ``schedule`` and ``should_stop`` order the
+    work and end it early (see :func:`~longreach.eval.compare.run_compare`).
 
     Raises ``ValueError`` (``MethodSpecError``, ``InputTooLongError``, ...) before any work for
     a bad spec, settings that fall short of an input and its answer, a text too short for the
@@ -181,6 +184,8 @@ def evaluate(
             versions=found,
             on_start=start,
             on_cell=on_cell,
+            schedule=schedule,
+            should_stop=should_stop,
         )
     finally:
         longreach.restore(model)

@@ -1,0 +1,130 @@
+"""longreach tune on a tiny random model: it ranks the candidates it measured, stays within its
+budget, resumes without measuring again, refuses a budget too small for one cell, and its
+recommendation is a spec extend accepts."""
+
+import json
+
+import pytest
+import transformers
+
+import longreach
+import longreach.eval.compare as compare
+from longreach.cli import main
+from longreach.eval.tune import TUNE, candidate_specs, informative_first, parse_budget, tune
+
+TARGET = 500
+CANDIDATES = ["rerope:auto", "self-extend:auto", "string:auto"]  # string covers at most 480 on a 256 model
+GENERATE_CELL = compare._generate_cell
+
+
+@pytest.fixture(scope="module")
+def novel(tmp_path_factory):
+    path = tmp_path_factory.mktemp("text") / "novel.txt"
+    sentences = [f"Chapter {n}. The captain walked to the harbour and counted {n * 7} ships. " for n in range(200)]
+    path.write_text("".join(sentences))
+    return path
+
+
+@pytest.fixture
+def tiny(tiny_model_dir):
+    model = transformers.AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    return model, transformers.AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def generated(monkeypatch) -> list[int]:
+    calls = []
+
+    def generate_cell(*args, **kwargs):
+        calls.append(1)
+        return GENERATE_CELL(*args, **kwargs)
+
+    monkeypatch.setattr(compare, "_generate_cell", generate_cell)
+    return calls
+
+
+def test_tune_ranks_what_it_measured_and_resumes(tiny, novel, tmp_path, monkeypatch):
+    model, tokenizer = tiny
+    calls = generated(monkeypatch)
+    settings = dict(texts=[novel], candidates=CANDIDATES, depths=(0.3, 0.7), out=tmp_path, model_name="tiny")
+    result = tune(model, tokenizer, TARGET, budget="10m", **settings)
+    assert result.complete and result.seconds < 600
+    assert {c.spec for c in result.ranking} == {"rerope:auto", "self-extend:auto"}
+    assert len(result.skipped) == 1 and result.skipped[0].startswith("string:auto")
+    for candidate in result.ranking:  # two facts in the text and one multi-key needle each, and a perplexity
+        assert candidate.needles == 3 and candidate.perplexity is not None
+    shares = [c.share for c in result.ranking]
+    assert shares == sorted(shares, reverse=True)
+    assert len(calls) == 6
+    record = json.loads((tmp_path / TUNE).read_text())
+    assert record["recommended"] == result.recommended and record["target_length"] == TARGET
+    # The recommendation is the winner's settings at the target length, and extend takes it.
+    assert result.recommended == result.ranking[0].settings
+    longreach.extend(model, result.recommended)
+    assert longreach.current_method(model).spec() == result.recommended
+    longreach.restore(model)
+    # A rerun measures nothing again and ranks the same.
+    again = tune(model, tokenizer, TARGET, budget="10m", **settings)
+    assert len(calls) == 6 and again.ranking == result.ranking
+
+
+def test_a_budget_ends_the_run_early_and_a_rerun_goes_on(tiny, novel, tmp_path, monkeypatch):
+    """With a clock that moves 10 s per look, a 35 s budget holds three cells: each candidate's
+    first needle, then the first perplexity; the rerun measures the rest and nothing twice."""
+    model, tokenizer = tiny
+    calls = generated(monkeypatch)
+    clock = iter(range(0, 10_000, 10))
+    monkeypatch.setattr("longreach.eval.tune._now", lambda: float(next(clock)))
+    settings = dict(texts=[novel], candidates=CANDIDATES[:2], depths=(0.3, 0.7), out=tmp_path, model_name="tiny")
+    first = tune(model, tokenizer, TARGET, budget=35, **settings)
+    assert not first.complete and len(calls) == 2
+    assert [c.needles for c in first.ranking] == [1, 1]  # both compared on the same first round
+    assert [c.perplexity is not None for c in first.ranking].count(True) == 1
+    monkeypatch.undo()
+    calls = generated(monkeypatch)
+    second = tune(model, tokenizer, TARGET, budget="10m", **settings)
+    assert second.complete and len(calls) == 4  # only what was missing
+    assert all(c.needles == 3 and c.perplexity is not None for c in second.ranking)
+
+
+def test_a_budget_too_small_for_one_cell_is_refused(tiny, tmp_path):
+    model, tokenizer = tiny
+    with pytest.raises(ValueError, match="cannot hold one cell"):
+        tune(model, tokenizer, TARGET, budget=1e-6, candidates=CANDIDATES[:1], out=tmp_path)
+    assert not (tmp_path / "results.jsonl").exists()
+
+
+def test_budgets_and_candidates():
+    assert parse_budget("90s") == 90 and parse_budget("2m") == 120 and parse_budget("0.5h") == 1800
+    for bad in ("soon", "-3m", "0"):
+        with pytest.raises(ValueError, match="budget"):
+            parse_budget(bad)
+    assert candidate_specs(4096, 8192) == ["vanilla", "string:auto"]
+    assert candidate_specs(16384, 8192, sliding_window=4096) == ["infllm:auto", "vanilla"]
+    wide = candidate_specs(32768, 8192)[-1]
+    assert longreach.parse_method(wide).max_length(8192) >= 32768
+
+
+def test_informative_first_interleaves_the_candidates():
+    work = [compare.Work(m, 10, sample=f"{m}{i}") for m in "ab" for i in range(3)]
+    work += [compare.Work(m, 10) for m in "ab"]  # perplexity runs
+    order = [(w.method, w.sample) for w in informative_first(work)]
+    assert order == [
+        ("a", "a0"),
+        ("b", "b0"),
+        ("a", None),
+        ("b", None),
+        ("a", "a1"),
+        ("b", "b1"),
+        ("a", "a2"),
+        ("b", "b2"),
+    ]
+
+
+def test_the_command_prints_the_ranking_and_writes_the_record(tiny_model_dir, novel, tmp_path, capsys):
+    argv = ["tune", "--model", str(tiny_model_dir), "--target-length", str(TARGET), "--budget", "10m"]
+    argv += ["--method", "rerope:auto", "--depths", "0.5", "--text", str(novel), "--out", str(tmp_path)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "longreach tune" in out and "recommended: rerope:" in out
+    assert json.loads((tmp_path / TUNE).read_text())["ranking"][0]["spec"] == "rerope:auto"
+    assert main([*argv[:6], "soon"]) == 2
