@@ -11,6 +11,7 @@ import longreach
 import longreach.eval.compare as compare
 from longreach.cli import main
 from longreach.eval.tune import TUNE, candidate_specs, informative_first, parse_budget, tune
+from longreach.methods import method_for
 
 TARGET = 500
 CANDIDATES = ["rerope:auto", "self-extend:auto", "string:auto"]  # string covers at most 480 on a 256 model
@@ -120,7 +121,7 @@ def test_informative_first_interleaves_the_candidates():
     ]
 
 
-def test_the_command_prints_the_ranking_and_writes_the_record(tiny_model_dir, novel, tmp_path, capsys):
+def test_the_command_prints_the_ranking_and_writes_the_record(tiny_model_dir, novel, tmp_path, capsys, monkeypatch):
     argv = ["tune", "--model", str(tiny_model_dir), "--target-length", str(TARGET), "--budget", "10m"]
     argv += ["--method", "rerope:auto", "--depths", "0.5", "--text", str(novel), "--out", str(tmp_path)]
     assert main(argv) == 0
@@ -128,3 +129,36 @@ def test_the_command_prints_the_ranking_and_writes_the_record(tiny_model_dir, no
     assert "longreach tune" in out and "recommended: rerope:" in out
     assert json.loads((tmp_path / TUNE).read_text())["ranking"][0]["spec"] == "rerope:auto"
     assert main([*argv[:6], "soon"]) == 2
+    # Every command takes --method auto: here the tuned choice, read from the results folder.
+    monkeypatch.setenv("LONGREACH_RESULTS", str(tmp_path))
+    compare = ["compare", "--model", str(tiny_model_dir), "--method", "auto", "--tasks", "passkey"]
+    assert main([*compare, "--lengths", str(TARGET), "--depths", "0.5", "--out", str(tmp_path / "cmp")]) == 0
+    cells = [json.loads(line) for line in (tmp_path / "cmp" / "results.jsonl").read_text().splitlines()]
+    assert [c["settings"] for c in cells] == [json.loads((tmp_path / TUNE).read_text())["recommended"]]
+
+
+def test_auto_is_the_tuned_choice_for_this_model_and_the_rule_elsewhere(tiny, novel, tmp_path, monkeypatch):
+    model, tokenizer = tiny
+    monkeypatch.setenv("LONGREACH_RESULTS", str(tmp_path))
+    rule = longreach.model_info(model, TARGET).recommended
+    assert rule.auto == "rerope:auto" and "docs/results.md" in rule.reason
+    result = tune(
+        model,
+        tokenizer,
+        TARGET,
+        budget="10m",
+        texts=[novel],
+        candidates=["dual-chunk:auto", "self-extend:auto"],
+        depths=(0.5,),
+        out=tmp_path / "tune-500",
+        model_name="tiny",
+    )
+    tuned = longreach.model_info(model, TARGET).recommended
+    assert tuned.auto == result.ranking[0].spec and tuned.spec == result.recommended
+    assert "longreach tune" in tuned.reason
+    longreach.extend(model, "auto", target_length=TARGET)
+    assert longreach.current_method(model).spec() == result.recommended
+    longreach.restore(model)
+    # Past the tuned length, and for another model, `auto` is the rule.
+    assert method_for("auto", 2 * TARGET, 256, model=str(model.config._name_or_path)).spec().startswith("rerope:")
+    assert method_for("auto", TARGET, 256, model="another/model").spec().startswith("rerope:")

@@ -246,3 +246,14 @@ def test_other_platforms_refuse_a_method_instead_of_ignoring_it(monkeypatch):
     )
     with pytest.raises(ValueError, match="CPU backend only"):
         runner.load_model()
+
+
+def test_serve_sizes_the_kv_cache_unless_the_user_did():
+    """vLLM's CPU default reserves 92% of the machine and refuses to start when less is free."""
+    from longreach.cli.commands import _kv_cache_default
+
+    flag, size = _kv_cache_default([], {})
+    assert flag == "--kv-cache-memory-bytes" and int(size) > 0
+    assert _kv_cache_default(["--kv-cache-memory-bytes", "1000"], {}) == []
+    assert _kv_cache_default(["--gpu-memory-utilization=0.5"], {}) == []
+    assert _kv_cache_default([], {"VLLM_CPU_KVCACHE_SPACE": "4"}) == []

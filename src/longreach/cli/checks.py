@@ -55,9 +55,12 @@ def at_least(option: str, value: int | float, least: int | float) -> None:
 def specs(given: list[str] | None) -> list[str]:
     """Method specs (vanilla when none), each parsed now so that a typo fails at once."""
     from longreach.methods import MethodSpecError, parse_method
+    from longreach.methods.recommend import AUTO
 
     found = list(dict.fromkeys(s.strip() for s in given or ["vanilla"]))
     for spec in found:
+        if spec == AUTO:  # the recommended method, chosen once the model and length are known
+            continue
         try:
             parse_method(spec, target_length=1 << 20, trained_length=1 << 20)
         except MethodSpecError as error:

@@ -211,7 +211,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     n = ids.shape[1]
     trained, window = trained_length(model.config), sliding_window(model.config)
     try:
-        method = method_for(spec, n, trained, total=n + args.max_new_tokens, sliding_window=window)
+        method = method_for(
+            spec, n, trained, total=n + args.max_new_tokens, sliding_window=window, model=model.config._name_or_path
+        )
         longreach.extend(model, method)
     except ValueError as error:
         raise UsageError(str(error)) from None
@@ -313,6 +315,17 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _kv_cache_default(vllm_args: list[str], env: dict) -> list[str]:
+    """vLLM on a CPU reserves 92% of the machine's memory unless told otherwise, and refuses to
+    start when less is free; unless the user sized the KV cache, give it half of what is free."""
+    sized = ("--kv-cache-memory-bytes", "--gpu-memory-utilization")
+    if any(a.split("=")[0] in sized for a in vllm_args) or env.get("VLLM_CPU_KVCACHE_SPACE"):
+        return []
+    import psutil
+
+    return ["--kv-cache-memory-bytes", str(psutil.virtual_memory().available // 2)]
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import importlib.util
     import os
@@ -340,12 +353,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except (ModelNotAvailableError, ValueError) as error:
         raise UsageError(str(error)) from None
     env = {**os.environ, METHOD_ENV: spec}  # the plugin then lets vLLM past the trained length
+    kv_cache = _kv_cache_default(args.vllm_args, env)
     command = [
         sys.executable,
         "-m",
         "vllm.entrypoints.openai.api_server",
         *("--model", str(folder), "--served-model-name", args.model, "--max-model-len", str(length)),
         *("--dtype", args.dtype, "--host", args.host, "--port", str(args.port)),
+        *kv_cache,
         *args.vllm_args,
     ]
     console.print(f"[dim]{METHOD_ENV}={spec} {shlex.join(command)}[/]", highlight=False, soft_wrap=True)

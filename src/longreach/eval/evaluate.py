@@ -135,10 +135,13 @@ def evaluate(
     longest = max(evaluation.lengths)
     resolved = {}
 
+    identity = getattr(model.config, "_name_or_path", None)
+
     def resolve(spec: str, length: int, total: int) -> str:
-        method = method_for(spec, length, trained, total=total, sliding_window=window)
+        method = method_for(spec, length, trained, total=total, sliding_window=window, model=identity)
         if evaluation.prefixes and not method.depends_on_length:
-            method = method_for(spec, longest, trained, total=max(total, longest), sliding_window=window)
+            longer = max(total, longest)
+            method = method_for(spec, longest, trained, total=longer, sliding_window=window, model=identity)
         resolved[spec, length] = method
         return method.spec()
 

@@ -33,9 +33,10 @@ from longreach.eval.natural import NaturalNeedleTask
 from longreach.eval.report import Table
 from longreach.eval.ruler import RULER_TASKS
 from longreach.eval.task import DEFAULT_DEPTHS
+from longreach.methods.recommend import TUNE_RECORD
 
-#: The record a tune run leaves beside its cells.
-TUNE = "tune.json"
+#: The record a tune run leaves beside its cells (``auto`` reads it: longreach.methods.recommend).
+TUNE = TUNE_RECORD
 #: The needle tasks whose share found ranks the candidates.
 NEEDLES = ("niah-natural", "ruler:niah_multikey")
 #: Tokens of the probe forward that sizes one cell before any has run.
@@ -65,6 +66,7 @@ class TuneResult:
     (the winner's settings at the target length), ``reason`` the measurements behind it."""
 
     model: str
+    name_or_path: str  # the model's config._name_or_path: what `auto` matches a record by
     target_length: int
     ranking: tuple[Candidate, ...]
     recommended: str
@@ -277,6 +279,7 @@ def tune(
     best = ranking[0]
     result = TuneResult(
         model=model_name,
+        name_or_path=str(getattr(model.config, "_name_or_path", "")),
         target_length=target_length,
         ranking=tuple(ranking),
         recommended=best.settings if best.needles else "",

@@ -4,6 +4,7 @@ and the choice of settings for an input (``NAME:auto``) that must also cover its
 from __future__ import annotations
 
 from longreach.methods.base import InputTooLongError, Method
+from longreach.methods.recommend import AUTO, recommend
 from longreach.methods.spec import is_auto, parse_method
 
 
@@ -36,12 +37,15 @@ def method_for(
     *,
     total: int | None = None,
     sliding_window: int | None = None,
+    model: str | None = None,
 ) -> Method:
     """The method of ``spec`` (a config or a spec string) for inputs of ``length`` tokens that must
     still cover ``total`` (prompt plus the tokens to generate; ``length`` when None).
 
     ``NAME:auto`` picks its settings for ``length``, and for ``total`` when those would not reach
-    the end of the answer. Raises :class:`~longreach.methods.spec.MethodSpecError` for a bad spec
+    the end of the answer. ``auto`` is the recommended method for ``length`` (``longreach tune``'s
+    choice for ``model``, a ``name_or_path``, when it has one: :func:`~longreach.methods.recommend.
+    recommend`). Raises :class:`~longreach.methods.spec.MethodSpecError` for a bad spec
     and :class:`InputTooLongError` when the settings fall short of ``total``.
 
     Example:
@@ -49,6 +53,8 @@ def method_for(
         SelfExtend(group_size=6, window=2048)
     """
     total = length if total is None else total
+    if isinstance(spec, str) and spec.strip() == AUTO:
+        spec = recommend(total, trained_length, sliding_window, model=model).auto
     auto = isinstance(spec, str) and is_auto(spec)
 
     def build(target: int) -> Method:

@@ -93,7 +93,7 @@ def model_info(model: PreTrainedModel, target_length: int | str | None = None) -
         suggested=suggested,
         sliding_window=window,
         target_length=target_length,
-        recommended=recommend(target_length, length, window),
+        recommended=recommend(target_length, length, window, model=getattr(model.config, "_name_or_path", None)),
     )
 
 

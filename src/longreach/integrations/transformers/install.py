@@ -56,7 +56,8 @@ def extend(model: PreTrainedModel, method: Method | str, *, target_length: int |
     trained = trained_length(model.config)
     window = sliding_window(model.config)
     target = target_length if target_length is not None else DEFAULT_TARGET_FACTOR * trained
-    spec, method = method, method_for(method, target, trained, total=1, sliding_window=window)
+    identity = getattr(model.config, "_name_or_path", None)
+    spec, method = method, method_for(method, target, trained, total=1, sliding_window=window, model=identity)
     note = unchanged_note(spec, method, target)
     if note is not None:
         warnings.warn(note, stacklevel=2)

@@ -48,7 +48,8 @@ def plan_for(spec: str | None, hf_config, max_model_len: int) -> Plan | None:
     trained = trained_length(hf_config)
     window = sliding_window(hf_config)
     try:
-        method = method_for(spec, max_model_len, trained, sliding_window=window)
+        identity = getattr(hf_config, "_name_or_path", None)
+        method = method_for(spec, max_model_len, trained, sliding_window=window, model=identity)
     except ValueError as error:
         raise ValueError(f"LongReach ({METHOD_ENV}={spec!r}, max_model_len {max_model_len}): {error}") from None
     if method.attention == "model":
