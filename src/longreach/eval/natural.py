@@ -5,8 +5,11 @@ The synthetic tasks overstate what a reader of real documents gets: a repeated f
 needle the only sentence unlike the rest, and RULER's wording ("special magic number") appears
 nowhere else. Here the haystack is running prose (the files given, by default the novel LongReach
 ships), the needle is a sentence a novel could hold (a name, an object, a six-digit number), and
-sample ``i`` at a depth uses wording ``i % len(WORDINGS)``, so five samples per depth ask every
-wording once. The number is the answer; the question repeats the needle's words, not its number.
+sample ``i`` at the ``d``-th depth uses wording ``(d + i) % len(WORDINGS)``: five depths with one
+sample each, or one depth with five samples, ask every wording once. The number is the answer; the
+question repeats the needle's words, not its number. (Inside the embedded model's trained length,
+wordings about a safe's combination and a debt in pounds were answered with the question's own
+words; these five were kept because the model answers them there.)
 """
 
 from __future__ import annotations
@@ -31,29 +34,29 @@ class Wording:
 
 WORDINGS = (
     Wording(
-        "The combination of {name}'s old iron safe was {value}, and nobody else knew it.",
-        "What was the combination of {name}'s old iron safe?",
-        "The combination of {name}'s old iron safe was",
+        "The key to {name}'s room at the inn hung on a hook marked with the number {value}.",
+        "What number marked the hook of {name}'s room key, according to the text?",
+        "According to the text, the hook of {name}'s room key was marked with the number",
     ),
     Wording(
         "On the back of the map {name} had written a single number: {value}.",
-        "What number had {name} written on the back of the map?",
-        "The number {name} had written on the back of the map was",
+        "What number had {name} written on the back of the map, according to the text?",
+        "According to the text, the number {name} had written on the back of the map was",
     ),
     Wording(
         "The ticket that {name} kept in a coat pocket bore the number {value}.",
-        "What number did the ticket in {name}'s coat pocket bear?",
-        "The ticket in {name}'s coat pocket bore the number",
+        "What number did the ticket in {name}'s coat pocket bear, according to the text?",
+        "According to the text, the ticket in {name}'s coat pocket bore the number",
     ),
     Wording(
         "The letter gave {name}'s new address as number {value} on the harbour road.",
-        "At what number on the harbour road was {name}'s new address?",
-        "{name}'s new address was number",
+        "At what number on the harbour road was {name}'s new address, according to the text?",
+        "According to the text, {name}'s new address was number",
     ),
     Wording(
-        "In the ledger, the debt that {name} owed the bank was recorded as {value} pounds.",
-        "How many pounds did {name} owe the bank, according to the ledger?",
-        "According to the ledger, {name} owed the bank",
+        "The bank's ledger listed {name}'s account under the number {value}.",
+        "Under what number did the bank's ledger list {name}'s account, according to the text?",
+        "According to the text, the bank's ledger listed {name}'s account under the number",
     ),
 )
 #: Given names for the needle's person: common, one or two tokens, rare as characters of a novel.
@@ -70,7 +73,8 @@ NAMES = (
     "Hugo Bramwell",
 )
 HEAD = "Read the following text carefully. A question about it follows at the end.\n"
-TAIL = "\nQuestion: {question}\nAnswer: {answer}"
+# The question, then the start of its answer, which a completion model finishes with the number.
+TAIL = "\n{question} {answer}"
 #: Enough for a six-digit number and the words around it.
 NEW_TOKENS = 24
 
@@ -103,10 +107,10 @@ class NaturalNeedleTask:
     def samples(self, tokenizer, length: int, count: int, seed: int) -> list[Sample]:
         check_count(count)
         samples = []
-        for depth in map(float, self.depths):
+        for position, depth in enumerate(map(float, self.depths)):
             for index in range(count):
                 rng = random.Random(f"{self.name}:{seed}:{length}:{depth}:{index}")
-                wording = WORDINGS[index % len(WORDINGS)]
+                wording = WORDINGS[(position + index) % len(WORDINGS)]
                 name, value = rng.choice(NAMES), str(rng.randint(100_000, 999_999))
                 ids = needle_prompt(
                     tokenizer,
