@@ -1,61 +1,48 @@
-"""The attention backend: vLLM's CPU backend, with a LongReach plan executed over the paged KV
-cache when a method is set (vLLM's own attention when none is).
+"""What a LongReach attention implementation does inside any of vLLM's backends: run the engine's
+plan over the paged KV cache when a method is set (the backend's own attention when none is).
 
-Keys and values are written to the cache as vLLM's model hands them over (keys rotated at their
-true positions), in a plain layout this backend reads back: per block, per KV head, per slot, the
-key then the value. Per request, the queries' positions are the last ``query length`` of its
-``seq_len`` tokens, so chunked prefill, prefix caching and decoding all read the same positions;
-the engine re-rotates by position deltas as it does for transformers.
+The cache holds keys as vLLM's model hands them over (rotated at their true positions) in the
+layout this reads back, per block, KV head and slot, the key then the value: the layout of vLLM's
+FlashAttention backend, and the one the CPU backend writes for a plan (``cpu_backend``). Per
+request, the queries' positions are the last ``query length`` of its ``seq_len`` tokens, so
+chunked prefill, prefix caching and decoding all read the same positions; the engine re-rotates
+by position deltas as it does for transformers. Running requests' keys and values come from their
+contiguous copies (``requests``) when those are current, from the blocks otherwise.
 """
 
 from __future__ import annotations
 
 import torch
 from vllm.config import get_current_vllm_config
-from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend, CPUAttentionBackendImpl
 
 from longreach.engine.attention import Scoring, attend
 from longreach.integrations.vllm.requests import RUNNING
 from longreach.integrations.vllm.rotary import LAYOUTS
-from longreach.integrations.vllm.settings import plan_of
+from longreach.integrations.vllm.settings import Plan, plan_of
 
 
-class LongReachCPUAttentionBackend(CPUAttentionBackend):
-    """vLLM's ``CPU_ATTN`` backend with :class:`LongReachCPUAttentionImpl` as its implementation."""
+class PlanAttention:
+    """Mixed into a vLLM attention implementation (before it): ``plan`` is None without a method."""
 
-    @staticmethod
-    def get_impl_cls() -> type[CPUAttentionBackendImpl]:
-        return LongReachCPUAttentionImpl
+    plan: Plan | None
 
-
-class LongReachCPUAttentionImpl(CPUAttentionBackendImpl):
-    """Runs the engine's plan; defers to vLLM's CPU attention when there is none."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def _take_plan(self) -> None:
         self.plan = plan_of(get_current_vllm_config())
-        if self.plan is not None:
-            self._refuse_unsupported()
-
-    def _refuse_unsupported(self) -> None:
-        if self.alibi_slopes is not None:
+        if self.plan is None:
+            return
+        if getattr(self, "alibi_slopes", None) is not None:
             raise ValueError("LongReach: ALiBi models have no RoPE to re-rotate; serve a RoPE model")
         if self.attn_type != "decoder":
             raise ValueError(f"LongReach methods apply to causal decoder attention, not {self.attn_type}")
-        if self.is_fp8_kv_cache:
+        if str(getattr(self, "kv_cache_dtype", "auto")).startswith("fp8"):
             raise ValueError("LongReach: an fp8 KV cache is not supported yet; use --kv-cache-dtype auto")
 
-    def do_kv_cache_update(self, layer, key, value, kv_cache, slot_mapping) -> None:
-        if self.plan is None:
-            return super().do_kv_cache_update(layer, key, value, kv_cache, slot_mapping)
-        head_size = key.shape[-1]
-        block_size = kv_cache.shape[2]
-        slots = slot_mapping[: key.shape[0]]
-        real = slots >= 0  # padding tokens have no slot
-        slots, key, value = slots[real], key[: real.numel()][real], value[: real.numel()][real]
-        blocks, offsets = slots // block_size, slots % block_size
-        kv_cache[blocks, :, offsets, :head_size] = key.to(kv_cache.dtype)
-        kv_cache[blocks, :, offsets, head_size:] = value.to(kv_cache.dtype)
+    def _window(self) -> int | None:
+        """The layer's sliding window in tokens: an int on CPU, FlashAttention's (left, right)."""
+        window = self.sliding_window
+        if isinstance(window, tuple):
+            return window[0] + 1 if window[0] >= 0 else None
+        return window if window and window > 0 else None
 
     def forward(
         self,
@@ -68,10 +55,11 @@ class LongReachCPUAttentionImpl(CPUAttentionBackendImpl):
         output: torch.Tensor,
         output_scale: torch.Tensor | None = None,
         output_block_scale: torch.Tensor | None = None,
+        **kwargs,
     ) -> torch.Tensor:
         if self.plan is None or attn_metadata is None:  # no method, or vLLM's warm-up call
             return super().forward(
-                layer, query, key, value, kv_cache, attn_metadata, output, output_scale, output_block_scale
+                layer, query, key, value, kv_cache, attn_metadata, output, output_scale, output_block_scale, **kwargs
             )
         if output_scale is not None or output_block_scale is not None:
             raise NotImplementedError("LongReach: fused output quantization is not supported")
@@ -86,7 +74,7 @@ class LongReachCPUAttentionImpl(CPUAttentionBackendImpl):
             layout,
             scale=self.scale,
             softcap=self.logits_soft_cap or None,
-            sliding_window=self.sliding_window if self.sliding_window > 0 else None,
+            sliding_window=self._window(),
             sink_logits=self.sinks,
         )
         head_size = query.shape[-1]

@@ -1,42 +1,52 @@
-"""What ``register`` installs in a vLLM process: the attention backend override and the hook that
-reads the model's RoPE once it is loaded. Nothing of vLLM's code is copied."""
+"""What ``register`` installs in a vLLM process: the attention backend override for the platform
+(CPU: ``CPU_ATTN``; CUDA: ``FLASH_ATTN``, unverified), and hooks on the model runner and worker
+that read the model's RoPE once it is loaded, tell the backend each batch's requests, and share
+the KV budget with the backend's copies. Nothing of vLLM's code is copied."""
 
 from __future__ import annotations
 
 import functools
+import logging
 import os
 
 from longreach.integrations.vllm.settings import METHOD_ENV
 
-#: Why a method cannot run on other platforms yet, and what does.
-ONLY_CPU = (
-    "LongReach: the vLLM plugin runs methods on vLLM's CPU backend only in this version, not on {platform}; "
-    "unset {env} (and longreach_method in --additional-config) to serve with vLLM's own attention, or run the "
-    "method on this GPU through transformers (longreach.extend, longreach generate)"
+#: The backend each platform gets, by vLLM's name for the backend it replaces.
+BACKENDS = {
+    "cpu": ("CPU_ATTN", "longreach.integrations.vllm.cpu_backend.LongReachCPUAttentionBackend"),
+    "cuda": ("FLASH_ATTN", "longreach.integrations.vllm.cuda_backend.LongReachFlashAttentionBackend"),
+}
+#: What a platform without a LongReach backend says when a method is asked for.
+UNSUPPORTED = (
+    "LongReach: the vLLM plugin runs methods on vLLM's CPU backend and (unverified) its CUDA FlashAttention "
+    "backend, not on {platform}; unset {env} (and longreach_method in --additional-config) to serve with vLLM's "
+    "own attention, or run the method through transformers (longreach.extend, longreach generate)"
 )
 
 
 @functools.cache
 def install() -> None:
-    """Override the CPU attention backend and hook model loading (once per process)."""
+    """Override the platform's attention backend and hook the runner (once per process)."""
     from vllm.platforms import current_platform
     from vllm.v1.attention.backends.registry import AttentionBackendEnum, register_backend
 
     asked = os.environ.get(METHOD_ENV, "vanilla").partition(":")[0] != "vanilla"
-    if not current_platform.is_cpu():
+    kind = "cpu" if current_platform.is_cpu() else "cuda" if current_platform.is_cuda() else None
+    if kind is None:
         if asked:
-            raise ValueError(ONLY_CPU.format(platform=current_platform.device_name, env=METHOD_ENV))
-        _refuse_other_platforms(current_platform.device_name)
+            raise ValueError(UNSUPPORTED.format(platform=current_platform.device_name, env=METHOD_ENV))
+        _refuse_at_model_load(current_platform.device_name)
         return
     if asked:
         # vLLM refuses a max_model_len past the trained length unless told otherwise; the method's
         # own check (settings.plan_for) then allows exactly what its settings cover.
         os.environ.setdefault("VLLM_ALLOW_LONG_MAX_MODEL_LEN", "1")
-    register_backend(AttentionBackendEnum.CPU_ATTN, "longreach.integrations.vllm.backend.LongReachCPUAttentionBackend")
-    _hook_model_loading()
+    name, backend = BACKENDS[kind]
+    register_backend(AttentionBackendEnum[name], backend)
+    _hook_the_runner(kind, backend.rpartition(".")[2])
 
 
-def _refuse_other_platforms(platform: str) -> None:
+def _refuse_at_model_load(platform: str) -> None:
     """A method asked for through ``--additional-config`` stops the engine there too."""
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
@@ -47,21 +57,31 @@ def _refuse_other_platforms(platform: str) -> None:
         from longreach.integrations.vllm.settings import plan_of
 
         if plan_of(self.vllm_config) is not None:
-            raise ValueError(ONLY_CPU.format(platform=platform, env=METHOD_ENV))
+            raise ValueError(UNSUPPORTED.format(platform=platform, env=METHOD_ENV))
         return load(self, *args, **kwargs)
 
     GPUModelRunner.load_model = load_model
 
 
-def _hook_model_loading() -> None:
-    """After vLLM's CPU model runner loads a model, record each attention layer's RoPE and let the
-    backend read the runner's batch; drop the copies of requests the runner hears have finished."""
-    from vllm.v1.worker.cpu_model_runner import CPUModelRunner
+def _hook_the_runner(kind: str, backend_name: str) -> None:
+    """After the model runner loads a model, record each attention layer's RoPE, check every
+    layer runs LongReach's backend, and let the backend read the runner's batch; drop the copies
+    of requests the runner hears have finished or were preempted; give vLLM's paged cache its share
+    of the KV budget."""
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
-    load = CPUModelRunner.load_model
+    if kind == "cpu":
+        from vllm.v1.worker.cpu_model_runner import CPUModelRunner as Runner
+        from vllm.v1.worker.cpu_worker import CPUWorker as Worker
+    else:
+        from vllm.v1.worker.gpu_worker import Worker
+
+        Runner = GPUModelRunner
+    load = Runner.load_model
     if getattr(load, "_longreach", False):
         return
-    update_states = CPUModelRunner._update_states
+    update_states = GPUModelRunner._update_states  # the CPU runner inherits it
+    determine = Worker.determine_available_memory
 
     @functools.wraps(load)
     def load_model(self, *args, **kwargs):
@@ -72,6 +92,7 @@ def _hook_model_loading() -> None:
 
         if plan_of(self.vllm_config) is not None:
             read_rotaries(self.model, self.vllm_config.model_config.max_model_len)
+            _check_every_layer_runs(self.vllm_config, backend_name)
             RUNNING.bind(self)
         return result
 
@@ -81,21 +102,6 @@ def _hook_model_loading() -> None:
 
         RUNNING.drop(scheduler_output.finished_req_ids | (scheduler_output.preempted_req_ids or set()))
         return update_states(self, scheduler_output)
-
-    load_model._longreach = True
-    CPUModelRunner.load_model = load_model
-    CPUModelRunner._update_states = _update_states
-    _share_the_kv_budget()
-
-
-def _share_the_kv_budget() -> None:
-    """The plugin's copies of running requests' keys and values are KV memory: vLLM's paged cache
-    gets its share of the budget (``--kv-cache-memory-bytes`` or its CPU default), they the rest."""
-    import logging
-
-    from vllm.v1.worker.cpu_worker import CPUWorker
-
-    determine = CPUWorker.determine_available_memory
 
     @functools.wraps(determine)
     def determine_available_memory(self) -> int:
@@ -115,4 +121,19 @@ def _share_the_kv_budget() -> None:
         )
         return share
 
-    CPUWorker.determine_available_memory = determine_available_memory
+    load_model._longreach = True
+    Runner.load_model = load_model
+    GPUModelRunner._update_states = _update_states
+    Worker.determine_available_memory = determine_available_memory
+
+
+def _check_every_layer_runs(vllm_config, backend_name: str) -> None:
+    """A layer on another backend (vLLM chose another, or was told to) would ignore the method."""
+    for name, layer in vllm_config.compilation_config.static_forward_context.items():
+        impl = getattr(layer, "impl", None)
+        if impl is not None and hasattr(impl, "forward") and not hasattr(impl, "_take_plan"):
+            raise ValueError(
+                f"LongReach: layer {name} runs vLLM's {type(impl).__name__}, which ignores the method; "
+                f"LongReach replaces {backend_name.removeprefix('LongReach')}: start vLLM with that backend "
+                "(--attention-backend FLASH_ATTN on a GPU)"
+            )
