@@ -17,14 +17,6 @@ TASKS = "passkey,niah,ruler:niah_single_1,ppl"
 GENERATE_CELL = compare._generate_cell
 
 
-@pytest.fixture(scope="module")
-def novel(tmp_path_factory):
-    path = tmp_path_factory.mktemp("text") / "novel.txt"
-    sentences = [f"Chapter {n}. The captain walked to the harbour and counted {n * 7} ships. " for n in range(120)]
-    path.write_text("".join(sentences))
-    return path
-
-
 def compare_argv(model_dir, out, novel, *, tasks=TASKS, methods=METHODS, lengths="200,400"):
     argv = [
         "compare",

@@ -18,14 +18,6 @@ CANDIDATES = ["rerope:auto", "self-extend:auto", "string:auto"]  # string covers
 GENERATE_CELL = compare._generate_cell
 
 
-@pytest.fixture(scope="module")
-def novel(tmp_path_factory):
-    path = tmp_path_factory.mktemp("text") / "novel.txt"
-    sentences = [f"Chapter {n}. The captain walked to the harbour and counted {n * 7} ships. " for n in range(200)]
-    path.write_text("".join(sentences))
-    return path
-
-
 @pytest.fixture
 def tiny(tiny_model_dir):
     model = transformers.AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
