@@ -115,13 +115,14 @@ def test_informative_first_interleaves_the_candidates():
 
 def test_the_command_prints_the_ranking_and_writes_the_record(tiny_model_dir, novel, tmp_path, capsys, monkeypatch):
     argv = ["tune", "--model", str(tiny_model_dir), "--target-length", str(TARGET), "--budget", "10m"]
-    argv += ["--method", "rerope:auto", "--depths", "0.5", "--text", str(novel), "--out", str(tmp_path)]
+    argv += ["--method", "self-extend:auto", "--depths", "0.5", "--text", str(novel), "--out", str(tmp_path)]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "longreach tune" in out and "recommended: rerope:" in out
-    assert json.loads((tmp_path / TUNE).read_text())["ranking"][0]["spec"] == "rerope:auto"
+    assert "longreach tune" in out and "recommended: self-extend:" in out
+    assert json.loads((tmp_path / TUNE).read_text())["ranking"][0]["spec"] == "self-extend:auto"
     assert main([*argv[:6], "soon"]) == 2
-    # Every command takes --method auto: here the tuned choice, read from the results folder.
+    # Every command takes --method auto: here the tuned choice (the rule would say rerope), read
+    # from the results folder.
     monkeypatch.setenv("LONGREACH_RESULTS", str(tmp_path))
     compare = ["compare", "--model", str(tiny_model_dir), "--method", "auto", "--tasks", "passkey"]
     assert main([*compare, "--lengths", str(TARGET), "--depths", "0.5", "--out", str(tmp_path / "cmp")]) == 0

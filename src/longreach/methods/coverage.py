@@ -54,7 +54,7 @@ def method_for(
     """
     total = length if total is None else total
     if isinstance(spec, str) and spec.strip() == AUTO:
-        spec = recommend(total, trained_length, sliding_window, model=model).auto
+        spec = recommend(length, trained_length, sliding_window, model=model).auto
     auto = isinstance(spec, str) and is_auto(spec)
 
     def build(target: int) -> Method:
