@@ -61,14 +61,15 @@ def test_tune_ranks_what_it_measured_and_resumes(tiny, novel, tmp_path, monkeypa
 
 
 def test_a_budget_ends_the_run_early_and_a_rerun_goes_on(tiny, novel, tmp_path, monkeypatch):
-    """With a clock that moves 10 s per look, a 35 s budget holds three cells: each candidate's
-    first needle, then the first perplexity; the rerun measures the rest and nothing twice."""
+    """With a clock that moves 10 s per look (a cell then takes 20 s: a look before it, one after),
+    a 75 s budget holds three cells: each candidate's first needle, then the first perplexity; the
+    rerun measures the rest and nothing twice."""
     model, tokenizer = tiny
     calls = generated(monkeypatch)
     clock = iter(range(0, 10_000, 10))
     monkeypatch.setattr("longreach.eval.tune._now", lambda: float(next(clock)))
     settings = dict(texts=[novel], candidates=CANDIDATES[:2], depths=(0.3, 0.7), out=tmp_path, model_name="tiny")
-    first = tune(model, tokenizer, TARGET, budget=35, **settings)
+    first = tune(model, tokenizer, TARGET, budget=75, **settings)
     assert not first.complete and len(calls) == 2
     assert [c.needles for c in first.ranking] == [1, 1]  # both compared on the same first round
     assert [c.perplexity is not None for c in first.ranking].count(True) == 1

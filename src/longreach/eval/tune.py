@@ -247,10 +247,13 @@ def tune(
     tasks += (RULER_TASKS["niah_multikey"],)
     evaluation = Evaluation(tuple(specs), (target_length,), tasks, ppl=True, texts=tuple(texts), seed=seed)
     started = _now()
-    durations: list[float] = []
+    durations: list[float] = []  # seconds from one finished cell to the next, by the budget's clock
+    last = [started]
 
     def count(record: dict, tokens: int) -> None:
-        durations.append(float(record.get("seconds", 0.0)))
+        now = _now()
+        durations.append(now - last[0])
+        last[0] = now
         if on_cell:
             on_cell(record, tokens)
 
