@@ -122,6 +122,10 @@ def test_the_command_prints_the_ranking_and_writes_the_record(tiny_model_dir, no
     assert "longreach tune" in out and "recommended: self-extend:" in out
     assert json.loads((tmp_path / TUNE).read_text())["ranking"][0]["spec"] == "self-extend:auto"
     assert main([*argv[:6], "soon"]) == 2
+    # Without --out the record goes where `auto` looks: results/tune/MODEL-LENGTH.
+    monkeypatch.chdir(tmp_path)
+    assert main(argv[:-2]) == 0
+    assert (tmp_path / "results" / "tune" / f"{tiny_model_dir.name}-{TARGET}" / TUNE).is_file()
     # Every command takes --method auto: here the tuned choice (the rule would say rerope), read
     # from the results folder.
     monkeypatch.setenv("LONGREACH_RESULTS", str(tmp_path))

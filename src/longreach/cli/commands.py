@@ -113,8 +113,13 @@ def _say_written(*paths: Path) -> None:
 def cmd_tune(args: argparse.Namespace) -> int:
     from longreach.eval.tune import TUNE, parse_budget, ranking_table, tune
 
-    folder, depths, texts = checks.out_folder(args.out), checks.depths(args.depths), checks.text_files(args.text)
     [target] = checks.lengths(args.target_length, "--target-length")
+    default = Path("results", "tune", f"{Path(args.model).name.removesuffix('.gguf')}-{target}")
+    folder, depths, texts = (
+        checks.out_folder(args.out or str(default)),
+        checks.depths(args.depths),
+        checks.text_files(args.text),
+    )
     specs = checks.specs(args.method) if args.method else None
     try:
         budget = parse_budget(args.budget)

@@ -152,7 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--depths", default=DEPTHS, help="depths of the facts in the text, within [0, 1]")
     tune.add_argument("--seed", type=int, default=0, help="seed of the prompts: same seed, same prompts")
     tune.add_argument(
-        "--out", default="results/tune", help="output folder; a rerun into it does only what is missing (resumes)"
+        "--out",
+        default=None,
+        help="output folder; a rerun into it does only what is missing (resumes) "
+        "(default: results/tune/MODEL-LENGTH, where --method auto looks)",
     )
     tune.set_defaults(run="cmd_tune")
 

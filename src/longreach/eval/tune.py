@@ -200,7 +200,7 @@ def tune(
     *,
     texts: Sequence[Path] = (),
     budget: str | float = "30m",
-    out: Path = Path("results/tune"),
+    out: Path | None = None,
     candidates: Sequence[str] | None = None,
     depths: Sequence[float] = DEFAULT_DEPTHS,
     seed: int = 0,
@@ -211,7 +211,8 @@ def tune(
 ) -> TuneResult:
     """Measure ``candidates`` (by default :func:`candidate_specs`) on ``model`` at
     ``target_length`` tokens within ``budget`` and rank them; writes ``out/tune.json`` beside the
-    cells. A rerun into the same folder measures only what is missing.
+    cells (``out`` by default ``results/tune/NAME-LENGTH``, where ``auto`` looks). A rerun into
+    the same folder measures only what is missing.
 
     Raises ``ValueError`` for a budget too small for one cell (timed on a short probe forward,
     before any cell), for candidates of which none covers the target, and for a folder holding
@@ -227,6 +228,9 @@ def tune(
     from longreach.models.config import sliding_window, trained_length
 
     seconds = parse_budget(budget)
+    if out is None:
+        name = model_name or str(getattr(model.config, "_name_or_path", "") or "model")
+        out = Path("results", "tune", f"{Path(name).name.removesuffix('.gguf')}-{target_length}")
     trained, window = trained_length(model.config), sliding_window(model.config)
     specs, skipped = [], []
     for spec in candidates or candidate_specs(target_length, trained, window):
