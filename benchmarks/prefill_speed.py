@@ -45,6 +45,16 @@ def block_bytes(cache) -> int:
     return sum(sum(store.nbytes().values()) for store in stores)
 
 
+def random_prompts(length: int, count: int, vocab_size: int, seed: int = 0) -> torch.Tensor:
+    """(count, length) random token ids, row ``r`` drawn with seed ``seed + r``: the prompts every
+    speed benchmark reads (vLLM's and CUDA's too), so their cells read the same tokens."""
+    rows = [
+        torch.randint(100, vocab_size - 100, (length,), generator=torch.Generator().manual_seed(seed + r))
+        for r in range(count)
+    ]
+    return torch.stack(rows)
+
+
 def measure(model_name: str, spec: str, length: int, decode_steps: int, seed: int = 0) -> dict:
     import longreach
 
@@ -52,17 +62,17 @@ def measure(model_name: str, spec: str, length: int, decode_steps: int, seed: in
     return time_model(model, spec, length, decode_steps, seed)
 
 
-def time_model(model, spec: str, length: int, decode_steps: int, seed: int = 0) -> dict:
-    """Extend ``model`` with ``spec`` (vanilla: the model's own SDPA attention), prefill ``length``
-    random tokens and decode ``decode_steps`` tokens with the cache."""
+def time_model(model, spec: str, length: int, decode_steps: int, seed: int = 0, requests: int = 1) -> dict:
+    """Extend ``model`` with ``spec`` (vanilla: the model's own SDPA attention), prefill
+    ``requests`` prompts of ``length`` random tokens as one batch and decode ``decode_steps``
+    tokens each with the cache (decode ms per step: one token of every row)."""
     import longreach
     from longreach.methods import parse_method
     from longreach.models.config import trained_length
 
     method = parse_method(spec, target_length=length + decode_steps, trained_length=trained_length(model.config))
     longreach.extend(model, method)
-    generator = torch.Generator().manual_seed(seed)
-    ids = torch.randint(100, model.config.vocab_size - 100, (1, length), generator=generator).to(model.device)
+    ids = random_prompts(length, requests, model.config.vocab_size, seed).to(model.device)
     synchronize = torch.cuda.synchronize if model.device.type == "cuda" else lambda: None
     with torch.no_grad():
         synchronize()

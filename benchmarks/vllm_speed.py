@@ -1,6 +1,6 @@
 """Prefill and decode speed through vLLM: its own CPU attention, the plugin's engine running the
 vanilla plan, and the plugin with methods on, against LongReach's transformers path on the same
-prompts (random tokens, the same generator as ``prefill_speed.py``).
+prompts (random tokens: ``prefill_speed.random_prompts``).
 
     OMP_NUM_THREADS=2 .venv-vllm/bin/python benchmarks/vllm_speed.py --length 8000 \\
         --method self-extend:group_size=3,window=2048 --method rerope:window=1024,log_scale_base=8192 \\
@@ -29,16 +29,6 @@ from pathlib import Path
 PATHS = ("vllm", "plugin-vanilla", "plugin", "transformers")
 
 
-def prompts(length: int, requests: int, vocab_size: int, seed: int = 0) -> list[list[int]]:
-    """The prompts of a cell: request ``r`` is ``prefill_speed.py``'s prompt with seed ``seed + r``."""
-    import torch
-
-    return [
-        torch.randint(100, vocab_size - 100, (length,), generator=torch.Generator().manual_seed(seed + r)).tolist()
-        for r in range(requests)
-    ]
-
-
 def measure_vllm(model_name: str, path: str, spec: str | None, length: int, requests: int, decode_steps: int) -> dict:
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     if spec and path == "plugin":
@@ -52,6 +42,7 @@ def measure_vllm(model_name: str, path: str, spec: str | None, length: int, requ
         settings.plan_for = lambda spec, hf_config, max_model_len: Plan(
             Vanilla(), Vanilla().parts(), trained_length(hf_config)
         )
+    from prefill_speed import random_prompts
     from vllm import LLM, SamplingParams
 
     from longreach.models.export import safetensors_folder
@@ -76,7 +67,7 @@ def measure_vllm(model_name: str, path: str, spec: str | None, length: int, requ
     engine.add_request("warm-up", {"prompt_token_ids": list(range(100, 164))}, SamplingParams(max_tokens=2))
     while engine.has_unfinished_requests():
         engine.step()
-    for r, ids in enumerate(prompts(length, requests, vocab)):
+    for r, ids in enumerate(random_prompts(length, requests, vocab).tolist()):
         engine.add_request(str(r), {"prompt_token_ids": ids}, params)
     started = time.perf_counter()
     first_token: dict[str, float] = {}
@@ -99,31 +90,16 @@ def measure_vllm(model_name: str, path: str, spec: str | None, length: int, requ
 
 
 def measure_transformers(model_name: str, spec: str, length: int, requests: int, decode_steps: int) -> dict:
-    import torch
+    from prefill_speed import time_model
 
     import longreach
-    from longreach.integrations.transformers.forward_args import cache_kwargs
-    from longreach.methods import parse_method
-    from longreach.models.config import trained_length
 
     model, _ = longreach.load_model(model_name)
-    method = parse_method(spec, target_length=length + decode_steps + 1, trained_length=trained_length(model.config))
-    longreach.extend(model, method)
-    ids = torch.tensor(prompts(length, requests, model.config.vocab_size))
-    with torch.no_grad():
-        started = time.perf_counter()
-        out = model(ids, use_cache=True, logits_to_keep=1)
-        prefill = time.perf_counter() - started
-        cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
-        decode_started = time.perf_counter()
-        for _ in range(decode_steps):
-            out = model(token, use_cache=True, **cache_kwargs(model, cache))
-            token = out.logits[:, -1:].argmax(-1)
-        decode = time.perf_counter() - decode_started
+    row = time_model(model, spec, length, decode_steps, requests=requests)
     return {
-        "prefill_s": round(prefill, 2),
-        "decode_ms_per_step": round(1000 * decode / max(1, decode_steps), 1),
-        "total_s": round(prefill + decode, 2),
+        "prefill_s": row["prefill_s"],
+        "decode_ms_per_step": row["decode_ms_per_token"],
+        "total_s": round(row["prefill_s"] + row["decode_ms_per_token"] * decode_steps / 1000, 2),
     }
 
 

@@ -10,8 +10,9 @@ import transformers
 import longreach
 import longreach.eval.compare as compare
 from longreach.cli import main
-from longreach.eval.tune import TUNE, candidate_specs, informative_first, parse_budget, tune
+from longreach.eval.tune import candidate_specs, informative_first, parse_budget, tune
 from longreach.methods import method_for
+from longreach.methods.recommend import TUNE_RECORD
 
 TARGET = 500
 CANDIDATES = ["rerope:auto", "self-extend:auto", "string:auto"]  # string covers at most 480 on a 256 model
@@ -48,7 +49,7 @@ def test_tune_ranks_what_it_measured_and_resumes(tiny, novel, tmp_path, monkeypa
     shares = [c.share for c in result.ranking]
     assert shares == sorted(shares, reverse=True)
     assert len(calls) == 6
-    record = json.loads((tmp_path / TUNE).read_text())
+    record = json.loads((tmp_path / TUNE_RECORD).read_text())
     assert record["recommended"] == result.recommended and record["target_length"] == TARGET
     # The recommendation is the winner's settings at the target length, and extend takes it.
     assert result.recommended == result.ranking[0].settings
@@ -120,19 +121,19 @@ def test_the_command_prints_the_ranking_and_writes_the_record(tiny_model_dir, no
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "longreach tune" in out and "recommended: self-extend:" in out
-    assert json.loads((tmp_path / TUNE).read_text())["ranking"][0]["spec"] == "self-extend:auto"
+    assert json.loads((tmp_path / TUNE_RECORD).read_text())["ranking"][0]["spec"] == "self-extend:auto"
     assert main([*argv[:6], "soon"]) == 2
     # Without --out the record goes where `auto` looks: results/tune/MODEL-LENGTH.
     monkeypatch.chdir(tmp_path)
     assert main(argv[:-2]) == 0
-    assert (tmp_path / "results" / "tune" / f"{tiny_model_dir.name}-{TARGET}" / TUNE).is_file()
+    assert (tmp_path / "results" / "tune" / f"{tiny_model_dir.name}-{TARGET}" / TUNE_RECORD).is_file()
     # Every command takes --method auto: here the tuned choice (the rule would say rerope), read
     # from the results folder.
     monkeypatch.setenv("LONGREACH_RESULTS", str(tmp_path))
     compare = ["compare", "--model", str(tiny_model_dir), "--method", "auto", "--tasks", "passkey"]
     assert main([*compare, "--lengths", str(TARGET), "--depths", "0.5", "--out", str(tmp_path / "cmp")]) == 0
     cells = [json.loads(line) for line in (tmp_path / "cmp" / "results.jsonl").read_text().splitlines()]
-    assert [c["settings"] for c in cells] == [json.loads((tmp_path / TUNE).read_text())["recommended"]]
+    assert [c["settings"] for c in cells] == [json.loads((tmp_path / TUNE_RECORD).read_text())["recommended"]]
 
 
 def test_auto_is_the_tuned_choice_for_this_model_and_the_rule_elsewhere(tiny, novel, tmp_path, monkeypatch):

@@ -111,12 +111,12 @@ def _say_written(*paths: Path) -> None:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from longreach.eval.tune import TUNE, parse_budget, ranking_table, tune
+    from longreach.eval.tune import parse_budget, ranking_table, tune, tune_folder
+    from longreach.methods.recommend import TUNE_RECORD
 
     [target] = checks.lengths(args.target_length, "--target-length")
-    default = Path("results", "tune", f"{Path(args.model).name.removesuffix('.gguf')}-{target}")
     folder, depths, texts = (
-        checks.out_folder(args.out or str(default)),
+        checks.out_folder(args.out or str(tune_folder(args.model, target))),
         checks.depths(args.depths),
         checks.text_files(args.text),
     )
@@ -155,7 +155,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         console.print(f"[red]no recommendation[/]: {result.reason}", highlight=False)
     if not result.complete:
         console.print("the budget ended the run early: run the same command again to measure the rest", highlight=False)
-    _say_written(folder / "results.jsonl", folder / "report.md", folder / TUNE)
+    _say_written(folder / "results.jsonl", folder / "report.md", folder / TUNE_RECORD)
     return 0
 
 
@@ -195,7 +195,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from longreach.integrations.transformers.forward_args import cache_kwargs
     from longreach.methods import method_for
     from longreach.methods.coverage import unchanged_note
-    from longreach.models.config import sliding_window, trained_length
+    from longreach.models.config import name_or_path, sliding_window, trained_length
 
     [spec] = checks.specs([args.method])
     checks.at_least("--max-new-tokens", args.max_new_tokens, 1)
@@ -216,9 +216,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     n = ids.shape[1]
     trained, window = trained_length(model.config), sliding_window(model.config)
     try:
-        method = method_for(
-            spec, n, trained, total=n + args.max_new_tokens, sliding_window=window, model=model.config._name_or_path
-        )
+        total, identity = n + args.max_new_tokens, name_or_path(model.config)
+        method = method_for(spec, n, trained, total=total, sliding_window=window, model=identity)
         longreach.extend(model, method)
     except ValueError as error:
         raise UsageError(str(error)) from None

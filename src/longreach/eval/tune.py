@@ -35,8 +35,6 @@ from longreach.eval.ruler import RULER_TASKS
 from longreach.eval.task import DEFAULT_DEPTHS
 from longreach.methods.recommend import TUNE_RECORD
 
-#: The record a tune run leaves beside its cells (``auto`` reads it: longreach.methods.recommend).
-TUNE = TUNE_RECORD
 #: The needle tasks whose share found ranks the candidates.
 NEEDLES = ("niah-natural", "ruler:niah_multikey")
 #: Tokens of the probe forward that sizes one cell before any has run.
@@ -180,6 +178,17 @@ def reason_for(ranking: Sequence[Candidate], target_length: int) -> str:
     return text + " (longreach tune)"
 
 
+def tune_folder(model_name: str, target_length: int) -> Path:
+    """Where a tune run goes unless told otherwise, and where ``auto`` looks:
+    ``results/tune/NAME-LENGTH`` (NAME: the model's name, or a path's last part without ``.gguf``).
+
+    Example:
+        >>> tune_folder("models/SmolLM2.gguf", 16384)
+        PosixPath('results/tune/SmolLM2-16384')
+    """
+    return Path("results", "tune", f"{Path(model_name).name.removesuffix('.gguf')}-{target_length}")
+
+
 def ranking_table(result: TuneResult) -> Table:
     """The ranking as a report table: one row per candidate, best first."""
     cells = {}
@@ -211,7 +220,7 @@ def tune(
 ) -> TuneResult:
     """Measure ``candidates`` (by default :func:`candidate_specs`) on ``model`` at
     ``target_length`` tokens within ``budget`` and rank them; writes ``out/tune.json`` beside the
-    cells (``out`` by default ``results/tune/NAME-LENGTH``, where ``auto`` looks). A rerun into
+    cells (``out`` by default :func:`tune_folder`, where ``auto`` looks). A rerun into
     the same folder measures only what is missing.
 
     Raises ``ValueError`` for a budget too small for one cell (timed on a short probe forward,
@@ -225,17 +234,20 @@ def tune(
     """
     from longreach.eval.evaluate import Evaluation, evaluate
     from longreach.methods import method_for
-    from longreach.models.config import sliding_window, trained_length
+    from longreach.models.config import name_or_path, sliding_window, trained_length
 
     seconds = parse_budget(budget)
-    if out is None:
-        name = model_name or str(getattr(model.config, "_name_or_path", "") or "model")
-        out = Path("results", "tune", f"{Path(name).name.removesuffix('.gguf')}-{target_length}")
+    identity = name_or_path(model.config)
+    out = Path(out) if out is not None else tune_folder(model_name or identity or "model", target_length)
     trained, window = trained_length(model.config), sliding_window(model.config)
+    tasks = (NaturalNeedleTask(depths=tuple(depths), texts=tuple(texts) or NaturalNeedleTask().texts),)
+    tasks += (RULER_TASKS["niah_multikey"],)
+    # A candidate that cannot cover the prompts and their answers is left out, not an error.
+    total = target_length + max(task.max_new_tokens for task in tasks)
     specs, skipped = [], []
     for spec in candidates or candidate_specs(target_length, trained, window):
         try:
-            method_for(spec, target_length, trained, total=target_length + 64, sliding_window=window)
+            method_for(spec, target_length, trained, total=total, sliding_window=window, model=identity)
             specs.append(spec)
         except ValueError as error:
             skipped.append(f"{spec}: {error}")
@@ -247,8 +259,6 @@ def tune(
             f"a budget of {seconds:g} s cannot hold one cell: reading {target_length} tokens takes at least "
             f"{cell:.0f} s on this machine (timed on {PROBE} tokens); give --budget {max(2 * cell, 60):.0f}s or more"
         )
-    tasks = (NaturalNeedleTask(depths=tuple(depths), texts=tuple(texts) or NaturalNeedleTask().texts),)
-    tasks += (RULER_TASKS["niah_multikey"],)
     evaluation = Evaluation(tuple(specs), (target_length,), tasks, ppl=True, texts=tuple(texts), seed=seed)
     started = _now()
     durations: list[float] = []  # seconds from one finished cell to the next, by the budget's clock
@@ -274,7 +284,7 @@ def tune(
         model,
         tokenizer,
         evaluation,
-        Path(out),
+        out,
         model_name=model_name,
         command=command,
         on_start=on_start,
@@ -286,7 +296,7 @@ def tune(
     best = ranking[0]
     result = TuneResult(
         model=model_name,
-        name_or_path=str(getattr(model.config, "_name_or_path", "")),
+        name_or_path=identity or "",
         target_length=target_length,
         ranking=tuple(ranking),
         recommended=best.settings if best.needles else "",
@@ -295,7 +305,7 @@ def tune(
         seconds=round(_now() - started, 1),
         skipped=tuple(skipped),
     )
-    (Path(out) / TUNE).write_text(json.dumps(result.to_json(), indent=2) + "\n")
+    (out / TUNE_RECORD).write_text(json.dumps(result.to_json(), indent=2) + "\n")
     return result
 
 

@@ -89,7 +89,8 @@ class String(Method):
 
     @classmethod
     def for_model(cls, trained_length: int, **settings) -> String:
-        """The reference's settings: shifted_offset = int(0.33 * trained_length), local_value 128."""
+        """The reference's settings: shifted_offset = int(0.33 * trained_length), local_value 128
+        (at most trained_length // 8, for models trained on short contexts)."""
         check_int("String.for_model", "trained_length", trained_length, 16)
         settings.setdefault("local_value", min(128, trained_length // 8))
         return cls(shifted_offset=int(0.33 * trained_length), **settings)

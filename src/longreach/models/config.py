@@ -1,6 +1,7 @@
-"""What a model's config says about its context: read without torch, so every caller that only
-needs the trained length or the sliding window (the CLI, lm-eval, benchmarks, a serving engine)
-gets it without loading the attention code."""
+"""What a model's config says about its context (and where the model came from): read without
+torch, so every caller that only needs the trained length, the sliding window or the model's
+identity (the CLI, lm-eval, benchmarks, a serving engine) gets it without loading the attention
+code."""
 
 from __future__ import annotations
 
@@ -23,6 +24,18 @@ def trained_length(config) -> int:
             f"{type(config).__name__} has no max_position_embeddings: cannot tell the trained length"
         )
     return length
+
+
+def name_or_path(config) -> str | None:
+    """Where the model was loaded from (``config._name_or_path``): what a ``longreach tune`` record
+    is matched by, so ``auto`` finds the choice measured on this model.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> name_or_path(SimpleNamespace(_name_or_path="HuggingFaceTB/SmolLM2-135M")), name_or_path(SimpleNamespace())
+        ('HuggingFaceTB/SmolLM2-135M', None)
+    """
+    return getattr(config, "_name_or_path", None) or None
 
 
 def sliding_window(config) -> int | None:
