@@ -322,3 +322,14 @@ def test_natural_needles_cycle_their_wordings_in_the_given_text(book, smollm_tok
         assert sample.expected[0] in text and sample.expected[0] not in question
         assert task.score(sample, f" {sample.expected[0]}.") == 1.0 and task.score(sample, " 12.") == 0.0
     assert NaturalNeedleTask().texts == (DEFAULT_TEXT,)  # the shipped novel unless told otherwise
+
+
+def test_natural_needles_take_several_texts_in_turn(book, tmp_path, smollm_tokenizer):
+    """With two texts, the prompts of a cell alternate between them, each one text only."""
+    other = tmp_path / "other.txt"
+    other.write_text("The lighthouse keeper counted the gulls on the rocks every morning. " * 200)
+    task = NaturalNeedleTask(depths=(0.3, 0.7), texts=(book, other))
+    texts = [smollm_tokenizer.decode(s.prompt_ids) for s in task.samples(smollm_tokenizer, 600, 2, seed=0)]
+    in_book = ["Winston slipped quickly" in text for text in texts]
+    in_other = ["lighthouse keeper" in text for text in texts]
+    assert in_book == [True, False, True, False] and in_other == [False, True, False, True]

@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--samples", type=int, default=1, help="samples per cell (per depth for needle tasks)")
     compare.add_argument("--seed", type=int, default=0, help="seed of the prompts: same seed, same prompts")
     compare.add_argument(
-        "--text", action="append", metavar="FILE", help=TEXT_HELP + "; for niah-text, niah-natural and ppl"
+        "--text", action="append", metavar="FILE", help=TEXT_HELP + "; for niah-text, niah-natural (several: each prompt reads one, in turn) and ppl"
     )
     compare.set_defaults(run="cmd_compare")
 
@@ -148,7 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--target-length", required=True, help="the input length to tune for, e.g. 16k")
     tune.add_argument("--budget", default="30m", help="time to spend at most: seconds, or 90s, 30m, 1.5h")
     tune.add_argument("--method", action="append", metavar="SPEC", help="a candidate (repeatable; default: the grid)")
-    tune.add_argument("--text", action="append", metavar="FILE", help=TEXT_HELP)
+    tune.add_argument(
+        "--text", action="append", metavar="FILE", help=TEXT_HELP + "; several: each fact is told in one, in turn"
+    )
     tune.add_argument("--depths", default=DEPTHS, help="depths of the facts in the text, within [0, 1]")
     tune.add_argument("--seed", type=int, default=0, help="seed of the prompts: same seed, same prompts")
     tune.add_argument(

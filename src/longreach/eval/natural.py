@@ -6,7 +6,9 @@ needle the only sentence unlike the rest, and RULER's wording ("special magic nu
 nowhere else. Here the haystack is running prose (the files given, by default the novel LongReach
 ships), the needle is a sentence a novel could hold (a name, an object, a six-digit number), and
 sample ``i`` at the ``d``-th depth uses wording ``(d + i) % len(WORDINGS)``: five depths with one
-sample each, or one depth with five samples, ask every wording once. The number is the answer; the
+sample each, or one depth with five samples, ask every wording once. With several texts, each
+prompt's haystack is one of them, in turn (the ``n``-th prompt of a cell reads text ``n % len(texts)``),
+so that a cell samples several books rather than the opening of the first. The number is the answer; the
 question repeats the needle's words, not its number. (Inside the embedded model's trained length,
 wordings about a safe's combination and a debt in pounds were answered with the question's own
 words; these five were kept because the model answers them there.)
@@ -81,8 +83,9 @@ NEW_TOKENS = 24
 
 @dataclass(frozen=True)
 class NaturalNeedleTask:
-    """``niah-natural``: one fact per prompt, told in one of :data:`WORDINGS` inside ``texts``
-    (by default the shipped novel), at each depth of the grid; ``count`` samples per depth.
+    """``niah-natural``: one fact per prompt, told in one of :data:`WORDINGS` inside one of
+    ``texts`` (by default the shipped novel; several are taken in turn), at each depth of the
+    grid; ``count`` samples per depth.
 
     Example:
         >>> task = NaturalNeedleTask(depths=(0.5,))
@@ -109,6 +112,7 @@ class NaturalNeedleTask:
         samples = []
         for position, depth in enumerate(map(float, self.depths)):
             for index in range(count):
+                text = self.texts[(position * count + index) % len(self.texts)]
                 rng = random.Random(f"{self.name}:{seed}:{length}:{depth}:{index}")
                 wording = WORDINGS[(position + index) % len(WORDINGS)]
                 name, value = rng.choice(NAMES), str(rng.randint(100_000, 999_999))
@@ -121,7 +125,7 @@ class NaturalNeedleTask:
                     ),
                     needles=[wording.needle.format(name=name, value=value)],
                     depths=[depth],
-                    haystack=lambda n: text_haystack(tokenizer, self.texts, n),
+                    haystack=lambda n, text=text: text_haystack(tokenizer, [text], n),
                     what=self.name,
                 )
                 samples.append(Sample(self.name, length, depth, index, ids, (value,), self.max_new_tokens))
