@@ -131,7 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--samples", type=int, default=1, help="samples per cell (per depth for needle tasks)")
     compare.add_argument("--seed", type=int, default=0, help="seed of the prompts: same seed, same prompts")
     compare.add_argument(
-        "--text", action="append", metavar="FILE", help=TEXT_HELP + "; for niah-text, niah-natural (several: each prompt reads one, in turn) and ppl"
+        "--text",
+        action="append",
+        metavar="FILE",
+        help=TEXT_HELP + "; for niah-text, niah-natural (several: each prompt reads one, in turn) and ppl",
     )
     compare.set_defaults(run="cmd_compare")
 
