@@ -11,6 +11,7 @@
 #   benchmarks/methods.sh infllm-passkey           # InfLLM at 16k-128k
 #   benchmarks/methods.sh infllm-stream            # 256k tokens of novels through InfLLM
 #   benchmarks/methods.sh compare [METHOD ...]     # issue 5: every task, one method at a time
+#   benchmarks/methods.sh natural LENGTHS METHOD... # facts told in the ten novels of shared/data/texts
 #
 # EXTRA="--samples 2" adds CLI arguments to every call; LENGTHS=4k,8k,16k,32k and DEPTHS=... override
 # the passkey and compare grids (a 32k sample of a full-coverage method is ~20 min on one thread),
@@ -95,8 +96,21 @@ case "$step" in
         --lengths "$COMPARE_LENGTHS" --depths "$DEPTHS" --text "$TEXT" --out docs/benchmarks/compare $EXTRA
     done
     ;;
+  natural)
+    # Issue 28: niah-natural with each prompt in one of the novels, in turn (five depths x
+    # --samples, each wording once per five prompts), one method at a time over LENGTHS.
+    lengths=$1
+    shift
+    texts=()
+    for f in ../shared/data/texts/*.txt; do texts+=(--text "$f"); done
+    for m in "$@"; do
+      # shellcheck disable=SC2086
+      $LONGREACH compare --model smollm2-135m --method "$m" --tasks niah-natural --lengths "$lengths" \
+        --depths "$DEPTHS" "${texts[@]}" --out docs/benchmarks/natural $EXTRA
+    done
+    ;;
   *)
-    echo "usage: benchmarks/methods.sh passkey|perplexity|speed|infllm-passkey|infllm-stream|compare [METHOD ...]" >&2
+    echo "usage: benchmarks/methods.sh passkey|perplexity|speed|infllm-passkey|infllm-stream|compare|natural [METHOD ...]" >&2
     exit 2
     ;;
 esac

@@ -61,6 +61,30 @@ WORDINGS = (
         "According to the text, the bank's ledger listed {name}'s account under the number",
     ),
 )
+
+
+@dataclass(frozen=True)
+class Fact:
+    """One needle: a wording filled with a name and a number, told in ``text``."""
+
+    wording: Wording
+    name: str
+    value: str
+    text: Path
+
+    @property
+    def needle(self) -> str:
+        return self.wording.needle.format(name=self.name, value=self.value)
+
+    @property
+    def question(self) -> str:
+        return self.wording.question.format(name=self.name)
+
+    @property
+    def answer(self) -> str:
+        return self.wording.answer.format(name=self.name)
+
+
 #: Given names for the needle's person: common, one or two tokens, rare as characters of a novel.
 NAMES = (
     "Edith Marlow",
@@ -107,29 +131,45 @@ class NaturalNeedleTask:
         """The haystack's files: a cell asked in another text is asked again, not reused."""
         return ",".join(Path(p).name for p in self.texts)
 
-    def samples(self, tokenizer, length: int, count: int, seed: int) -> list[Sample]:
+    def facts(self, length: int, count: int, seed: int) -> list[tuple[float, int, Fact]]:
+        """(depth, sample index, fact) of each prompt of a cell, in the order of :meth:`samples`."""
         check_count(count)
-        samples = []
+        facts = []
         for position, depth in enumerate(map(float, self.depths)):
             for index in range(count):
-                text = self.texts[(position * count + index) % len(self.texts)]
                 rng = random.Random(f"{self.name}:{seed}:{length}:{depth}:{index}")
                 wording = WORDINGS[(position + index) % len(WORDINGS)]
                 name, value = rng.choice(NAMES), str(rng.randint(100_000, 999_999))
-                ids = needle_prompt(
-                    tokenizer,
-                    length,
-                    head=HEAD,
-                    tail=TAIL.format(
-                        question=wording.question.format(name=name), answer=wording.answer.format(name=name)
-                    ),
-                    needles=[wording.needle.format(name=name, value=value)],
-                    depths=[depth],
-                    haystack=lambda n, text=text: text_haystack(tokenizer, [text], n),
-                    what=self.name,
-                )
-                samples.append(Sample(self.name, length, depth, index, ids, (value,), self.max_new_tokens))
-        return samples
+                text = self.texts[(position * count + index) % len(self.texts)]
+                facts.append((depth, index, Fact(wording, name, value, Path(text))))
+        return facts
+
+    def prompt(self, tokenizer, length: int, depth: float, fact: Fact) -> list[int]:
+        """Token ids of ``length`` tokens telling ``fact`` at ``depth`` of its text, asked at the end."""
+        return needle_prompt(
+            tokenizer,
+            length,
+            head=HEAD,
+            tail=TAIL.format(question=fact.question, answer=fact.answer),
+            needles=[fact.needle],
+            depths=[depth],
+            haystack=lambda n: text_haystack(tokenizer, [fact.text], n),
+            what=self.name,
+        )
+
+    def samples(self, tokenizer, length: int, count: int, seed: int) -> list[Sample]:
+        return [
+            Sample(
+                self.name,
+                length,
+                depth,
+                index,
+                self.prompt(tokenizer, length, depth, fact),
+                (fact.value,),
+                self.max_new_tokens,
+            )
+            for depth, index, fact in self.facts(length, count, seed)
+        ]
 
     def score(self, sample: Sample, answer: str) -> float:
         return string_match_all(answer, sample.expected)

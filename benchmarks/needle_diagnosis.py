@@ -1,0 +1,330 @@
+"""Why a needle told in natural text is lost: what the answer's position sees of it, per method.
+
+    .venv/bin/python benchmarks/needle_diagnosis.py --length 16k --method rerope:auto \
+        --method self-extend:auto --method infllm:auto --text ../shared/data/texts/*.txt
+
+Builds the prompts of ``longreach compare --tasks niah-natural`` (same texts, depths, seed and
+samples: the same facts at the same places) and, for each method, reads each prompt and answers
+it greedily, recording at the position that starts the answer (the prompt's last token):
+
+- the attention mass every head of every layer puts on the needle's tokens (the fact's sentence),
+  taken from the model's own attention call with values that mark the needle (1 on its tokens,
+  0 elsewhere), so the mass is exactly what that method's attention gives it;
+- the logit margin of the answer's first token (its logit minus the best other token's);
+- for InfLLM, the rank of the needle's block among all stored blocks in each layer's retrieval
+  (0 = best; the top ``topk`` are read), watching ``select_blocks`` without changing it.
+
+Each fact is also asked at ``--control-length`` (inside the trained length, same depth) with the
+model's own attention: the heads that read the needle there are the ones to watch beyond it.
+Records go to ``--out``/diagnosis.jsonl as they finish (a rerun does only what is missing); the
+summary is a table, summary.json, and needle-mass.png / infllm-rank.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS  # noqa: E402
+
+import longreach  # noqa: E402
+from longreach.engine.eviction import evicts  # noqa: E402
+from longreach.engine.memory import attend as memory_attention  # noqa: E402
+from longreach.eval.natural import NaturalNeedleTask  # noqa: E402
+from longreach.eval.task import string_match_all  # noqa: E402
+from longreach.integrations.transformers.forward_args import cache_kwargs  # noqa: E402
+from longreach.methods import parse_length, parse_method  # noqa: E402
+from longreach.models.config import trained_length  # noqa: E402
+
+CONTROL = "vanilla"
+
+
+class NeedleProbe:
+    """Wraps the model's attention function: at the first one-token call of each layer (the
+    answer's position, read after the prefill), attends once more with values marking
+    ``span`` and keeps the result, the mass each query head puts on those keys."""
+
+    def __init__(self, model, span: tuple[int, int]):
+        self.implementation = model.config._attn_implementation
+        self.original = ALL_ATTENTION_FUNCTIONS[self.implementation]
+        self.span = span
+        self.mass: dict[int, list[float]] = {}
+
+    def __enter__(self) -> NeedleProbe:
+        ALL_ATTENTION_FUNCTIONS[self.implementation] = self
+        return self
+
+    def __exit__(self, *exc) -> None:
+        del ALL_ATTENTION_FUNCTIONS[self.implementation]
+
+    def __call__(self, module, query, key, value, attention_mask, **kwargs):
+        output = self.original(module, query, key, value, attention_mask, **kwargs)
+        if query.shape[2] == 1 and module.layer_idx not in self.mass:
+            # Non-evicting caches hold every token at its index: key j is the token at position j.
+            marks = torch.zeros_like(value)
+            marks[:, :, self.span[0] : self.span[1], 0] = 1
+            mass = self.original(module, query, key, marks, attention_mask, **kwargs)[0]  # (B, Nq, Hq, D)
+            self.mass[module.layer_idx] = mass[0, 0, :, 0].float().tolist()
+        return output
+
+
+class RetrievalWatch:
+    """Records, per layer, InfLLM's relevance of every stored block at the first one-token call."""
+
+    def __init__(self, layers: int):
+        self.layers = layers
+        self.relevance: list[torch.Tensor] = []
+        self.select = memory_attention.select_blocks
+
+    def __enter__(self) -> RetrievalWatch:
+        def watched(memory_queries, store, topk):
+            if memory_queries.shape[2] == 1 and len(self.relevance) < self.layers:
+                self.relevance.append(memory_attention.block_relevance(memory_queries, store)[0].cpu())
+            return self.select(memory_queries, store, topk)
+
+        memory_attention.select_blocks = watched
+        return self
+
+    def __exit__(self, *exc) -> None:
+        memory_attention.select_blocks = self.select
+
+
+def find(ids: list[int], piece: list[int]) -> int:
+    for start in range(len(ids) - len(piece), -1, -1):
+        if ids[start : start + len(piece)] == piece:
+            return start
+    raise ValueError("the needle's tokens are not in the prompt")
+
+
+def diagnose(model, tokenizer, method, ids: list[int], fact, new_tokens: int) -> dict:
+    """One prompt read with ``method`` (a Method, or None for the model's own attention)."""
+    longreach.extend(model, method if method is not None else "vanilla")
+    needle = tokenizer(" " + fact.needle, add_special_tokens=False).input_ids
+    start = find(ids, needle)
+    tensor = torch.tensor([ids])
+    memory = method is not None and method.attention == "memory"
+    expected = tokenizer(" " + fact.value, add_special_tokens=False).input_ids
+    with torch.no_grad():
+        cache = longreach.prefill(model, tensor)
+        with (
+            NeedleProbe(model, (start, start + len(needle)))
+            if not memory
+            else RetrievalWatch(model.config.num_hidden_layers) as watch
+        ):
+            out = model.generate(
+                tensor,
+                attention_mask=torch.ones_like(tensor),
+                do_sample=False,
+                max_new_tokens=new_tokens,
+                pad_token_id=tokenizer.eos_token_id,
+                **cache_kwargs(model, cache),
+                output_scores=True,
+                return_dict_in_generate=True,
+            )
+    # The margin of the first token that carries a digit (the tokenizer may give the space alone),
+    # read where the greedy answer so far is the expected one.
+    step = next(i for i, t in enumerate(expected) if any(c.isdigit() for c in tokenizer.decode([t])))
+    generated = out.sequences[0, len(ids) :].tolist()
+    logits = out.scores[step][0].float() if generated[:step] == expected[:step] else None
+    margin = None
+    if logits is not None:
+        others = logits.clone()
+        others[expected[step]] = float("-inf")
+        margin = float(logits[expected[step]] - others.max())
+    answer = tokenizer.decode(out.sequences[0, len(ids) :], skip_special_tokens=True)
+    record = {
+        "needle_start": start,
+        "needle_tokens": len(needle),
+        "distance": len(ids) - start,
+        "answer": answer,
+        "found": string_match_all(answer, (fact.value,)),
+        "margin": margin,  # None: the answer went astray before its first digit
+        "first_tokens": tokenizer.decode(generated[: step + 1]),
+    }
+    if memory:
+        blocks = sorted({(p - method.n_init) // method.block_size for p in range(start, start + len(needle))})
+        ranks = []
+        for relevance in watch.relevance:
+            order = relevance.argsort(descending=True)
+            stored = [b for b in blocks if b < relevance.numel()]
+            ranks.append(min(int((order == b).nonzero()) for b in stored) if stored else None)
+        record.update(
+            needle_blocks=blocks,
+            blocks=int(watch.relevance[0].numel()) if watch.relevance else 0,
+            ranks=ranks,
+            topk=method.topk,
+        )
+    else:
+        record["mass"] = [watch.mass[layer] for layer in sorted(watch.mass)]
+    return record
+
+
+def summarize(records: list[dict], out: Path, console: Console) -> None:
+    control = [r for r in records if r["method"] == CONTROL and "mass" in r]
+    if control:  # the heads that read the needle inside the trained length
+        layers, heads = len(control[0]["mass"]), len(control[0]["mass"][0])
+        mean = torch.tensor([r["mass"] for r in control]).mean(dim=0)
+        watched = mean.flatten().topk(min(10, layers * heads)).indices.tolist()
+    else:
+        watched = []
+    rows = {}
+    for r in records:
+        rows.setdefault((r["method"], r["length"]), []).append(r)
+    table = Table(title="What the answer's position sees of the needle (niah-natural)")
+    for column in (
+        "method",
+        "length",
+        "found",
+        "margin (median)",
+        "mass on needle, 10 reading heads",
+        "max head mass (median)",
+        "InfLLM rank (median best layer)",
+    ):
+        table.add_column(column, justify="right")
+    summary = []
+    for (method, length), group in sorted(rows.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        entry = {
+            "method": method,
+            "length": length,
+            "samples": len(group),
+            "found": sum(r["found"] for r in group),
+            # An answer astray before its first digit counts as the lowest margin.
+            "margin": statistics.median(r["margin"] if r["margin"] is not None else float("-inf") for r in group),
+        }
+        if "mass" in group[0]:
+            masses = torch.tensor([r["mass"] for r in group])  # (samples, layers, heads)
+            flat = masses.flatten(1)
+            entry["reading_heads_mass"] = float(flat[:, watched].mean()) if watched else None
+            entry["max_head_mass"] = statistics.median(flat.max(dim=1).values.tolist())
+        if "ranks" in group[0]:
+            # A needle still held in the cache (not in a block) is always read: rank 0.
+            entry["best_rank"] = statistics.median(
+                min((x for x in r["ranks"] if x is not None), default=0) for r in group
+            )
+        summary.append(entry)
+
+        def show(entry, key, fmt):
+            return fmt.format(entry[key]) if entry.get(key) is not None else "-"
+
+        table.add_row(
+            method,
+            str(length),
+            f"{entry['found']:.0f}/{len(group)}",
+            f"{entry['margin']:.2f}",
+            show(entry, "reading_heads_mass", "{:.4f}"),
+            show(entry, "max_head_mass", "{:.4f}"),
+            show(entry, "best_rank", "{:.0f}"),
+        )
+    console.print(table)
+    (out / "summary.json").write_text(json.dumps({"reading_heads": watched, "rows": summary}, indent=1) + "\n")
+    plot(records, out)
+
+
+def plot(records: list[dict], out: Path) -> None:
+    rows = {}
+    for r in records:
+        rows.setdefault((r["method"], r["length"]), []).append(r)
+    figure, axes = plt.subplots(figsize=(8, 4.5))
+    for (method, length), group in sorted(rows.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        if "mass" in group[0]:
+            per_layer = torch.tensor([r["mass"] for r in group]).amax(dim=2).mean(dim=0)
+            axes.plot(per_layer.tolist(), marker="o", markersize=3, label=f"{method} at {length}")
+    axes.set(
+        xlabel="layer",
+        ylabel="attention mass on the needle (best head, mean over samples)",
+        yscale="log",
+        title="What the answer's position puts on the needle",
+    )
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(out / "needle-mass.png", dpi=120)
+    plt.close(figure)
+    memory = [(key, group) for key, group in rows.items() if "ranks" in group[0]]
+    if memory:
+        figure, axes = plt.subplots(figsize=(8, 4.5))
+        for (method, length), group in memory:
+            ranks = [
+                statistics.median(r["ranks"][layer] or 0 for r in group) for layer in range(len(group[0]["ranks"]))
+            ]
+            axes.plot(ranks, marker="o", markersize=3, label=f"{method} at {length}")
+        axes.axhline(group[0]["topk"] - 0.5, color="grey", linestyle="--", label="read (top-k)")
+        axes.set(
+            xlabel="layer",
+            ylabel="rank of the needle's block (median)",
+            yscale="symlog",
+            title="Where InfLLM's retrieval ranks the needle's block",
+        )
+        axes.legend(fontsize=8)
+        figure.tight_layout()
+        figure.savefig(out / "infllm-rank.png", dpi=120)
+        plt.close(figure)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--method", action="append", default=[], help="a spec; repeatable")
+    parser.add_argument("--length", default="16k")
+    parser.add_argument("--control-length", default="6k", help="the same facts inside the trained length")
+    parser.add_argument("--depths", default="0.1,0.3,0.5,0.7,0.9")
+    parser.add_argument("--samples", type=int, default=1, help="per depth")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--text", action="append", required=True)
+    parser.add_argument("--out", type=Path, default=Path("results/needle-diagnosis"))
+    parser.add_argument("--summary-only", action="store_true", help="table and plots of what is recorded")
+    args = parser.parse_args()
+    length, control_length = parse_length(args.length), parse_length(args.control_length)
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "diagnosis.jsonl"
+    records = [json.loads(line) for line in path.open()] if path.exists() else []
+    console = Console()
+    if not args.summary_only:
+        model, tokenizer = longreach.load_model(args.model)
+        trained = trained_length(model.config)
+        task = NaturalNeedleTask(depths=tuple(float(d) for d in args.depths.split(",")), texts=tuple(args.text))
+        done = {(r["method"], r["length"], r["depth"], r["index"], r["text"]) for r in records}
+        runs = [(CONTROL, None, control_length)] + [
+            (spec, parse_method(spec, target_length=length, trained_length=trained), length) for spec in args.method
+        ]
+        for spec, method, _ in runs[1:]:
+            if method.attention != "memory" and evicts(method.parts()):
+                parser.error(f"{spec}: a method whose cache drops keys cannot be probed (keys are not at their index)")
+        # The facts of the compare run at --length, each asked at every length here.
+        facts = task.facts(length, args.samples, args.seed)
+        for spec, method, run_length in runs:
+            for depth, index, fact in facts:
+                key = (spec, run_length, depth, index, fact.text.name)
+                if key in done:
+                    continue
+                ids = task.prompt(tokenizer, run_length, depth, fact)
+                record = diagnose(model, tokenizer, method, ids, fact, task.max_new_tokens)
+                record.update(
+                    method=spec,
+                    settings=method.spec() if method else CONTROL,
+                    length=run_length,
+                    depth=depth,
+                    index=index,
+                    text=fact.text.name,
+                    value=fact.value,
+                )
+                with path.open("a") as f:
+                    f.write(json.dumps(record) + "\n")
+                records.append(record)
+                console.print(
+                    f"{spec} {run_length} depth {depth} {fact.text.name}: found {record['found']:.0f}, "
+                    f"margin {record['margin']}, answer {record['answer'][:40]!r}"
+                )
+    summarize(records, args.out, console)
+
+
+if __name__ == "__main__":
+    main()
