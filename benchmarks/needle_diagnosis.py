@@ -16,8 +16,11 @@ it greedily, recording at the position that starts the answer (the prompt's last
 
 Each fact is also asked at ``--control-length`` (inside the trained length, same depth) with the
 model's own attention: the heads that read the needle there are the ones to watch beyond it.
-Records go to ``--out``/diagnosis.jsonl as they finish (a rerun does only what is missing); the
-summary is a table, summary.json, and needle-mass.png / infllm-rank.png.
+Every answer is also a cell of ``longreach compare`` (the same prompt, read greedily): with
+``--compare-out DIR`` it is appended to DIR/results.jsonl as compare writes it, so that a compare
+run into DIR does not ask it again. Records go to ``--out``/diagnosis.jsonl as they finish (a
+rerun does only what is missing); the summary is a table, summary.json, and needle-mass.png /
+infllm-rank.png.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import time
 from pathlib import Path
 
 import matplotlib
@@ -39,8 +43,11 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS  # noqa: E402
 import longreach  # noqa: E402
 from longreach.engine.eviction import evicts  # noqa: E402
 from longreach.engine.memory import attend as memory_attention  # noqa: E402
+from longreach.eval.compare import sample_record  # noqa: E402
+from longreach.eval.evaluate import versions  # noqa: E402
 from longreach.eval.natural import NaturalNeedleTask  # noqa: E402
-from longreach.eval.task import string_match_all  # noqa: E402
+from longreach.eval.records import append_record  # noqa: E402
+from longreach.eval.task import Sample, string_match_all  # noqa: E402
 from longreach.integrations.transformers.forward_args import cache_kwargs  # noqa: E402
 from longreach.methods import parse_length, parse_method  # noqa: E402
 from longreach.models.config import trained_length  # noqa: E402
@@ -280,6 +287,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--text", action="append", required=True)
     parser.add_argument("--out", type=Path, default=Path("results/needle-diagnosis"))
+    parser.add_argument("--compare-out", type=Path, help="also record each answer as a compare cell there")
     parser.add_argument("--summary-only", action="store_true", help="table and plots of what is recorded")
     args = parser.parse_args()
     length, control_length = parse_length(args.length), parse_length(args.control_length)
@@ -306,7 +314,16 @@ def main() -> None:
                 if key in done:
                     continue
                 ids = task.prompt(tokenizer, run_length, depth, fact)
+                started = time.perf_counter()
                 record = diagnose(model, tokenizer, method, ids, fact, task.max_new_tokens)
+                seconds = round(time.perf_counter() - started, 3)
+                if args.compare_out is not None and method is not None:
+                    sample = Sample(task.name, run_length, depth, index, ids, (fact.value,), task.max_new_tokens)
+                    cell = sample_record(sample, task, record["answer"].strip())
+                    run = {"model": args.model, "seed": args.seed, "versions": versions(), "seconds": seconds}
+                    append_record(
+                        args.compare_out / "results.jsonl", {**cell, "method": spec, "settings": method.spec(), **run}
+                    )
                 record.update(
                     method=spec,
                     settings=method.spec() if method else CONTROL,

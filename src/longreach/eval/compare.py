@@ -253,7 +253,12 @@ pass a longer text with --text FILE (repeatable, read one after another) or shor
 
 
 def _generate_cell(model, tokenizer, sample: Sample, task: Task) -> dict:
-    answer = greedy_answer(model, tokenizer, sample.prompt_ids, sample.max_new_tokens)
+    return sample_record(sample, task, greedy_answer(model, tokenizer, sample.prompt_ids, sample.max_new_tokens))
+
+
+def sample_record(sample: Sample, task: Task, answer: str) -> dict:
+    """A generated cell's record (before the method and run fields): what was asked and what came
+    back, scored; ``answer`` decoded and stripped as by ``greedy_answer``."""
     record = {
         "task": sample.task,
         "length": sample.length,
