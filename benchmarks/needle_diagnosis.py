@@ -47,7 +47,7 @@ from longreach.eval.compare import sample_record  # noqa: E402
 from longreach.eval.evaluate import versions  # noqa: E402
 from longreach.eval.natural import NaturalNeedleTask  # noqa: E402
 from longreach.eval.records import append_record  # noqa: E402
-from longreach.eval.task import Sample, string_match_all  # noqa: E402
+from longreach.eval.task import string_match_all  # noqa: E402
 from longreach.integrations.transformers.forward_args import cache_kwargs  # noqa: E402
 from longreach.methods import parse_length, parse_method  # noqa: E402
 from longreach.models.config import trained_length  # noqa: E402
@@ -313,12 +313,12 @@ def main() -> None:
                 key = (spec, run_length, depth, index, fact.text.name)
                 if key in done:
                     continue
-                ids = task.prompt(tokenizer, run_length, depth, fact)
+                sample = task.sample(tokenizer, run_length, depth, index, fact)
+                ids = sample.prompt_ids
                 started = time.perf_counter()
                 record = diagnose(model, tokenizer, method, ids, fact, task.max_new_tokens)
                 seconds = round(time.perf_counter() - started, 3)
                 if args.compare_out is not None and method is not None:
-                    sample = Sample(task.name, run_length, depth, index, ids, (fact.value,), task.max_new_tokens)
                     cell = sample_record(sample, task, record["answer"].strip())
                     run = {"model": args.model, "seed": args.seed, "versions": versions(), "seconds": seconds}
                     append_record(

@@ -316,3 +316,14 @@ def test_the_report_opens_with_every_task_at_the_longest_length():
         "ppl: perplexity",
     ]
     assert build_tables(records[:3])[0].title == "niah: score (%)"  # one task: its own table says it all
+
+
+def test_natural_needle_cells_record_the_text_their_haystack_came_from(tiny_model_dir, tmp_path, novel):
+    other = tmp_path / "other.txt"
+    other.write_text("The lighthouse keeper counted the gulls on the rocks every morning. " * 100)
+    out = tmp_path / "cmp"
+    argv = compare_argv(tiny_model_dir, out, novel, tasks="niah-natural", methods=["vanilla"], lengths="300")
+    assert main([*argv, "--text", str(other)]) == 0
+    found = records(out)
+    assert [(r["depth"], r["haystack"]) for r in found] == [(0.2, novel.name), (0.8, "other.txt")]
+    assert found[0]["variant"] == f"{novel.name},other.txt"

@@ -329,7 +329,9 @@ def test_natural_needles_take_several_texts_in_turn(book, tmp_path, smollm_token
     other = tmp_path / "other.txt"
     other.write_text("The lighthouse keeper counted the gulls on the rocks every morning. " * 200)
     task = NaturalNeedleTask(depths=(0.3, 0.7), texts=(book, other))
-    texts = [smollm_tokenizer.decode(s.prompt_ids) for s in task.samples(smollm_tokenizer, 600, 2, seed=0)]
+    samples = task.samples(smollm_tokenizer, 600, 2, seed=0)
+    assert [s.haystack for s in samples] == ["book.txt", "other.txt", "book.txt", "other.txt"]
+    texts = [smollm_tokenizer.decode(s.prompt_ids) for s in samples]
     in_book = ["Winston slipped quickly" in text for text in texts]
     in_other = ["lighthouse keeper" in text for text in texts]
     assert in_book == [True, False, True, False] and in_other == [False, True, False, True]

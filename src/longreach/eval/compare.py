@@ -270,7 +270,11 @@ def sample_record(sample: Sample, task: Task, answer: str) -> dict:
         "prompt_version": prompt_version(sample.task),
     }
     variant = getattr(task, "variant", None)
-    return record if variant is None else {**record, "variant": variant}
+    if variant is not None:
+        record["variant"] = variant
+    if sample.haystack is not None:
+        record["haystack"] = sample.haystack
+    return record
 
 
 def _perplexity_cells(model, stream: torch.Tensor, item: Work, texts: Sequence[Path]) -> list[dict]:

@@ -144,9 +144,14 @@ class NaturalNeedleTask:
                 facts.append((depth, index, Fact(wording, name, value, Path(text))))
         return facts
 
-    def prompt(self, tokenizer, length: int, depth: float, fact: Fact) -> list[int]:
-        """Token ids of ``length`` tokens telling ``fact`` at ``depth`` of its text, asked at the end."""
-        return needle_prompt(
+    def samples(self, tokenizer, length: int, count: int, seed: int) -> list[Sample]:
+        return [
+            self.sample(tokenizer, length, depth, index, fact) for depth, index, fact in self.facts(length, count, seed)
+        ]
+
+    def sample(self, tokenizer, length: int, depth: float, index: int, fact: Fact) -> Sample:
+        """The prompt of ``length`` tokens telling ``fact`` at ``depth`` of its text, asked at the end."""
+        ids = needle_prompt(
             tokenizer,
             length,
             head=HEAD,
@@ -156,20 +161,7 @@ class NaturalNeedleTask:
             haystack=lambda n: text_haystack(tokenizer, [fact.text], n),
             what=self.name,
         )
-
-    def samples(self, tokenizer, length: int, count: int, seed: int) -> list[Sample]:
-        return [
-            Sample(
-                self.name,
-                length,
-                depth,
-                index,
-                self.prompt(tokenizer, length, depth, fact),
-                (fact.value,),
-                self.max_new_tokens,
-            )
-            for depth, index, fact in self.facts(length, count, seed)
-        ]
+        return Sample(self.name, length, depth, index, ids, (fact.value,), self.max_new_tokens, fact.text.name)
 
     def score(self, sample: Sample, answer: str) -> float:
         return string_match_all(answer, sample.expected)

@@ -27,6 +27,7 @@ class Sample:
     prompt_ids: list[int]
     expected: tuple[str, ...]  # strings the answer must contain
     max_new_tokens: int
+    haystack: str | None = None  # the text file this prompt's haystack came from, where a task has several
 
     def __post_init__(self):
         if len(self.prompt_ids) != self.length:
