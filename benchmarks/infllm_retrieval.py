@@ -51,9 +51,9 @@ def main() -> None:
     calls = []
     select = memory_attention.select_blocks
 
-    def watched(memory_queries, store, topk):
-        calls.append((memory_attention.block_relevance(memory_queries, store)[0], store.representatives[0]))
-        return select(memory_queries, store, topk)
+    def watched(memory_queries, store, topk, *ranking):
+        calls.append((memory_attention.block_relevance(memory_queries, store, *ranking)[0], store.representatives[0]))
+        return select(memory_queries, store, topk, *ranking)
 
     memory_attention.select_blocks = watched
     cache = longreach.prefill(model, ids)  # all but the last execution block, which holds the question

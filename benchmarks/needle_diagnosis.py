@@ -93,10 +93,10 @@ class RetrievalWatch:
         self.select = memory_attention.select_blocks
 
     def __enter__(self) -> RetrievalWatch:
-        def watched(memory_queries, store, topk):
+        def watched(memory_queries, store, topk, *ranking):
             if memory_queries.shape[2] == 1 and len(self.relevance) < self.layers:
-                self.relevance.append(memory_attention.block_relevance(memory_queries, store)[0].cpu())
-            return self.select(memory_queries, store, topk)
+                self.relevance.append(memory_attention.block_relevance(memory_queries, store, *ranking)[0].cpu())
+            return self.select(memory_queries, store, topk, *ranking)
 
         memory_attention.select_blocks = watched
         return self

@@ -452,3 +452,36 @@ def test_cli_specs_take_text_settings():
         parse_method("infllm:storage=disk")
     with pytest.raises(MethodSpecError, match="cannot read value"):
         parse_method("infllm:n_local=lots")
+
+
+def test_softmax_block_scoring_follows_the_heads_that_single_out_a_block():
+    """Summed, one head's large scores outvote two heads that single out a block; as a softmax
+    per head, every head has one vote and the two decide."""
+    kv_heads, dim, n_blocks = 2, 8, 6
+    store = BlockStore(
+        rows=1,
+        kv_heads=kv_heads,
+        block_size=4,
+        head_dim=dim,
+        dtype=torch.float32,
+        device=torch.device("cpu"),
+        storage="ram",
+        max_cached_blocks=4,
+    )
+    loud, needle = torch.zeros(dim), torch.zeros(dim)
+    loud[0], needle[1] = 1.0, 1.0
+    for block in range(n_blocks):
+        representative = torch.zeros(1, kv_heads, dim)
+        representative[0, 0] = loud * 30.0 * block  # KV head 0's loud query prefers later blocks, by far
+        representative[0, 1] = needle * (20.0 if block == 2 else 0.0)  # KV head 1's queries see block 2
+        keys = representative[:, :, None].expand(1, kv_heads, 4, dim).clone()
+        store.add(keys, torch.randn_like(keys), representative)
+    queries = torch.stack([loud, torch.zeros(dim), needle, needle])[None, :, None, :]  # (1, Hq, 1, dim)
+    assert select_blocks(queries, store, topk=1)[0, 0].tolist() == [n_blocks - 1]
+    assert select_blocks(queries, store, topk=1, scoring="softmax")[0, 0].tolist() == [2]
+
+
+def test_block_scoring_must_be_known():
+    with pytest.raises(ValueError, match="block_scoring must be one of sum, softmax, got 'max'"):
+        longreach.InfLLM(block_scoring="max")
+    assert parse_method("infllm:block_scoring=softmax").block_scoring == "softmax"

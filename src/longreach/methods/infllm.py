@@ -5,6 +5,7 @@ import torch
 from longreach.methods.base import Method, Part, check_fits, check_int, method_config
 
 STORAGES = ("auto", "ram", "mmap")
+BLOCK_SCORINGS = ("sum", "softmax")
 
 
 @method_config
@@ -18,7 +19,9 @@ class InfLLM(Method):
     token is seen at the same distance (as in the reference). A block's representative is the
     mean of its ``repr_topk`` keys that received the most attention while in the window; blocks
     are ranked once per layer, summing every head's match, and shared by all heads (as in the
-    reference).
+    reference); ``block_scoring="softmax"`` sums each head's softmax over the blocks instead
+    (the attention each head would give a block), so that the few heads that single out a
+    fact are not outvoted.
 
     Until the input is longer than ``n_init + n_local`` (within the trained length) every token
     is local: short inputs are read exactly as by the model itself.
@@ -43,6 +46,7 @@ class InfLLM(Method):
     repr_topk: int = 4
     exec_block: int = 512
     max_cached_blocks: int = 32
+    block_scoring: str = "sum"
     storage: str = "auto"
     storage_dir: str | None = None
     cli_names = ("infllm",)
@@ -63,6 +67,10 @@ class InfLLM(Method):
             raise ValueError(
                 f"InfLLM: exec_block ({self.exec_block}) must be <= n_local ({self.n_local}), so a query block "
                 "never needs memory written during its own step"
+            )
+        if self.block_scoring not in BLOCK_SCORINGS:
+            raise ValueError(
+                f"InfLLM: block_scoring must be one of {', '.join(BLOCK_SCORINGS)}, got {self.block_scoring!r}"
             )
         if self.storage not in STORAGES:
             raise ValueError(f"InfLLM: storage must be one of {', '.join(STORAGES)}, got {self.storage!r}")

@@ -175,7 +175,9 @@ def _attend_one_query(call: _LayerCall, query, key, value, key_positions, positi
         keys.append(layout.apply(torch.cat([key[:, :, a:b] for a, b in spans], dim=2), key_angles))
         values.append(torch.cat([value[:, :, a:b] for a, b in spans], dim=2))
     if state.store is not None and state.store.count:
-        block_keys, block_values = state.store.gather(select_blocks(memory_query, state.store, settings.topk))
+        block_keys, block_values = state.store.gather(
+            select_blocks(memory_query, state.store, settings.topk, settings.block_scoring, call.scoring.scale)
+        )
         keys.append(block_keys.to(query.dtype))
         values.append(block_values.to(query.dtype))
     memory_query = memory_query.reshape(batch, kv_heads, group, head_dim)
@@ -232,7 +234,7 @@ def _attend_blocks(call: _LayerCall, queries, positions, out, lse, memo):
     angles = memo.memory_query_angles
     memory_queries = layout.apply(queries, angles)
     packed = memory_queries.reshape(batch, kv_heads, group * rows, head_dim)
-    block_ids = select_blocks(memory_queries, store, settings.topk)
+    block_ids = select_blocks(memory_queries, store, settings.topk, settings.block_scoring, call.scoring.scale)
     keys, values = store.gather(block_ids)
     block_out, block_lse = attention_with_lse(
         packed, keys.to(packed.dtype), values.to(packed.dtype), scale=call.scoring.scale, softcap=call.scoring.softcap
@@ -242,31 +244,44 @@ def _attend_blocks(call: _LayerCall, queries, positions, out, lse, memo):
     return merge_by_lse(out, lse, block_out, block_lse)
 
 
-def select_blocks(memory_queries: torch.Tensor, store: BlockStore, topk: int) -> torch.Tensor:
-    """The ``topk`` blocks (rows, kv_heads, k), ascending, whose representatives best match the
-    mean of ``memory_queries`` (B, Hq, T, D), rotated to the memory position; every block while
-    there are at most ``topk``.
+def select_blocks(
+    memory_queries: torch.Tensor, store: BlockStore, topk: int, scoring: str = "sum", scale: float = 1.0
+) -> torch.Tensor:
+    """The ``topk`` blocks (rows, kv_heads, k), ascending, that best match the mean of
+    ``memory_queries`` (B, Hq, T, D), rotated to the memory position, by :func:`block_relevance`;
+    every block while there are at most ``topk``.
 
-    One ranking per layer, shared by every head (as the reference does): the execution block's
-    mean query of each head against the block's representative for that head's KV head, summed
-    over heads. Ranking per KV head instead lets each group read different blocks at the same
-    cost, but on SmolLM2-135M at 12k tokens it missed the passkey that the shared ranking finds
-    (docs/results.md): a few heads that clearly see the needle outvote the noise of the rest.
+    One ranking per layer, shared by every head (as the reference does). Ranking per KV head
+    instead lets each group read different blocks at the same cost, but on SmolLM2-135M at 12k
+    tokens it missed the passkey that the shared ranking finds (docs/results.md).
     """
     batch, kv_heads = memory_queries.shape[0], store.kv_heads
     if store.count <= topk:
         return torch.arange(store.count, device=memory_queries.device).expand(batch, kv_heads, -1)
-    chosen = block_relevance(memory_queries, store).topk(topk, dim=-1).indices.sort(dim=-1).values
+    chosen = block_relevance(memory_queries, store, scoring, scale).topk(topk, dim=-1).indices.sort(dim=-1).values
     return chosen[:, None].expand(batch, kv_heads, topk)
 
 
-def block_relevance(memory_queries: torch.Tensor, store: BlockStore) -> torch.Tensor:
+def block_relevance(
+    memory_queries: torch.Tensor, store: BlockStore, scoring: str = "sum", scale: float = 1.0
+) -> torch.Tensor:
     """(B, blocks) float32: how well each stored block matches ``memory_queries`` (B, Hq, T, D),
-    the ranking :func:`select_blocks` takes its top ``topk`` from."""
+    the ranking :func:`select_blocks` takes its top ``topk`` from.
+
+    ``"sum"`` (the reference): each head's mean query against the block's representative for its
+    KV head, summed over heads. ``"softmax"``: each head's scores (times ``scale``, the attention's)
+    as a softmax over the blocks, summed over heads: the attention each head would give the block,
+    so that the one or two heads of a layer that single out a needle are not outvoted by heads
+    that match every block alike (on SmolLM2-135M the heads that read a fact are 1 or 2 of 9 per
+    layer, in layers 18-23: docs/results.md).
+    """
     batch, q_heads, rows, head_dim = memory_queries.shape
     grouped = memory_queries.reshape(batch, store.kv_heads, q_heads // store.kv_heads, rows, head_dim)
-    probe = grouped.to(torch.float32).mean(dim=3).sum(dim=2)
-    return torch.einsum("bhd,bhnd->bn", probe, store.representatives)
+    probe = grouped.to(torch.float32).mean(dim=3)  # (B, Hkv, G, D)
+    if scoring == "sum":
+        return torch.einsum("bhd,bhnd->bn", probe.sum(dim=2), store.representatives)
+    scores = torch.einsum("bhgd,bhnd->bhgn", probe, store.representatives) * scale
+    return scores.softmax(dim=-1).sum(dim=(1, 2))
 
 
 def _attend_local_and_score(
