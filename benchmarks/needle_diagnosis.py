@@ -181,8 +181,9 @@ def summarize(records: list[dict], out: Path, console: Console) -> None:
         layers, heads = len(control[0]["mass"]), len(control[0]["mass"][0])
         mean = torch.tensor([r["mass"] for r in control]).mean(dim=0)
         watched = mean.flatten().topk(min(10, layers * heads)).indices.tolist()
+        reading_layers = sorted({index // heads for index in watched})
     else:
-        watched = []
+        watched, reading_layers = [], []
     rows = {}
     for r in records:
         rows.setdefault((r["method"], r["length"]), []).append(r)
@@ -194,7 +195,7 @@ def summarize(records: list[dict], out: Path, console: Console) -> None:
         "margin (median)",
         "mass on needle, 10 reading heads",
         "max head mass (median)",
-        "InfLLM rank (median best layer)",
+        "InfLLM: needle's block read, share of reading layers",
     ):
         table.add_column(column, justify="right")
     summary = []
@@ -212,11 +213,12 @@ def summarize(records: list[dict], out: Path, console: Console) -> None:
             flat = masses.flatten(1)
             entry["reading_heads_mass"] = float(flat[:, watched].mean()) if watched else None
             entry["max_head_mass"] = statistics.median(flat.max(dim=1).values.tolist())
-        if "ranks" in group[0]:
-            # A needle still held in the cache (not in a block) is always read: rank 0.
-            entry["best_rank"] = statistics.median(
-                min((x for x in r["ranks"] if x is not None), default=0) for r in group
-            )
+        if "ranks" in group[0] and reading_layers:
+            # A needle still held in the cache (rank None: not in a block) is always read.
+            read = [
+                r["ranks"][layer] is None or r["ranks"][layer] < r["topk"] for r in group for layer in reading_layers
+            ]
+            entry["block_read"] = sum(read) / len(read)
         summary.append(entry)
 
         def show(entry, key, fmt):
@@ -229,10 +231,11 @@ def summarize(records: list[dict], out: Path, console: Console) -> None:
             f"{entry['margin']:.2f}",
             show(entry, "reading_heads_mass", "{:.4f}"),
             show(entry, "max_head_mass", "{:.4f}"),
-            show(entry, "best_rank", "{:.0f}"),
+            show(entry, "block_read", "{:.0%}"),
         )
     console.print(table)
-    (out / "summary.json").write_text(json.dumps({"reading_heads": watched, "rows": summary}, indent=1) + "\n")
+    summary_json = {"reading_heads": watched, "reading_layers": reading_layers, "rows": summary}
+    (out / "summary.json").write_text(json.dumps(summary_json, indent=1) + "\n")
     plot(records, out)
 
 
@@ -294,7 +297,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "diagnosis.jsonl"
     records = [json.loads(line) for line in path.open()] if path.exists() else []
-    console = Console()
+    console = Console(width=160)
     if not args.summary_only:
         model, tokenizer = longreach.load_model(args.model)
         trained = trained_length(model.config)
