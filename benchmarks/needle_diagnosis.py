@@ -85,17 +85,20 @@ class NeedleProbe:
 
 
 class RetrievalWatch:
-    """Records, per layer, InfLLM's relevance of every stored block at the first one-token call."""
+    """Records, per layer, InfLLM's relevance of every stored block at the first one-token call,
+    and what other rankings would give there (:data:`ALTERNATIVE_RANKINGS`)."""
 
-    def __init__(self, layers: int):
-        self.layers = layers
+    def __init__(self, layers: int, scale: float):
+        self.layers, self.scale = layers, scale
         self.relevance: list[torch.Tensor] = []
+        self.alternatives: list[dict[str, torch.Tensor]] = []
         self.select = memory_attention.select_blocks
 
     def __enter__(self) -> RetrievalWatch:
         def watched(memory_queries, store, topk, *ranking):
             if memory_queries.shape[2] == 1 and len(self.relevance) < self.layers:
                 self.relevance.append(memory_attention.block_relevance(memory_queries, store, *ranking)[0].cpu())
+                self.alternatives.append(alternative_rankings(memory_queries, store, self.scale))
             return self.select(memory_queries, store, topk, *ranking)
 
         memory_attention.select_blocks = watched
@@ -103,6 +106,32 @@ class RetrievalWatch:
 
     def __exit__(self, *exc) -> None:
         memory_attention.select_blocks = self.select
+
+
+def alternative_rankings(memory_queries, store, scale: float) -> dict[str, torch.Tensor]:
+    """Block relevance (blocks,) of row 0 under other rankings, for the same queries: the
+    representative's match summed or as a softmax per head, and the best match of any key of the
+    block (what exact attention would find) and Quest's upper bound of it from the block's
+    per-channel key minimum and maximum, each summed or as a softmax per head."""
+    batch, q_heads, _, head_dim = memory_queries.shape
+    kv_heads, count, size = store.kv_heads, store.count, store.block_size
+    keys, _ = store.gather(torch.arange(count)[None, None].expand(batch, kv_heads, count))
+    query = memory_queries.float().mean(dim=2).reshape(batch, kv_heads, q_heads // kv_heads, head_dim)
+    keys = keys.float()
+    best = torch.einsum("bhgd,bhnd->bhgn", query, keys).reshape(batch, kv_heads, -1, count, size).amax(-1)
+    # Quest's bound on the best match from each block's per-channel key minimum and maximum.
+    blocks = keys.reshape(batch, kv_heads, count, size, head_dim)
+    low, high = blocks.amin(dim=3), blocks.amax(dim=3)  # (B, Hkv, N, D)
+    q = query[:, :, :, None, :]  # (B, Hkv, G, 1, D)
+    bound = torch.maximum(q * low[:, :, None], q * high[:, :, None]).sum(-1)  # (B, Hkv, G, N)
+    return {
+        "representative-sum": memory_attention.block_relevance(memory_queries, store, "sum")[0].cpu(),
+        "representative-softmax": memory_attention.block_relevance(memory_queries, store, "softmax", scale)[0].cpu(),
+        "best-key-sum": best.sum(dim=(1, 2))[0].cpu(),
+        "best-key-softmax": (best * scale).softmax(dim=-1).sum(dim=(1, 2))[0].cpu(),
+        "key-bound-sum": bound.sum(dim=(1, 2))[0].cpu(),
+        "key-bound-softmax": (bound * scale).softmax(dim=-1).sum(dim=(1, 2))[0].cpu(),
+    }
 
 
 def find(ids: list[int], piece: list[int]) -> int:
@@ -120,13 +149,14 @@ def diagnose(model, tokenizer, method, ids: list[int], fact, new_tokens: int) ->
     tensor = torch.tensor([ids])
     memory = method is not None and method.attention == "memory"
     expected = tokenizer(" " + fact.value, add_special_tokens=False).input_ids
+    config = model.config
+    scale = (getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads) ** -0.5
+    watch = (
+        RetrievalWatch(config.num_hidden_layers, scale) if memory else NeedleProbe(model, (start, start + len(needle)))
+    )
     with torch.no_grad():
         cache = longreach.prefill(model, tensor)
-        with (
-            NeedleProbe(model, (start, start + len(needle)))
-            if not memory
-            else RetrievalWatch(model.config.num_hidden_layers) as watch
-        ):
+        with watch:
             out = model.generate(
                 tensor,
                 attention_mask=torch.ones_like(tensor),
@@ -159,11 +189,15 @@ def diagnose(model, tokenizer, method, ids: list[int], fact, new_tokens: int) ->
     }
     if memory:
         blocks = sorted({(p - method.n_init) // method.block_size for p in range(start, start + len(needle))})
-        ranks = []
-        for relevance in watch.relevance:
+
+        def rank(relevance):
             order = relevance.argsort(descending=True)
             stored = [b for b in blocks if b < relevance.numel()]
-            ranks.append(min(int((order == b).nonzero()) for b in stored) if stored else None)
+            return min(int((order == b).nonzero()) for b in stored) if stored else None
+
+        ranks = [rank(relevance) for relevance in watch.relevance]
+        names = watch.alternatives[0].keys() if watch.alternatives else ()
+        record["ranks_by"] = {name: [rank(layer[name]) for layer in watch.alternatives] for name in names}
         record.update(
             needle_blocks=blocks,
             blocks=int(watch.relevance[0].numel()) if watch.relevance else 0,
@@ -234,6 +268,27 @@ def summarize(records: list[dict], out: Path, console: Console) -> None:
             show(entry, "block_read", "{:.0%}"),
         )
     console.print(table)
+    alternatives = Table(title="InfLLM: share of reading layers whose top-k would hold the needle's block, by ranking")
+    alternatives.add_column("method")
+    alternatives.add_column("length", justify="right")
+    names = sorted({name for r in records for name in r.get("ranks_by", {})})
+    for name in names:
+        alternatives.add_column(name, justify="right")
+    for (method, length), group in sorted(rows.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        group = [r for r in group if "ranks_by" in r]
+        if not group or not reading_layers:
+            continue
+        shares = []
+        for name in names:
+            read = [
+                r["ranks_by"][name][layer] is None or r["ranks_by"][name][layer] < r["topk"]
+                for r in group
+                for layer in reading_layers
+            ]
+            shares.append(f"{sum(read) / len(read):.0%} ({len(group)})")
+        alternatives.add_row(method, str(length), *shares)
+    if names:
+        console.print(alternatives)
     summary_json = {"reading_heads": watched, "reading_layers": reading_layers, "rows": summary}
     (out / "summary.json").write_text(json.dumps(summary_json, indent=1) + "\n")
     plot(records, out)
@@ -250,7 +305,7 @@ def plot(records: list[dict], out: Path) -> None:
             axes.plot(per_layer.tolist(), marker="o", markersize=3, label=f"{method} at {length}")
     axes.set(
         xlabel="layer",
-        ylabel="attention mass on the needle (best head, mean over samples)",
+        ylabel="mass on the needle (best head, mean)",
         yscale="log",
         title="What the answer's position puts on the needle",
     )
