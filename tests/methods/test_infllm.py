@@ -2,6 +2,7 @@
 prefill, padding, and errors."""
 
 import platform
+from dataclasses import replace
 
 import pytest
 import torch
@@ -196,11 +197,18 @@ def general_path_for_one_query(call, query, key, value, key_positions, position)
     )
 
 
-@pytest.mark.parametrize(("pad", "sliding_window"), [(0, None), (5, None), (0, 9)])
-def test_decoding_one_query_equals_the_general_path_when_retrieval_picks_blocks(pad, sliding_window, monkeypatch):
+@pytest.mark.parametrize(
+    ("pad", "sliding_window", "scoring"),
+    [(0, None, "representative"), (5, None, "representative"), (0, 9, "representative"), (5, None, "best-key")],
+)
+def test_decoding_one_query_equals_the_general_path_when_retrieval_picks_blocks(
+    pad, sliding_window, scoring, monkeypatch
+):
     """Decoding takes its own path (slices of the cache, one softmax); the tiled general path must
     give the same outputs and scores (a sliding window of 9 clips the first 11 queries' window)."""
-    method = longreach.InfLLM(n_init=3, n_local=8, block_size=4, topk=2, repr_topk=2, exec_block=4, max_cached_blocks=4)
+    method = longreach.InfLLM(
+        n_init=3, n_local=8, block_size=4, topk=2, repr_topk=2, exec_block=4, max_cached_blocks=4, block_scoring=scoring
+    )
     case = dict(
         batch=2,
         kv_heads=2,
@@ -262,9 +270,10 @@ def decode(model, ids, cache, steps):
     return torch.stack(out, dim=1)
 
 
-def test_chunked_prefill_and_decoding_equal_one_shot_prefill_and_decoding():
+@pytest.mark.parametrize("scoring", ["representative", "best-key"])
+def test_chunked_prefill_and_decoding_equal_one_shot_prefill_and_decoding(scoring):
     model = tiny_model("llama", max_position_embeddings=TRAINED)
-    longreach.extend(model, ACTIVE)
+    longreach.extend(model, replace(ACTIVE, block_scoring=scoring))
     ids = torch.randint(3, 128, (2, 61))
     runs = []
     for chunks in ([(0, 60)], [(0, 8), (8, 12), (12, 36), (36, 60)]):
@@ -454,34 +463,40 @@ def test_cli_specs_take_text_settings():
         parse_method("infllm:n_local=lots")
 
 
-def test_softmax_block_scoring_follows_the_heads_that_single_out_a_block():
-    """Summed, one head's large scores outvote two heads that single out a block; as a softmax
-    per head, every head has one vote and the two decide."""
-    kv_heads, dim, n_blocks = 2, 8, 6
+def test_best_key_scoring_finds_the_block_whose_representative_hides_its_needle():
+    """A block's representative (the mean of its most-attended keys) can say nothing of the one
+    key a query matches; ranking by the best key of each block finds it."""
+    torch.manual_seed(0)
+    kv_heads, group, dim, size, n_blocks = 2, 2, 8, 4, 70  # more than one storage segment
     store = BlockStore(
         rows=1,
         kv_heads=kv_heads,
-        block_size=4,
+        block_size=size,
         head_dim=dim,
         dtype=torch.float32,
         device=torch.device("cpu"),
         storage="ram",
         max_cached_blocks=4,
     )
-    loud, needle = torch.zeros(dim), torch.zeros(dim)
-    loud[0], needle[1] = 1.0, 1.0
+    needle = torch.randn(dim)
+    planted = 66
     for block in range(n_blocks):
-        representative = torch.zeros(1, kv_heads, dim)
-        representative[0, 0] = loud * 30.0 * block  # KV head 0's loud query prefers later blocks, by far
-        representative[0, 1] = needle * (20.0 if block == 2 else 0.0)  # KV head 1's queries see block 2
-        keys = representative[:, :, None].expand(1, kv_heads, 4, dim).clone()
+        keys = 0.3 * torch.randn(1, kv_heads, size, dim)
+        representative = keys.mean(dim=2) + 0.5 * needle * (block % 5 == 0)  # decoys look alike
+        if block == planted:
+            keys[0, :, 1] = 3 * needle  # one key; the representative keeps the others' mean
+            representative = keys[:, :, [0, 2, 3]].mean(dim=2)
         store.add(keys, torch.randn_like(keys), representative)
-    queries = torch.stack([loud, torch.zeros(dim), needle, needle])[None, :, None, :]  # (1, Hq, 1, dim)
-    assert select_blocks(queries, store, topk=1)[0, 0].tolist() == [n_blocks - 1]
-    assert select_blocks(queries, store, topk=1, scoring="softmax")[0, 0].tolist() == [2]
+    queries = needle.expand(1, kv_heads * group, 3, dim) + 0.05 * torch.randn(1, kv_heads * group, 3, dim)
+    assert select_blocks(queries, store, topk=1)[0, 0].tolist() != [planted]
+    chosen = select_blocks(queries, store, topk=1, scoring="best-key", scale=dim**-0.5)
+    assert chosen[0].tolist() == [[planted], [planted]]
+    best = store.best_key_scores(queries.mean(dim=2).reshape(1, kv_heads, group, dim))
+    assert best.shape == (1, kv_heads, group, n_blocks)
+    torch.testing.assert_close(best[0, 0, 0, planted], (queries[0, 0].mean(dim=0) @ (3 * needle)))
 
 
 def test_block_scoring_must_be_known():
-    with pytest.raises(ValueError, match="block_scoring must be one of sum, softmax, got 'max'"):
+    with pytest.raises(ValueError, match="block_scoring must be one of representative, best-key, got 'max'"):
         longreach.InfLLM(block_scoring="max")
-    assert parse_method("infllm:block_scoring=softmax").block_scoring == "softmax"
+    assert parse_method("infllm:block_scoring=best-key").block_scoring == "best-key"

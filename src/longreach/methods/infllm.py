@@ -5,7 +5,7 @@ import torch
 from longreach.methods.base import Method, Part, check_fits, check_int, method_config
 
 STORAGES = ("auto", "ram", "mmap")
-BLOCK_SCORINGS = ("sum", "softmax")
+BLOCK_SCORINGS = ("representative", "best-key")
 
 
 @method_config
@@ -19,9 +19,8 @@ class InfLLM(Method):
     token is seen at the same distance (as in the reference). A block's representative is the
     mean of its ``repr_topk`` keys that received the most attention while in the window; blocks
     are ranked once per layer, summing every head's match, and shared by all heads (as in the
-    reference); ``block_scoring="softmax"`` sums each head's softmax over the blocks instead
-    (the attention each head would give a block), so that the few heads that single out a
-    fact are not outvoted.
+    reference); ``block_scoring="best-key"`` ranks a block by the best match of any of its keys
+    instead (see :func:`~longreach.engine.memory.attend.block_relevance`).
 
     Until the input is longer than ``n_init + n_local`` (within the trained length) every token
     is local: short inputs are read exactly as by the model itself.
@@ -46,7 +45,7 @@ class InfLLM(Method):
     repr_topk: int = 4
     exec_block: int = 512
     max_cached_blocks: int = 32
-    block_scoring: str = "sum"
+    block_scoring: str = "representative"
     storage: str = "auto"
     storage_dir: str | None = None
     cli_names = ("infllm",)

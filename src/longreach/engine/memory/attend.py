@@ -245,7 +245,7 @@ def _attend_blocks(call: _LayerCall, queries, positions, out, lse, memo):
 
 
 def select_blocks(
-    memory_queries: torch.Tensor, store: BlockStore, topk: int, scoring: str = "sum", scale: float = 1.0
+    memory_queries: torch.Tensor, store: BlockStore, topk: int, scoring: str = "representative", scale: float = 1.0
 ) -> torch.Tensor:
     """The ``topk`` blocks (rows, kv_heads, k), ascending, that best match the mean of
     ``memory_queries`` (B, Hq, T, D), rotated to the memory position, by :func:`block_relevance`;
@@ -263,25 +263,26 @@ def select_blocks(
 
 
 def block_relevance(
-    memory_queries: torch.Tensor, store: BlockStore, scoring: str = "sum", scale: float = 1.0
+    memory_queries: torch.Tensor, store: BlockStore, scoring: str = "representative", scale: float = 1.0
 ) -> torch.Tensor:
     """(B, blocks) float32: how well each stored block matches ``memory_queries`` (B, Hq, T, D),
     the ranking :func:`select_blocks` takes its top ``topk`` from.
 
-    ``"sum"`` (the reference): each head's mean query against the block's representative for its
-    KV head, summed over heads. ``"softmax"``: each head's scores (times ``scale``, the attention's)
-    as a softmax over the blocks, summed over heads: the attention each head would give the block,
-    so that the one or two heads of a layer that single out a needle are not outvoted by heads
-    that match every block alike (on SmolLM2-135M the heads that read a fact are 1 or 2 of 9 per
-    layer, in layers 18-23: docs/results.md).
+    ``"representative"`` (the reference): each head's mean query against the block's
+    representative for its KV head, summed over heads. ``"best-key"``: each head's mean query
+    against every key of the block, the best of them, then per head a softmax over the blocks
+    (times ``scale``, the attention's), summed over heads: the block holding the one key a head
+    would attend to most, even where the block's most-attended keys (its representative) say
+    nothing of it. It reads every stored key once per execution block (a dot product per key:
+    ~2% of a 32k-token prefill on CPU), the whole file with ``storage="mmap"``.
     """
     batch, q_heads, rows, head_dim = memory_queries.shape
     grouped = memory_queries.reshape(batch, store.kv_heads, q_heads // store.kv_heads, rows, head_dim)
     probe = grouped.to(torch.float32).mean(dim=3)  # (B, Hkv, G, D)
-    if scoring == "sum":
+    if scoring == "representative":
         return torch.einsum("bhd,bhnd->bn", probe.sum(dim=2), store.representatives)
-    scores = torch.einsum("bhgd,bhnd->bhgn", probe, store.representatives) * scale
-    return scores.softmax(dim=-1).sum(dim=(1, 2))
+    best = store.best_key_scores(probe) * scale  # (B, Hkv, G, blocks)
+    return best.softmax(dim=-1).sum(dim=(1, 2))
 
 
 def _attend_local_and_score(

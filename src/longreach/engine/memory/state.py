@@ -20,7 +20,7 @@ class MemorySettings(Protocol):
     n_local: int  # the local window; memory tokens are seen at distance n_local - 1
     block_size: int
     topk: int  # blocks retrieved per execution block
-    block_scoring: str  # how blocks are ranked: "sum" or "softmax" (see block_relevance)
+    block_scoring: str  # how blocks are ranked: "representative" or "best-key" (see block_relevance)
     repr_topk: int  # most-attended keys averaged into a block's representative
     exec_block: int  # queries per execution block
     max_cached_blocks: int

@@ -123,6 +123,20 @@ class BlockStore:
         shape = (rows, heads, k * self.block_size, self.head_dim)
         return keys.reshape(shape), values.reshape(shape)
 
+    def best_key_scores(self, probe: torch.Tensor) -> torch.Tensor:
+        """(rows, kv_heads, G, count) float32: per block, the best dot product of any of its keys
+        with ``probe`` (rows, kv_heads, G, head_dim). Reads every stored key, segment by segment."""
+        scores = []
+        for segment, (keys, _) in enumerate(self._segments):
+            filled = min(SEGMENT_BLOCKS, self.count - segment * SEGMENT_BLOCKS)
+            if filled <= 0:
+                break
+            block_keys = keys[:, :, :filled].to(self.device)  # (rows, kv_heads, blocks, block_size, D)
+            products = torch.einsum("bhgd,bhnsd->bhgns", probe.to(block_keys.dtype), block_keys)
+            scores.append(products.amax(dim=-1).to(torch.float32))
+            self._release(segment)
+        return torch.cat(scores, dim=-1)
+
     def _read_shared(self, block_ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Blocks that every KV head of a row reads (retrieval ranks once per layer): each block is
         a slice of its segment, so one copy joins a row's blocks."""
