@@ -1,16 +1,17 @@
-"""Why a needle told in natural text is lost: what the answer's position sees of it, per method.
+"""Why a needle told in natural text is lost: what the answer sees of it, per method.
 
     .venv/bin/python benchmarks/needle_diagnosis.py --length 16k --method rerope:auto \
-        --method self-extend:auto --method infllm:auto --text ../shared/data/texts/*.txt
+        --method self-extend:auto --method infllm:auto $(for f in ../shared/data/texts/*.txt; do echo --text $f; done)
 
 Builds the prompts of ``longreach compare --tasks niah-natural`` (same texts, depths, seed and
 samples: the same facts at the same places) and, for each method, reads each prompt and answers
-it greedily, recording at the position that starts the answer (the prompt's last token):
+it greedily, recording at the step that chooses the answer's first digit (the answer " 746011"
+is a lone space, then digits: the step after the prompt's last token, when the space came first):
 
 - the attention mass every head of every layer puts on the needle's tokens (the fact's sentence),
   taken from the model's own attention call with values that mark the needle (1 on its tokens,
   0 elsewhere), so the mass is exactly what that method's attention gives it;
-- the logit margin of the answer's first token (its logit minus the best other token's);
+- the logit margin of that digit (its logit minus the best other token's);
 - for InfLLM, the rank of the needle's block among all stored blocks in each layer's retrieval
   (0 = best; the top ``topk`` are read), watching ``select_blocks`` without changing it.
 
@@ -55,16 +56,22 @@ from longreach.models.config import trained_length  # noqa: E402
 CONTROL = "vanilla"
 
 
+#: Answer steps watched: the answer's first digit comes at step 0 or 1 (after a lone space).
+STEPS = 3
+
+
 class NeedleProbe:
-    """Wraps the model's attention function: at the first one-token call of each layer (the
-    answer's position, read after the prefill), attends once more with values marking
-    ``span`` and keeps the result, the mass each query head puts on those keys."""
+    """Wraps the model's attention function while the answer is generated: at the calls of the
+    first :data:`STEPS` steps (step 0 reads the rest of the prompt, the prefill having read whole
+    chunks, and predicts from its last row), attends once more with values marking ``span`` and
+    keeps the last query row's result, the mass each query head puts on those keys:
+    ``steps[step][layer]``."""
 
     def __init__(self, model, span: tuple[int, int]):
         self.implementation = model.config._attn_implementation
         self.original = ALL_ATTENTION_FUNCTIONS[self.implementation]
         self.span = span
-        self.mass: dict[int, list[float]] = {}
+        self.steps: list[dict[int, list[float]]] = []
 
     def __enter__(self) -> NeedleProbe:
         ALL_ATTENTION_FUNCTIONS[self.implementation] = self
@@ -75,30 +82,35 @@ class NeedleProbe:
 
     def __call__(self, module, query, key, value, attention_mask, **kwargs):
         output = self.original(module, query, key, value, attention_mask, **kwargs)
-        if query.shape[2] == 1 and module.layer_idx not in self.mass:
+        if not self.steps or module.layer_idx in self.steps[-1]:
+            self.steps.append({})
+        if len(self.steps) <= STEPS:
             # Non-evicting caches hold every token at its index: key j is the token at position j.
             marks = torch.zeros_like(value)
             marks[:, :, self.span[0] : self.span[1], 0] = 1
             mass = self.original(module, query, key, marks, attention_mask, **kwargs)[0]  # (B, Nq, Hq, D)
-            self.mass[module.layer_idx] = mass[0, 0, :, 0].float().tolist()
+            self.steps[-1][module.layer_idx] = mass[0, -1, :, 0].float().tolist()
         return output
 
 
 class RetrievalWatch:
-    """Records, per layer, InfLLM's relevance of every stored block at the first one-token call,
-    and what other rankings would give there (:data:`ALTERNATIVE_RANKINGS`)."""
+    """Records InfLLM's relevance of every stored block at each layer's retrieval in the first
+    :data:`STEPS` answer steps (step 0: the execution block that holds the prompt's end, ranked
+    by its mean query, as InfLLM does), and what other rankings would give there
+    (:func:`alternative_rankings`): ``steps[step][layer]`` = (relevance, alternatives)."""
 
     def __init__(self, layers: int, scale: float):
         self.layers, self.scale = layers, scale
-        self.relevance: list[torch.Tensor] = []
-        self.alternatives: list[dict[str, torch.Tensor]] = []
+        self.steps: list[list[tuple[torch.Tensor, dict[str, torch.Tensor]]]] = []
         self.select = memory_attention.select_blocks
 
     def __enter__(self) -> RetrievalWatch:
         def watched(memory_queries, store, topk, *ranking):
-            if memory_queries.shape[2] == 1 and len(self.relevance) < self.layers:
-                self.relevance.append(memory_attention.block_relevance(memory_queries, store, *ranking)[0].cpu())
-                self.alternatives.append(alternative_rankings(memory_queries, store, self.scale))
+            if not self.steps or len(self.steps[-1]) == self.layers:
+                self.steps.append([])
+            if len(self.steps) <= STEPS:
+                relevance = memory_attention.block_relevance(memory_queries, store, *ranking)[0].cpu()
+                self.steps[-1].append((relevance, alternative_rankings(memory_queries, store, self.scale)))
             return self.select(memory_queries, store, topk, *ranking)
 
         memory_attention.select_blocks = watched
@@ -124,9 +136,10 @@ def alternative_rankings(memory_queries, store, scale: float) -> dict[str, torch
     low, high = blocks.amin(dim=3), blocks.amax(dim=3)  # (B, Hkv, N, D)
     q = query[:, :, :, None, :]  # (B, Hkv, G, 1, D)
     bound = torch.maximum(q * low[:, :, None], q * high[:, :, None]).sum(-1)  # (B, Hkv, G, N)
+    representative = torch.einsum("bhgd,bhnd->bhgn", query, store.representatives)
     return {
-        "representative-sum": memory_attention.block_relevance(memory_queries, store, "sum")[0].cpu(),
-        "representative-softmax": memory_attention.block_relevance(memory_queries, store, "softmax", scale)[0].cpu(),
+        "representative-sum": representative.sum(dim=(1, 2))[0].cpu(),
+        "representative-softmax": (representative * scale).softmax(dim=-1).sum(dim=(1, 2))[0].cpu(),
         "best-key-sum": best.sum(dim=(1, 2))[0].cpu(),
         "best-key-softmax": (best * scale).softmax(dim=-1).sum(dim=(1, 2))[0].cpu(),
         "key-bound-sum": bound.sum(dim=(1, 2))[0].cpu(),
@@ -195,17 +208,23 @@ def diagnose(model, tokenizer, method, ids: list[int], fact, new_tokens: int) ->
             stored = [b for b in blocks if b < relevance.numel()]
             return min(int((order == b).nonzero()) for b in stored) if stored else None
 
-        ranks = [rank(relevance) for relevance in watch.relevance]
-        names = watch.alternatives[0].keys() if watch.alternatives else ()
-        record["ranks_by"] = {name: [rank(layer[name]) for layer in watch.alternatives] for name in names}
+        def ranks_at(step):
+            layers = watch.steps[step] if step < len(watch.steps) else []
+            names = layers[0][1].keys() if layers else ()
+            return [rank(relevance) for relevance, _ in layers], {
+                name: [rank(alternatives[name]) for _, alternatives in layers] for name in names
+            }
+
+        # Where the answer's first digit is chosen.
+        record["ranks"], record["ranks_by"] = ranks_at(step)
         record.update(
             needle_blocks=blocks,
-            blocks=int(watch.relevance[0].numel()) if watch.relevance else 0,
-            ranks=ranks,
+            blocks=int(watch.steps[step][0][0].numel()) if step < len(watch.steps) and watch.steps[step] else 0,
             topk=method.topk,
         )
     else:
-        record["mass"] = [watch.mass[layer] for layer in sorted(watch.mass)]
+        digit = watch.steps[step]  # where the answer's first digit is chosen
+        record["mass"] = [digit[layer] for layer in sorted(digit)]
     return record
 
 
@@ -221,7 +240,7 @@ def summarize(records: list[dict], out: Path, console: Console) -> None:
     rows = {}
     for r in records:
         rows.setdefault((r["method"], r["length"]), []).append(r)
-    table = Table(title="What the answer's position sees of the needle (niah-natural)")
+    table = Table(title="What the answer's first digit sees of the needle (niah-natural)")
     for column in (
         "method",
         "length",
@@ -307,7 +326,7 @@ def plot(records: list[dict], out: Path) -> None:
         xlabel="layer",
         ylabel="mass on the needle (best head, mean)",
         yscale="log",
-        title="What the answer's position puts on the needle",
+        title="What the answer's first digit puts on the needle",
     )
     axes.legend(fontsize=8)
     figure.tight_layout()
