@@ -329,9 +329,12 @@ def test_natural_needles_take_several_texts_in_turn(book, tmp_path, smollm_token
     other = tmp_path / "other.txt"
     other.write_text("The lighthouse keeper counted the gulls on the rocks every morning. " * 200)
     task = NaturalNeedleTask(depths=(0.3, 0.7), texts=(book, other))
-    samples = task.samples(smollm_tokenizer, 600, 2, seed=0)
-    assert [s.haystack for s in samples] == ["book.txt", "other.txt", "book.txt", "other.txt"]
+    samples = task.samples(smollm_tokenizer, 600, 2, seed=0)  # depth 0.3 twice, then 0.7 twice
+    assert [s.haystack for s in samples] == ["book.txt", "book.txt", "other.txt", "other.txt"]
+    # A sample keeps its text (and prompt) when more samples are asked.
+    one = task.samples(smollm_tokenizer, 600, 1, seed=0)
+    assert [s.prompt_ids for s in one] == [samples[0].prompt_ids, samples[2].prompt_ids]
     texts = [smollm_tokenizer.decode(s.prompt_ids) for s in samples]
     in_book = ["Winston slipped quickly" in text for text in texts]
     in_other = ["lighthouse keeper" in text for text in texts]
-    assert in_book == [True, False, True, False] and in_other == [False, True, False, True]
+    assert in_book == [True, True, False, False] and in_other == [False, False, True, True]

@@ -7,7 +7,8 @@ nowhere else. Here the haystack is running prose (the files given, by default th
 ships), the needle is a sentence a novel could hold (a name, an object, a six-digit number), and
 sample ``i`` at the ``d``-th depth uses wording ``(d + i) % len(WORDINGS)``: five depths with one
 sample each, or one depth with five samples, ask every wording once. With several texts, each
-prompt's haystack is one of them, in turn (the ``n``-th prompt of a cell reads text ``n % len(texts)``),
+prompt's haystack is one of them, in turn (sample ``i`` at the ``d``-th of ``D`` depths reads text
+``(i * D + d) % len(texts)``),
 so that a cell samples several books rather than the opening of the first. The number is the answer; the
 question repeats the needle's words, not its number. (Inside the embedded model's trained length,
 wordings about a safe's combination and a debt in pounds were answered with the question's own
@@ -140,7 +141,9 @@ class NaturalNeedleTask:
                 rng = random.Random(f"{self.name}:{seed}:{length}:{depth}:{index}")
                 wording = WORDINGS[(position + index) % len(WORDINGS)]
                 name, value = rng.choice(NAMES), str(rng.randint(100_000, 999_999))
-                text = self.texts[(position * count + index) % len(self.texts)]
+                # Sample i at the d-th depth reads text (i * depths + d): the first sample of each depth keeps
+                # its text when more samples are asked.
+                text = self.texts[(index * len(self.depths) + position) % len(self.texts)]
                 facts.append((depth, index, Fact(wording, name, value, Path(text))))
         return facts
 
