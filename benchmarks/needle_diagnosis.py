@@ -347,6 +347,7 @@ def plot(records: list[dict], out: Path) -> None:
             yscale="symlog",
             title="Where InfLLM's retrieval ranks the needle's block",
         )
+        axes.set_ylim(bottom=0)
         axes.legend(fontsize=8)
         figure.tight_layout()
         figure.savefig(out / "infllm-rank.png", dpi=120)
