@@ -116,19 +116,24 @@ def test_memory_attention_with_every_block_retrieved_matches_the_formulas(case):
     assert state.blocks_end == method.n_init + blocks * method.block_size
 
 
-def test_retrieval_finds_the_block_that_holds_a_planted_key():
-    torch.manual_seed(0)
-    kv_heads, group, dim, size, n_blocks = 2, 2, 16, 4, 12
-    store = BlockStore(
+def ram_store(kv_heads: int, block_size: int, head_dim: int) -> BlockStore:
+    """An empty one-row float32 store in RAM, for tests that fill it by hand."""
+    return BlockStore(
         rows=1,
         kv_heads=kv_heads,
-        block_size=size,
-        head_dim=dim,
+        block_size=block_size,
+        head_dim=head_dim,
         dtype=torch.float32,
         device=torch.device("cpu"),
         storage="ram",
         max_cached_blocks=4,
     )
+
+
+def test_retrieval_finds_the_block_that_holds_a_planted_key():
+    torch.manual_seed(0)
+    kv_heads, group, dim, size, n_blocks = 2, 2, 16, 4, 12
+    store = ram_store(kv_heads, size, dim)
     needle = torch.randn(kv_heads, dim)
     planted = 7  # the block holding the needle; only KV head 1 sees it clearly
     for block in range(n_blocks):
@@ -468,16 +473,7 @@ def test_best_key_scoring_finds_the_block_whose_representative_hides_its_needle(
     key a query matches; ranking by the best key of each block finds it."""
     torch.manual_seed(0)
     kv_heads, group, dim, size, n_blocks = 2, 2, 8, 4, 70  # more than one storage segment
-    store = BlockStore(
-        rows=1,
-        kv_heads=kv_heads,
-        block_size=size,
-        head_dim=dim,
-        dtype=torch.float32,
-        device=torch.device("cpu"),
-        storage="ram",
-        max_cached_blocks=4,
-    )
+    store = ram_store(kv_heads, size, dim)
     needle = torch.randn(dim)
     planted = 66
     for block in range(n_blocks):
