@@ -130,7 +130,7 @@ def alternative_rankings(memory_queries, store, scale: float) -> dict[str, torch
     keys, _ = store.gather(torch.arange(count)[None, None].expand(batch, kv_heads, count))
     query = memory_queries.float().mean(dim=2).reshape(batch, kv_heads, q_heads // kv_heads, head_dim)
     keys = keys.float()
-    best = torch.einsum("bhgd,bhnd->bhgn", query, keys).reshape(batch, kv_heads, -1, count, size).amax(-1)
+    best = store.best_key_scores(query)  # (B, Hkv, G, N): what block_scoring="best-key" ranks by
     # Quest's bound on the best match from each block's per-channel key minimum and maximum.
     blocks = keys.reshape(batch, kv_heads, count, size, head_dim)
     low, high = blocks.amin(dim=3), blocks.amax(dim=3)  # (B, Hkv, N, D)
@@ -237,9 +237,7 @@ def summarize(records: list[dict], out: Path, console: Console) -> None:
         reading_layers = sorted({index // heads for index in watched})
     else:
         watched, reading_layers = [], []
-    rows = {}
-    for r in records:
-        rows.setdefault((r["method"], r["length"]), []).append(r)
+    rows = runs(records)
     table = Table(title="What the answer's first digit sees of the needle (niah-natural)")
     for column in (
         "method",
@@ -252,7 +250,7 @@ def summarize(records: list[dict], out: Path, console: Console) -> None:
     ):
         table.add_column(column, justify="right")
     summary = []
-    for (method, length), group in sorted(rows.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+    for (method, length), group in rows:
         entry = {
             "method": method,
             "length": length,
@@ -267,16 +265,8 @@ def summarize(records: list[dict], out: Path, console: Console) -> None:
             entry["reading_heads_mass"] = float(flat[:, watched].mean()) if watched else None
             entry["max_head_mass"] = statistics.median(flat.max(dim=1).values.tolist())
         if "ranks" in group[0] and reading_layers:
-            # A needle still held in the cache (rank None: not in a block) is always read.
-            read = [
-                r["ranks"][layer] is None or r["ranks"][layer] < r["topk"] for r in group for layer in reading_layers
-            ]
-            entry["block_read"] = sum(read) / len(read)
+            entry["block_read"] = share_read([r["ranks"] for r in group], group[0]["topk"], reading_layers)
         summary.append(entry)
-
-        def show(entry, key, fmt):
-            return fmt.format(entry[key]) if entry.get(key) is not None else "-"
-
         table.add_row(
             method,
             str(length),
@@ -293,32 +283,41 @@ def summarize(records: list[dict], out: Path, console: Console) -> None:
     names = sorted({name for r in records for name in r.get("ranks_by", {})})
     for name in names:
         alternatives.add_column(name, justify="right")
-    for (method, length), group in sorted(rows.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+    for (method, length), group in rows:
         group = [r for r in group if "ranks_by" in r]
         if not group or not reading_layers:
             continue
-        shares = []
-        for name in names:
-            read = [
-                r["ranks_by"][name][layer] is None or r["ranks_by"][name][layer] < r["topk"]
-                for r in group
-                for layer in reading_layers
-            ]
-            shares.append(f"{sum(read) / len(read):.0%} ({len(group)})")
-        alternatives.add_row(method, str(length), *shares)
+        shares = [share_read([r["ranks_by"][name] for r in group], group[0]["topk"], reading_layers) for name in names]
+        alternatives.add_row(method, str(length), *(f"{share:.0%} ({len(group)})" for share in shares))
     if names:
         console.print(alternatives)
     summary_json = {"reading_heads": watched, "reading_layers": reading_layers, "rows": summary}
     (out / "summary.json").write_text(json.dumps(summary_json, indent=1) + "\n")
-    plot(records, out)
+    plot(rows, out)
 
 
-def plot(records: list[dict], out: Path) -> None:
-    rows = {}
+def runs(records: list[dict]) -> list[tuple[tuple[str, int], list[dict]]]:
+    """The records grouped by (method, length), shortest length first."""
+    rows: dict[tuple[str, int], list[dict]] = {}
     for r in records:
         rows.setdefault((r["method"], r["length"]), []).append(r)
+    return sorted(rows.items(), key=lambda kv: (kv[0][1], kv[0][0]))
+
+
+def share_read(ranks: list[list[int | None]], topk: int, layers: list[int]) -> float:
+    """The share of (sample, layer) retrievals whose top ``topk`` hold the needle's block; a needle
+    still held in the cache (rank None: not in a block) is always read."""
+    read = [r[layer] is None or r[layer] < topk for r in ranks for layer in layers]
+    return sum(read) / len(read)
+
+
+def show(entry: dict, key: str, fmt: str) -> str:
+    return fmt.format(entry[key]) if entry.get(key) is not None else "-"
+
+
+def plot(rows: list[tuple[tuple[str, int], list[dict]]], out: Path) -> None:
     figure, axes = plt.subplots(figsize=(8, 4.5))
-    for (method, length), group in sorted(rows.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+    for (method, length), group in rows:
         if "mass" in group[0]:
             per_layer = torch.tensor([r["mass"] for r in group]).amax(dim=2).mean(dim=0)
             axes.plot(per_layer.tolist(), marker="o", markersize=3, label=f"{method} at {length}")
@@ -332,7 +331,7 @@ def plot(records: list[dict], out: Path) -> None:
     figure.tight_layout()
     figure.savefig(out / "needle-mass.png", dpi=120)
     plt.close(figure)
-    memory = [(key, group) for key, group in rows.items() if "ranks" in group[0]]
+    memory = [(key, group) for key, group in rows if "ranks" in group[0]]
     if memory:
         figure, axes = plt.subplots(figsize=(8, 4.5))
         for (method, length), group in memory:

@@ -8,11 +8,11 @@ ships), the needle is a sentence a novel could hold (a name, an object, a six-di
 sample ``i`` at the ``d``-th depth uses wording ``(d + i) % len(WORDINGS)``: five depths with one
 sample each, or one depth with five samples, ask every wording once. With several texts, each
 prompt's haystack is one of them, in turn (sample ``i`` at the ``d``-th of ``D`` depths reads text
-``(i * D + d) % len(texts)``),
-so that a cell samples several books rather than the opening of the first. The number is the answer; the
-question repeats the needle's words, not its number. (Inside the embedded model's trained length,
-wordings about a safe's combination and a debt in pounds were answered with the question's own
-words; these five were kept because the model answers them there.)
+``(i * D + d) % len(texts)``), so that a cell samples several books rather than the opening of the
+first. The number is the answer; the question repeats the needle's words, not its number.
+(Inside the embedded model's trained length, wordings about a safe's combination and a debt in
+pounds were answered with the question's own words; these five were kept because the model
+answers them there.)
 """
 
 from __future__ import annotations
