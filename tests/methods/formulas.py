@@ -73,7 +73,10 @@ def pair_positions(method, i: torch.Tensor, j: torch.Tensor):
         q = torch.where(full, torch.full_like(i, n_sink + window - 1), i)
         return q.double(), k.double(), ~full | sink | recent
     if isinstance(method, longreach.InfLLM):
-        # Every block retrieved: memory is everything outside the window, at one distance.
+        # Every block retrieved: memory is everything outside the window, at one distance, or
+        # (ordered) where it is, with nothing cut out.
+        if method.memory_positions == "ordered":
+            return i.double(), j.double(), attends
         local = (i < method.n_init + method.n_local) | (d < method.n_local)
         q = torch.where(local, i, torch.full_like(i, method.n_local - 1))
         k = torch.where(local, j, torch.zeros_like(j))

@@ -41,6 +41,7 @@ def memory_cases(draw):
             repr_topk=draw(st.integers(1, block_size)),
             exec_block=draw(st.integers(1, n_local)),
             max_cached_blocks=64,
+            memory_positions=draw(st.sampled_from(["constant", "ordered"])),
             log_scale_base=draw(st.one_of(st.none(), st.integers(2, 40))),
         ),
         batch=draw(st.integers(1, 2)),
@@ -203,16 +204,31 @@ def general_path_for_one_query(call, query, key, value, key_positions, position)
 
 
 @pytest.mark.parametrize(
-    ("pad", "sliding_window", "scoring"),
-    [(0, None, "representative"), (5, None, "representative"), (0, 9, "representative"), (5, None, "best-key")],
+    ("pad", "sliding_window", "scoring", "memory_positions"),
+    [
+        (0, None, "representative", "constant"),
+        (5, None, "representative", "constant"),
+        (0, 9, "representative", "constant"),
+        (5, None, "best-key", "constant"),
+        (5, None, "best-key", "ordered"),
+        (0, 9, "representative", "ordered"),
+    ],
 )
 def test_decoding_one_query_equals_the_general_path_when_retrieval_picks_blocks(
-    pad, sliding_window, scoring, monkeypatch
+    pad, sliding_window, scoring, memory_positions, monkeypatch
 ):
     """Decoding takes its own path (slices of the cache, one softmax); the tiled general path must
     give the same outputs and scores (a sliding window of 9 clips the first 11 queries' window)."""
     method = longreach.InfLLM(
-        n_init=3, n_local=8, block_size=4, topk=2, repr_topk=2, exec_block=4, max_cached_blocks=4, block_scoring=scoring
+        n_init=3,
+        n_local=8,
+        block_size=4,
+        topk=2,
+        repr_topk=2,
+        exec_block=4,
+        max_cached_blocks=4,
+        block_scoring=scoring,
+        memory_positions=memory_positions,
     )
     case = dict(
         batch=2,
@@ -275,10 +291,13 @@ def decode(model, ids, cache, steps):
     return torch.stack(out, dim=1)
 
 
-@pytest.mark.parametrize("scoring", ["representative", "best-key"])
-def test_chunked_prefill_and_decoding_equal_one_shot_prefill_and_decoding(scoring):
+@pytest.mark.parametrize(
+    ("scoring", "memory_positions"),
+    [("representative", "constant"), ("best-key", "constant"), ("representative", "ordered")],
+)
+def test_chunked_prefill_and_decoding_equal_one_shot_prefill_and_decoding(scoring, memory_positions):
     model = tiny_model("llama", max_position_embeddings=TRAINED)
-    longreach.extend(model, replace(ACTIVE, block_scoring=scoring))
+    longreach.extend(model, replace(ACTIVE, block_scoring=scoring, memory_positions=memory_positions))
     ids = torch.randint(3, 128, (2, 61))
     runs = []
     for chunks in ([(0, 60)], [(0, 8), (8, 12), (12, 36), (36, 60)]):
@@ -317,6 +336,18 @@ def test_a_sliding_window_model_narrows_only_the_local_part_and_refuses_a_wider_
     torch.testing.assert_close(torch.cat([read, *steps], dim=1), at_once, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match=r"sliding window.*use n_local <= 12"):
         longreach.extend(model, longreach.InfLLM(n_init=4, n_local=16, block_size=4, exec_block=4))
+    ordered = longreach.InfLLM(
+        n_init=2,
+        n_local=8,
+        block_size=2,
+        topk=2,
+        repr_topk=1,
+        exec_block=2,
+        max_cached_blocks=2,
+        memory_positions="ordered",
+    )
+    with pytest.raises(ValueError, match=r"sliding window\), but ordered memory reaches distance 17"):
+        longreach.extend(model, ordered)
     assert longreach.current_method(model) == every_block  # the refused method changed nothing
     auto = parse_method("infllm:auto", target_length=1 << 20, trained_length=TRAINED, sliding_window=12)
     assert auto.n_local == 12 and longreach.extend(model, auto)  # NAME:auto fits in the window
@@ -496,3 +527,106 @@ def test_block_scoring_must_be_known():
     with pytest.raises(ValueError, match="block_scoring must be one of representative, best-key, got 'max'"):
         longreach.InfLLM(block_scoring="max")
     assert parse_method("infllm:block_scoring=best-key").block_scoring == "best-key"
+
+
+def test_ordered_memory_with_every_block_retrieved_is_the_model_itself():
+    """Blocks form and leave the cache, yet with room to retrieve them all, ordered memory puts
+    every key back at its true position: prefill, chunked prefill and decoding equal the model."""
+    model = tiny_model("llama", max_position_embeddings=128)  # memory_reach 81
+    ids = torch.randint(3, 128, (2, 60))
+    vanilla = logits(model, ids)
+    method = longreach.InfLLM(
+        n_init=2, n_local=8, block_size=4, topk=16, exec_block=4, max_cached_blocks=16, memory_positions="ordered"
+    )
+    longreach.extend(model, method)
+    cache = DynamicCache(config=model.config)
+    chunked = torch.cat(
+        [logits(model, ids[:, a:b], **cache_kwargs(model, cache), use_cache=True) for a, b in [(0, 20), (20, 57)]]
+        + [logits(model, ids[:, t : t + 1], **cache_kwargs(model, cache), use_cache=True) for t in range(57, 60)],
+        dim=1,
+    )
+    assert cache.memory_states[(0, (0, 1), 0)].store.count == 12  # blocks left the cache
+    torch.testing.assert_close(chunked, vanilla, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(logits(model, ids), vanilla, atol=1e-5, rtol=1e-5)
+
+
+def test_ordered_memory_reads_the_retrieved_blocks_as_if_the_rest_were_cut_out(monkeypatch):
+    """The last query reads the first tokens, the retrieved blocks and what follows them at the
+    consecutive positions they would have with the other blocks cut out of the input."""
+    method = longreach.InfLLM(
+        n_init=3,
+        n_local=8,
+        block_size=4,
+        topk=2,
+        repr_topk=2,
+        exec_block=4,
+        max_cached_blocks=4,
+        memory_positions="ordered",
+    )
+    chosen, select = [1, 4], memory_attention.select_blocks
+
+    def choose(queries, store, *args):  # blocks 1 and 4 once there are more than two
+        return select(queries, store, *args) if store.count <= 2 else torch.tensor(chosen).expand(1, 2, 2)
+
+    monkeypatch.setattr(memory_attention, "select_blocks", choose)
+    case = dict(
+        batch=1,
+        kv_heads=2,
+        group=2,
+        head_dim=16,
+        rotary_fraction=1.0,
+        interleaved=False,
+        n_key=40,
+        n_query=40,
+        pad=0,
+        seed=3,
+    )
+    x = attention_inputs(case)
+    positions, inv_freq = x["key_positions"], x["inv_freq"]
+    queries = rope(x["raw_q"], positions, inv_freq, False).float()
+    keys = rope(x["raw_k"], positions, inv_freq, False).float()
+    scoring = Scoring(RotaryLayout(inv_freq), scale=x["scale"])
+    state, held = MemoryState.empty(method), torch.arange(39)
+    attend_with_memory(
+        queries[:, :, :39],
+        keys,
+        x["value"],
+        method,
+        scoring,
+        state,
+        query_positions=positions[:39],
+        key_positions=positions[:39],
+    )
+    held = held[state.resident(positions[:39])]
+    held = torch.cat((held, torch.tensor([39])))
+    got = attend_with_memory(
+        queries[:, :, 39:],
+        keys[:, :, held],
+        x["value"][:, :, held],
+        method,
+        scoring,
+        state,
+        query_positions=positions[39:],
+        key_positions=positions[held],
+    )
+    assert (state.store.count, state.blocks_end) == (7, 31)  # one leftover (31), the window 32-39
+    read = torch.cat([torch.arange(3), *(torch.arange(3 + 4 * b, 7 + 4 * b) for b in chosen), torch.arange(31, 40)])
+    at = torch.arange(len(read))  # consecutive: the blocks not chosen are cut out
+    q = rope(x["raw_q"][:, :, 39:], at[-1:], inv_freq, False).double()
+    k = rope(x["raw_k"][:, :, read], at, inv_freq, False).double().repeat_interleave(2, dim=1)
+    v = x["value"][:, :, read].double().repeat_interleave(2, dim=1)
+    expected = torch.softmax(q @ k.transpose(2, 3) * x["scale"], dim=-1) @ v
+    torch.testing.assert_close(got.double(), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_ordered_memory_must_reach_only_distances_the_model_was_trained_on():
+    with pytest.raises(ValueError, match="memory_positions must be one of constant, ordered, got 'sorted'"):
+        longreach.InfLLM(memory_positions="sorted")
+    assert parse_method("infllm:memory_positions=ordered").memory_positions == "ordered"
+    method = longreach.InfLLM.for_model(8192, memory_positions="ordered")
+    assert method.memory_reach == 128 + 17 * 128 + 512 + 4096 - 1
+    model = tiny_model("llama", max_position_embeddings=TRAINED)
+    longreach.extend(model, replace(ACTIVE, memory_positions="ordered"))  # 2 + (2 + 1) * 4 + 4 + 8 - 1 = 25
+    wide = replace(ACTIVE, topk=4, max_cached_blocks=4, memory_positions="ordered")  # 2 + 5 * 4 + 4 + 8 - 1
+    with pytest.raises(ValueError, match=r"ordered memory \(memory_reach = 33\) reaches rotary distance 33"):
+        longreach.extend(model, wide)

@@ -38,11 +38,15 @@ class PositionMemo:
     spans: dict[Part, Spans | None] = field(default_factory=dict)
     query_angles: dict[Part, torch.Tensor] = field(default_factory=dict)
     key_angles: dict[tuple[Part, int, int], torch.Tensor] = field(default_factory=dict)
-    #: InfLLM: the plan's parts, made once so that the spans above are found by every layer
-    plan: tuple[Part, ...] | None = None
     #: InfLLM: per execution block (start, stop, blocks_end, held keys), the memory part's memo
     execution_blocks: dict[tuple[int, int, int, int], PositionMemo] = field(default_factory=dict)
-    #: InfLLM: queries rotated to the memory position (angles), for this memo's queries
-    memory_query_angles: torch.Tensor | None = None
+    #: InfLLM: the memory part of this memo's execution block, made once so that the spans above
+    #: are found by every layer
+    memory_part: Part | None = None
+    #: InfLLM: rotations of this memo's queries to the position blocks are ranked from, and to the
+    #: one they are read from (None: their own), and of the retrieved keys from position 0
+    ranking_query_angles: tuple[torch.Tensor, torch.Tensor] | None = None
+    block_query_angles: tuple[torch.Tensor, torch.Tensor] | None = None
+    block_key_angles: tuple[torch.Tensor, torch.Tensor] | None = None
     #: InfLLM decoding: per (position, blocks_end, held keys), the resident spans and angles
     one_query: dict[tuple[int, int, int], tuple] = field(default_factory=dict)

@@ -6,6 +6,7 @@ from longreach.methods.base import Method, Part, check_fits, check_int, method_c
 
 STORAGES = ("auto", "ram", "mmap")
 BLOCK_SCORINGS = ("representative", "best-key")
+MEMORY_POSITIONS = ("constant", "ordered")
 
 
 @method_config
@@ -21,6 +22,13 @@ class InfLLM(Method):
     are ranked once per layer, summing every head's match, and shared by all heads (as in the
     reference); ``block_scoring="best-key"`` ranks a block by the best match of any of its keys
     instead (see :func:`~longreach.engine.memory.attend.block_relevance`).
+
+    ``memory_positions="ordered"`` reads the memory as if the blocks not retrieved were cut out
+    of the input: the first tokens, the retrieved blocks in their order and the leftovers sit
+    right before the window at consecutive positions, so a fact keeps the order of its tokens
+    (the constant distance of the reference gives every memory token the same position). With
+    every block retrieved this is the model's own attention; its largest distance,
+    :attr:`memory_reach`, must be one the model was trained on.
 
     Until the input is longer than ``n_init + n_local`` (within the trained length) every token
     is local: short inputs are read exactly as by the model itself.
@@ -46,6 +54,7 @@ class InfLLM(Method):
     exec_block: int = 512
     max_cached_blocks: int = 32
     block_scoring: str = "representative"
+    memory_positions: str = "constant"
     storage: str = "auto"
     storage_dir: str | None = None
     cli_names = ("infllm",)
@@ -71,6 +80,10 @@ class InfLLM(Method):
             raise ValueError(
                 f"InfLLM: block_scoring must be one of {', '.join(BLOCK_SCORINGS)}, got {self.block_scoring!r}"
             )
+        if self.memory_positions not in MEMORY_POSITIONS:
+            raise ValueError(
+                f"InfLLM: memory_positions must be one of {', '.join(MEMORY_POSITIONS)}, got {self.memory_positions!r}"
+            )
         if self.storage not in STORAGES:
             raise ValueError(f"InfLLM: storage must be one of {', '.join(STORAGES)}, got {self.storage!r}")
         if self.storage_dir is not None and self.storage != "mmap":
@@ -82,7 +95,14 @@ class InfLLM(Method):
         return self.exec_block
 
     def check_window(self, sliding_window: int, trained_length: int) -> None:
-        """Memory tokens sit at distance ``n_local - 1``, which the model must have attended."""
+        """Memory tokens sit at distance ``n_local - 1`` (ordered: up to :attr:`memory_reach`),
+        which the model must have attended."""
+        if self.memory_positions == "ordered" and self.memory_reach >= sliding_window:
+            raise ValueError(
+                f"InfLLM: this model attends at most {sliding_window} tokens back (sliding window), but ordered "
+                f"memory reaches distance {self.memory_reach}: retrieve fewer blocks (topk) or use "
+                "memory_positions='constant'"
+            )
         if self.n_local > sliding_window:
             raise ValueError(
                 f"InfLLM: this model attends at most {sliding_window} tokens back (sliding window), so the local "
@@ -96,6 +116,13 @@ class InfLLM(Method):
         """Inputs up to this many tokens are read with every token local (exactly the model)."""
         return self.n_init + self.n_local
 
+    @property
+    def memory_reach(self) -> int:
+        """The largest rotary distance ordered memory can put between a query and a memory key:
+        the window, up to an execution block and a block of leftovers, the retrieved blocks and the
+        first tokens (a bound: the distance also depends on where blocks were cut)."""
+        return self.n_init + (self.topk + 1) * self.block_size + self.exec_block + self.n_local - 1
+
     def local_start(self, i: torch.Tensor) -> torch.Tensor:
         """First key position of query ``i``'s local window."""
         return torch.where(i < self.vanilla_length, torch.zeros_like(i), i - self.n_local + 1)
@@ -103,15 +130,35 @@ class InfLLM(Method):
     def parts(self) -> tuple[Part, ...]:
         """The plan when every block is retrieved (memory = everything outside the window). With
         fewer blocks than memory holds, the memory part's region is chosen by retrieval."""
-        n_local = self.n_local
         local = Part("local", key_span=lambda i: (self.local_start(i), i + 1))
-        memory = Part(
-            "memory",
-            key_span=lambda i: (torch.zeros_like(i), self.local_start(i)),
-            query_position=lambda i: torch.full_like(i, n_local - 1),
-            key_position=torch.zeros_like,
-        )
-        return (local, memory)
+        return (local, self.memory_part(blocks_end=self.n_init, retrieved=0))
+
+    def memory_part(self, blocks_end: int, retrieved: int) -> Part:
+        """The memory part over the keys the cache still holds (the first ``n_init`` tokens and the
+        tokens from ``blocks_end`` on that left the window), read together with ``retrieved``
+        blocks. The query's position here is also the one it reads the retrieved blocks from."""
+        key_span = lambda i: (torch.zeros_like(i), self.local_start(i))  # noqa: E731
+        if self.memory_positions == "constant":
+            n_local = self.n_local
+            return Part(
+                "memory",
+                key_span,
+                query_position=lambda i: torch.full_like(i, n_local - 1),
+                key_position=torch.zeros_like,
+            )
+        # The blocks not retrieved are cut out: the first tokens move up to meet the retrieved ones.
+        shift, n_init = blocks_end - retrieved * self.block_size - self.n_init, self.n_init
+        if shift == 0:
+            return Part("memory", key_span)
+        return Part("memory", key_span, key_position=lambda j: torch.where(j < n_init, j + shift, j))
+
+    def block_key_positions(self, blocks_end: int, retrieved: int) -> torch.Tensor | None:
+        """Positions of the ``retrieved`` blocks' keys, in ascending block order, as
+        :meth:`memory_part` places them; ``None`` where they stay at position 0, where blocks are
+        stored."""
+        if self.memory_positions == "constant":
+            return None
+        return torch.arange(blocks_end - retrieved * self.block_size, blocks_end)
 
     def check_model(self, trained_length: int) -> None:
         check_fits(
@@ -121,6 +168,14 @@ class InfLLM(Method):
             trained_length,
             f"use InfLLM.for_model({trained_length})",
         )
+        if self.memory_positions == "ordered":
+            check_fits(
+                "InfLLM",
+                f"ordered memory (memory_reach = {self.memory_reach})",
+                self.memory_reach,
+                trained_length,
+                "retrieve fewer blocks (topk), use a narrower window (n_local) or memory_positions='constant'",
+            )
 
     @classmethod
     def for_model(cls, trained_length: int, n_local: int | None = None, **common) -> InfLLM:

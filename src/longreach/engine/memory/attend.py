@@ -7,10 +7,11 @@ representative (the mean of its most-attended keys) and dropped from the cache.
 
 Per execution block, over the keys the cache still holds (the first ``n_init`` tokens, the
 tokens that left the window without filling a block yet, and the window) the engine runs the
-method's memory part (at the constant distance); the ``topk`` blocks whose representatives best
-match the block's mean memory-rotated query are attended at the same distance; last comes the
-local window at true positions, whose probabilities also give the window keys their scores.
-Everything merges by log-sum-exp. With every block retrieved this is exactly the plan itself.
+method's memory part (at the constant distance, or with ``memory_positions="ordered"`` where the
+memory would sit with the blocks not retrieved cut out); the ``topk`` blocks whose representatives
+best match the block's mean memory-rotated query are attended at the memory part's positions; last
+comes the local window at true positions, whose probabilities also give the window keys their
+scores. Everything merges by log-sum-exp. With every block retrieved this is exactly the plan.
 """
 
 from __future__ import annotations
@@ -102,25 +103,23 @@ def _attend_in_execution_blocks(call: _LayerCall, query, key, value, query_posit
     tiles and merged by LSE; the window's probabilities give the keys' scores."""
     settings, state = call.settings, call.state
     held = key.shape[2]
-    # One plan for every layer of the forward: memo entries are keyed by its parts.
-    if call.memo.plan is None:
-        call.memo.plan = settings.parts()
-    _, memory = call.memo.plan
     outputs = []
     for start, stop in execution_blocks(query_positions, settings.exec_block):
         positions = query_positions[start:stop]
         queries = query[:, :, start:stop]
         index = _resident(key_positions, settings.n_init, state.blocks_end, int(positions[-1]))
         keys, values, resident_positions = key[:, :, index], value[:, :, index], key_positions[index]
-        # Every layer holds the same positions at this block.
+        # Every layer holds the same positions (and as many blocks) at this block: one memo, one part.
         memo = remember(call.memo.execution_blocks, (start, stop, state.blocks_end, held), PositionMemo)
+        if memo.memory_part is None:
+            memo.memory_part = settings.memory_part(state.blocks_end, _retrieved(settings, state))
         # The memory first (held leftovers, then retrieved blocks), so that the local part, which
         # needs the final softmax for its scores, comes last.
         out, lse = attend(
             queries,
             keys,
             values,
-            (memory,),
+            (memo.memory_part,),
             replace(call.scoring, sliding_window=None),
             query_positions=positions,
             key_positions=resident_positions,
@@ -159,25 +158,36 @@ def _attend_one_query(call: _LayerCall, query, key, value, key_positions, positi
         # Memory held in the cache: the first tokens, then the leftovers, both before the window.
         spans = [(init_start, min(init_stop, memory_stop)), (max(init_stop, rest_start), memory_stop)]
         spans = [(a, b) for a, b in spans if b > a]
-        memory_positions = torch.cat([key_positions[a:b] for a, b in spans]) if spans else None
-        key_angles = layout.angles(-memory_positions) if spans else None
-        query_angles = layout.angles(torch.tensor([settings.n_local - 1 - position], device=key_positions.device))
-        return spans, window_start, stop, key_angles, query_angles
+        retrieved = _retrieved(settings, state)
+        part = settings.memory_part(state.blocks_end, retrieved)
+        here = torch.tensor([position], device=key_positions.device)
+        read_from = here if part.query_position is None else part.query_position(here)
+        held = torch.cat([key_positions[a:b] for a, b in spans]) if spans else None
+        moved = part.key_position is not None and held is not None
+        key_angles = layout.angles(part.key_position(held) - held) if moved else None
+        query_angles = layout.angles(read_from - position)
+        ranking_angles = layout.angles(torch.tensor([settings.n_local - 1 - position], device=key_positions.device))
+        block_positions = settings.block_key_positions(state.blocks_end, retrieved)
+        block_angles = None if block_positions is None else layout.angles(block_positions.to(key_positions.device))
+        return spans, window_start, stop, key_angles, query_angles, ranking_angles, block_angles
 
     # Every layer of a forward holds the same positions: the bounds and angles serve them all.
-    spans, window_start, stop, key_angles, query_angles = remember(
+    spans, window_start, stop, key_angles, query_angles, ranking_angles, block_angles = remember(
         call.memo.one_query, (position, state.blocks_end, key.shape[2]), bounds
     )
     grouped = query.reshape(batch, kv_heads, group, head_dim)
     memory_query = layout.apply(query, query_angles)
     keys, values = [], []
-    if spans:  # keys sit at position 0 in the memory: rotate them back from their true positions
-        keys.append(layout.apply(torch.cat([key[:, :, a:b] for a, b in spans], dim=2), key_angles))
+    if spans:  # held memory keys move from their true positions to the memory part's
+        held_keys = torch.cat([key[:, :, a:b] for a, b in spans], dim=2)
+        keys.append(held_keys if key_angles is None else layout.apply(held_keys, key_angles))
         values.append(torch.cat([value[:, :, a:b] for a, b in spans], dim=2))
     if state.store is not None and state.store.count:
+        ranking_query = layout.apply(query, ranking_angles)
         block_keys, block_values = state.store.gather(
-            select_blocks(memory_query, state.store, settings.topk, settings.block_scoring, call.scoring.scale)
+            select_blocks(ranking_query, state.store, settings.topk, settings.block_scoring, call.scoring.scale)
         )
+        block_keys = block_keys if block_angles is None else layout.apply(block_keys, block_angles)
         keys.append(block_keys.to(query.dtype))
         values.append(block_values.to(query.dtype))
     memory_query = memory_query.reshape(batch, kv_heads, group, head_dim)
@@ -223,19 +233,38 @@ def _resident(key_positions: torch.Tensor, n_init: int, blocks_end: int, last: i
     return torch.cat((torch.arange(init_stop), torch.arange(rest_start, stop))).to(key_positions.device)
 
 
+def _retrieved(settings: MemorySettings, state: MemoryState) -> int:
+    """How many blocks a query reads from the store."""
+    return min(settings.topk, state.store.count) if state.store is not None else 0
+
+
 def _attend_blocks(call: _LayerCall, queries, positions, out, lse, memo):
     """Retrieve the best ``topk`` blocks per KV head and merge their attention into (out, lse)."""
-    settings, layout, store = call.settings, call.scoring.layout, call.state.store
+    settings, layout, state, store = call.settings, call.scoring.layout, call.state, call.state.store
     batch, q_heads, rows, head_dim = queries.shape
     kv_heads = store.kv_heads
     group = q_heads // kv_heads
-    if memo.memory_query_angles is None:
-        memo.memory_query_angles = layout.angles((settings.n_local - 1) - positions)
-    angles = memo.memory_query_angles
-    memory_queries = layout.apply(queries, angles)
-    packed = memory_queries.reshape(batch, kv_heads, group * rows, head_dim)
+    if memo.ranking_query_angles is None:
+        # Blocks are ranked from the reference's memory position (n_local - 1, keys at 0); they
+        # are read from the memory part's (the same one with constant memory positions).
+        ranked_from = torch.full_like(positions, settings.n_local - 1)
+        memo.ranking_query_angles = layout.angles(ranked_from - positions)
+        at = memo.memory_part.query_position
+        read_from = positions if at is None else at(positions)
+        if torch.equal(read_from, ranked_from):
+            memo.block_query_angles = memo.ranking_query_angles
+        elif at is not None:
+            memo.block_query_angles = layout.angles(read_from - positions)
+        key_positions = settings.block_key_positions(state.blocks_end, _retrieved(settings, state))
+        memo.block_key_angles = None if key_positions is None else layout.angles(key_positions.to(positions.device))
+    memory_queries = layout.apply(queries, memo.ranking_query_angles)
     block_ids = select_blocks(memory_queries, store, settings.topk, settings.block_scoring, call.scoring.scale)
     keys, values = store.gather(block_ids)
+    if memo.block_query_angles is not memo.ranking_query_angles:
+        memory_queries = queries if memo.block_query_angles is None else layout.apply(queries, memo.block_query_angles)
+    if memo.block_key_angles is not None:
+        keys = layout.apply(keys, memo.block_key_angles)
+    packed = memory_queries.reshape(batch, kv_heads, group * rows, head_dim)
     block_out, block_lse = attention_with_lse(
         packed, keys.to(packed.dtype), values.to(packed.dtype), scale=call.scoring.scale, softcap=call.scoring.softcap
     )

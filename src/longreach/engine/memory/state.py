@@ -31,6 +31,11 @@ class MemorySettings(Protocol):
 
     def parts(self) -> tuple[Part, ...]: ...
 
+    # Where memory sits: the part over held memory keys, and the retrieved blocks' key positions
+    def memory_part(self, blocks_end: int, retrieved: int) -> Part: ...
+
+    def block_key_positions(self, blocks_end: int, retrieved: int) -> torch.Tensor | None: ...
+
 
 @dataclass
 class MemoryState:
