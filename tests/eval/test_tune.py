@@ -10,7 +10,15 @@ import transformers
 import longreach
 import longreach.eval.compare as compare
 from longreach.cli import main
-from longreach.eval.tune import candidate_specs, informative_first, parse_budget, tune
+from longreach.eval.tune import (
+    candidate_specs,
+    halving,
+    informative_first,
+    next_round,
+    parse_budget,
+    planned_cells,
+    tune,
+)
 from longreach.methods import method_for
 from longreach.methods.recommend import TUNE_RECORD
 
@@ -113,6 +121,51 @@ def test_informative_first_interleaves_the_candidates():
         ("a", "a2"),
         ("b", "b2"),
     ]
+
+
+def test_successive_halving_gives_the_rest_of_the_budget_to_the_better_half(tiny, novel, tmp_path, monkeypatch):
+    """Four candidates, three needles each: all four get a needle and a perplexity, then the better
+    two (by that round) get the other needles; the ranking puts them first."""
+    model, tokenizer = tiny
+    calls = generated(monkeypatch)
+    specs = ["rerope:auto", "self-extend:auto", "leaky-rerope:auto", "dual-chunk:auto"]
+    settings = dict(texts=[novel], candidates=specs, depths=(0.3, 0.7), out=tmp_path, model_name="tiny")
+    result = tune(model, tokenizer, TARGET, budget="10m", **settings)
+    assert result.complete and len(calls) == 4 + 2 + 2 == planned_cells(4, 3) - 4
+    records = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    first_round = {c.spec: c for c in rank_of(records[:8], specs)}  # four needles, four perplexities
+    finalists = [c.spec for c in result.ranking[:2]]
+    assert finalists == [c for c in first_round][:2]
+    assert [c.needles for c in result.ranking] == [3, 3, 1, 1]
+    assert all(c.perplexity is not None for c in result.ranking)
+    again = tune(model, tokenizer, TARGET, budget="10m", **settings)  # replayed from the records
+    assert len(calls) == 8 and again.ranking == result.ranking
+
+
+def rank_of(records, specs):
+    from longreach.eval.tune import rank
+
+    return rank(records, specs, TARGET, 0)
+
+
+def test_halving_keeps_the_better_half_of_each_finished_round():
+    def needle(method, score):
+        return {"task": "niah-natural", "method": method, "length": 100, "seed": 0, "score": score}
+
+    def ppl(method, value):
+        return {"task": "ppl", "method": method, "length": 100, "seed": 0, "perplexity": value}
+
+    records = [needle("a", 1), needle("b", 0), needle("c", 1), ppl("a", 10), ppl("b", 9)]
+    assert halving(records, "abc", 100, 0) == [["a", "b", "c"]]  # c has no perplexity yet: round 1 not over
+    records.append(ppl("c", 12))
+    assert halving(records, "abc", 100, 0) == [["a", "c"], ["b"]]  # found first, then perplexity
+    assert planned_cells(3, 2) == 3 + 2 + 3 and planned_cells(1, 4) == 5
+
+
+def test_a_round_is_each_method_s_next_needle_then_the_missing_perplexities():
+    work = [compare.Work(m, 10, sample=f"{m}{i}") for m in "ab" for i in range(3)]
+    work += [compare.Work("b", 10)]
+    assert [(w.method, w.sample) for w in next_round(work)] == [("a", "a0"), ("b", "b0"), ("b", None)]
 
 
 def test_the_command_prints_the_ranking_and_writes_the_record(tiny_model_dir, novel, tmp_path, capsys, monkeypatch):

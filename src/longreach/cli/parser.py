@@ -143,8 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
         "measure candidate methods on your model at a target length and recommend one",
         "Candidates (every method's NAME:auto and wider windows, or the --method given) are measured at\n"
         "--target-length on facts told in --text (niah-natural: five wordings at the --depths), a\n"
-        "multi-key needle and perplexity over --text, most informative cells first, until --budget runs\n"
-        "out. Prints the ranking and the recommended spec with its measurements; writes into --out:\n"
+        "multi-key needle and perplexity over --text, in rounds of successive halving (every candidate's\n"
+        "first needle and perplexity, then the better half's next needle, ..., down to two finalists)\n"
+        "until --budget runs out. Prints the ranking and the recommended spec with its measurements; writes into --out:\n"
         "results.jsonl (a rerun goes on where the last stopped), report.md and tune.json.",
     )
     model_options(tune)

@@ -7,11 +7,14 @@ repeated synthetic filler overstates what a reader of real documents gets. So th
 measured where a user reads: facts told in the user's own text (``niah-natural``: five wordings at
 five depths), a multi-key needle (RULER's ``niah_multikey``), and perplexity over the same text.
 
-Cells run most informative first: every candidate's first needle, then every candidate's
-perplexity, then the next needle of each, and so on, so that a budget that ends the run early
-still compares every candidate on the same cells. Each finished cell is a line of the folder's
-``results.jsonl`` (compare's records): a rerun goes on where the last stopped, and the folder
-gets compare's report too. The ranking: the share of needles found, then perplexity.
+Cells run in rounds of successive halving: every candidate's first needle, then every candidate's
+perplexity; then the better half (by the share of needles found, then perplexity) gets its next
+needle, and so on, halving after each round down to two finalists, which share whatever the budget
+has left. A budget that ends the run early still compares the candidates of a round on the same
+cells, and more of it goes to telling the best apart (on a CPU a cell at 16k takes minutes). Each
+finished cell is a line of the folder's ``results.jsonl`` (compare's records): a rerun replays the
+rounds from them and goes on where the last stopped, and the folder gets compare's report too. The
+ranking: the candidates that got furthest first, each round's by the share found, then perplexity.
 
 Example:
     >>> result = tune(model, tokenizer, 16384, budget=1800)  # doctest: +SKIP
@@ -39,6 +42,8 @@ from longreach.methods.recommend import TUNE_RECORD
 NEEDLES = ("niah-natural", "ruler:niah_multikey")
 #: Tokens of the probe forward that sizes one cell before any has run.
 PROBE = 1024
+#: Halving stops at this many candidates, which then share the rest of the budget.
+FINALISTS = 2
 #: The clock the budget is kept by.
 _now = time.perf_counter
 
@@ -144,6 +149,52 @@ def informative_first(work: list[Work]) -> list[Work]:
             rank[position] = 0 if n == 0 else n + 1
     order = sorted(range(len(work)), key=lambda p: (rank[p], methods.index(work[p].method)))
     return [work[p] for p in order]
+
+
+def next_round(work: list[Work]) -> list[Work]:
+    """Of the pending ``work``, one round: each method's next needle, then any perplexity missing."""
+    ordered = informative_first(work)
+    needles, taken = [], set()
+    for item in ordered:
+        if item.sample is not None and item.method not in taken:
+            needles.append(item)
+            taken.add(item.method)
+    return needles + [w for w in ordered if w.sample is None]
+
+
+def halving(records: list[dict], specs: Sequence[str], target_length: int, seed: int) -> list[list[str]]:
+    """Successive halving replayed from ``records``: the candidates still measured, then those
+    dropped after each finished round, latest first. A round is finished when every candidate
+    in it has that many needles and a perplexity; the better half goes on (at least
+    :data:`FINALISTS`).
+
+    Example:
+        >>> halving([], ["a", "b", "c"], 16384, 0)
+        [['a', 'b', 'c']]
+    """
+    alive, dropped, round_ = list(specs), [], 1
+    while len(alive) > FINALISTS:
+        ranking = rank(records, alive, target_length, seed)
+        if any(c.needles < round_ or c.perplexity is None for c in ranking):
+            break
+        keep = max(FINALISTS, (len(alive) + 1) // 2)
+        alive, dropped = [c.spec for c in ranking[:keep]], [[c.spec for c in ranking[keep:]], *dropped]
+        round_ += 1
+    return [alive, *dropped]
+
+
+def planned_cells(candidates: int, needles: int) -> int:
+    """Cells of a whole halving run: every round's needles and every candidate's perplexity.
+
+    Example:
+        >>> planned_cells(8, 6)  # needles 8 + 4 + 2 + 2 + 2 + 2, perplexities 8
+        28
+    """
+    cells, alive = candidates, candidates
+    for _ in range(needles):
+        cells += alive
+        alive = max(min(alive, FINALISTS), (alive + 1) // 2)
+    return cells
 
 
 def rank(records: list[dict], specs: Sequence[str], target_length: int, seed: int) -> list[Candidate]:
@@ -259,7 +310,6 @@ def tune(
             f"a budget of {seconds:g} s cannot hold one cell: reading {target_length} tokens takes at least "
             f"{cell:.0f} s on this machine (timed on {PROBE} tokens); give --budget {max(2 * cell, 60):.0f}s or more"
         )
-    evaluation = Evaluation(tuple(specs), (target_length,), tasks, ppl=True, texts=tuple(texts), seed=seed)
     started = _now()
     durations: list[float] = []  # seconds from one finished cell to the next, by the budget's clock
     last = [started]
@@ -280,19 +330,36 @@ def tune(
             return True
         return False
 
-    records = evaluate(
-        model,
-        tokenizer,
-        evaluation,
-        out,
-        model_name=model_name,
-        command=command,
-        on_start=on_start,
-        on_cell=count,
-        schedule=informative_first,
-        should_stop=should_stop,
-    )
-    ranking = rank(records, specs, target_length, seed)
+    def run(specs_now: Sequence[str], schedule: Callable[[list[Work]], list[Work]]) -> list[dict]:
+        evaluation = Evaluation(tuple(specs_now), (target_length,), tasks, ppl=True, texts=tuple(texts), seed=seed)
+        return evaluate(
+            model,
+            tokenizer,
+            evaluation,
+            out,
+            model_name=model_name,
+            command=command,
+            on_cell=count,
+            schedule=schedule,
+            should_stop=should_stop,
+        )
+
+    # Every check (texts, folder, settings) passes before the first cell; nothing runs here.
+    records = run(specs, lambda work: [])
+    needles = len(depths) + 1  # a fact at each depth, one multi-key needle
+    if on_start:
+        done = sum(
+            1 for r in records if r["method"] in specs and r["length"] == target_length and r.get("seed") == seed
+        )
+        on_start(max(planned_cells(len(specs), needles) - done, 1) * target_length)
+    while not stopped:
+        alive = halving(records, specs, target_length, seed)[0]
+        before = len(records)
+        records = run(alive, next_round)
+        if len(records) == before:  # nothing left to measure for the candidates still in the run
+            break
+    groups = halving(records, specs, target_length, seed)
+    ranking = [c for group in groups for c in rank(records, group, target_length, seed)]
     best = ranking[0]
     result = TuneResult(
         model=model_name,
