@@ -28,6 +28,9 @@ def pair_positions(method, i: torch.Tensor, j: torch.Tensor):
         near = d < w
         q = torch.where(near, i, i // g + w - w // g)
         k = torch.where(near, j, j // g)
+        if method.string_offset is not None:  # grouped pairs this far apart are seen closer
+            far = ~near & (q - k >= method.string_offset)
+            q = torch.where(far, q - method.string_offset + method.local_value, q)
         return q.double(), k.double(), attends
     if isinstance(method, longreach.DualChunk):
         # ChunkLlama's rule: keys at j % c; a query at i % c in the key's chunk, and otherwise at

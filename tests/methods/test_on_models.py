@@ -17,6 +17,7 @@ COVERING = [
     longreach.ReRoPE(window=8, leaky_factor=1.0),
     longreach.StreamingLLM(n_sink=4, window=48),
     longreach.String(shifted_offset=48, local_value=4),  # no pair is 48 apart
+    longreach.SelfExtend(group_size=1, window=8, string_offset=48, local_value=4),
 ]
 
 TRAINED = 32
@@ -28,6 +29,7 @@ ACTIVE = [
     longreach.ReRoPE(window=6, leaky_factor=2.0),
     longreach.StreamingLLM(n_sink=3, window=10),
     longreach.SelfExtend(group_size=3, window=6, log_scale_base=TRAINED),
+    longreach.SelfExtend(group_size=2, window=6, string_offset=10, local_value=3),
     longreach.String(shifted_offset=24, local_value=3),
     longreach.String(shifted_offset=22, local_value=4, attention_factor=1.07),
 ]
@@ -166,6 +168,8 @@ def test_evicting_cache_refuses_to_roll_back():
         (lambda: longreach.String(shifted_offset=8, local_value=8), "local_value \\(8\\) must be below shifted_offset"),
         (lambda: longreach.String(shifted_offset=8, local_value=2, attention_factor=0.0), "attention_factor must be"),
         (lambda: longreach.SelfExtend(4, 16, log_scale_base=1), "log_scale_base must be >= 2"),
+        (lambda: longreach.SelfExtend(2, 8, string_offset=4), "string_offset \\(4\\) must be >= window \\(8\\)"),
+        (lambda: longreach.SelfExtend(2, 8, string_offset=10, local_value=10), "local_value \\(10\\) must be below"),
         (lambda: longreach.RopeScaling("ntk", 2.0), "kind must be one of"),
         (lambda: longreach.RopeScaling("linear", 0.5), "factor must be a number >= 1|factor must be >= 1"),
     ],
@@ -189,6 +193,7 @@ def test_non_integer_settings_are_type_errors():
         (longreach.StreamingLLM(n_sink=4, window=40), "n_sink \\+ window = 44"),
         (longreach.ReRoPE(window=32), "window=32"),
         (longreach.String(shifted_offset=40, local_value=4), "shifted_offset=40"),
+        (longreach.SelfExtend(2, 8, string_offset=40, local_value=4), "string_offset=40"),
         (longreach.LMInfinite(local_window=64, n_global=4, distance_limit=8), "local_window=64"),
     ],
 )
@@ -210,6 +215,23 @@ def test_string_input_too_long_names_what_covers_it():
     logits(model, torch.randint(3, 128, (1, 40)))
     with pytest.raises(longreach.InputTooLongError, match="string:shifted_offset=22,local_value=4"):
         logits(model, torch.randint(3, 128, (1, 50)))
+
+
+def test_self_extend_string_covers_a_longer_input_than_its_group_alone():
+    """Grouped pairs at distance >= string_offset move string_offset - local_value closer: group 2,
+    window 6 cover 2 * (32 - 3) = 58 tokens alone, 2 * (32 - 3 + 10 - 3) = 72 with the shift."""
+    model = tiny_model("llama", max_position_embeddings=TRAINED)
+    assert longreach.SelfExtend(2, 6).max_length(TRAINED) == 58
+    longreach.extend(model, longreach.SelfExtend(2, 6, string_offset=10, local_value=3))
+    logits(model, torch.randint(3, 128, (1, 72)))
+    with pytest.raises(longreach.InputTooLongError, match="self-extend-string:group_size=3,window=8,string_offset=10"):
+        logits(model, torch.randint(3, 128, (1, 80)))
+    specs = longreach.methods.parse_method
+    assert specs("self-extend-string:auto", target_length=72, trained_length=TRAINED).string_offset == 10
+    with pytest.raises(ValueError, match="self-extend-string needs string_offset"):
+        specs("self-extend-string:group_size=2,window=6")
+    with pytest.raises(ValueError, match="self-extend takes no string_offset"):
+        specs("self-extend:group_size=2,window=6,string_offset=10")
 
 
 def test_leaky_rerope_input_too_long_suggests_a_factor():

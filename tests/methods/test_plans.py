@@ -48,7 +48,21 @@ def strings(draw):
     )
 
 
+@st.composite
+def self_extend_strings(draw):
+    window = draw(st.integers(1, 20))
+    offset = draw(st.integers(window, 30))
+    return longreach.SelfExtend(
+        group_size=draw(st.integers(1, 6)),
+        window=window,
+        string_offset=offset,
+        local_value=draw(st.integers(0, offset - 1)),
+        log_scale_base=draw(log_base),
+    )
+
+
 METHODS = st.one_of(
+    self_extend_strings(),
     dual_chunks(),
     infllms(),
     st.builds(
