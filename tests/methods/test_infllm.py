@@ -436,7 +436,7 @@ def test_for_model_scales_with_the_trained_length():
     assert longreach.InfLLM.for_model(8192, n_local=2048).n_local == 2048
     assert longreach.methods.parse_method(
         "infllm:auto", target_length=1 << 18, trained_length=8192
-    ) == longreach.InfLLM(n_local=4096)
+    ) == longreach.InfLLM(n_local=4096, block_scoring="best-key")
 
 
 @pytest.mark.parametrize("score_rows", [memory_attention.SCORE_ROWS, 3], ids=["rows-at-once", "rows-in-steps"])
