@@ -103,12 +103,13 @@ def parse_budget(text: str | float | int) -> float:
 
 def candidate_specs(target_length: int, trained_length: int, sliding_window: int | None = None) -> list[str]:
     """The methods and settings worth measuring for ``target_length`` tokens on a model trained to
-    ``trained_length``: every method that covers any length, at its ``:auto`` settings, plus the
-    wider windows of ReRoPE and SelfExtend (a wider window kept more passkeys at 8k-32k).
+    ``trained_length``: every method that covers any length, at its ``:auto`` settings (SelfExtend
+    also with STRING's shift), plus the wider windows of ReRoPE and SelfExtend (a wider window kept
+    more passkeys at 8k-32k).
 
     Example:
         >>> candidate_specs(16384, 8192)[:3]
-        ['rerope:auto', 'self-extend:auto', 'dual-chunk:auto']
+        ['rerope:auto', 'self-extend:auto', 'self-extend-string:auto']
         >>> candidate_specs(4096, 8192)
         ['vanilla', 'string:auto']
     """
@@ -125,6 +126,7 @@ def candidate_specs(target_length: int, trained_length: int, sliding_window: int
     return [
         "rerope:auto",
         "self-extend:auto",
+        "self-extend-string:auto",
         "dual-chunk:auto",
         "leaky-rerope:auto",
         "string:auto",
