@@ -59,28 +59,28 @@ def memory_cases(draw):
     )
 
 
-def run_calls(case, method=None):
-    """The memory executor over a sequence of calls, keeping only the keys it keeps (like the
-    cache); returns (output of every query, formula output, final state)."""
-    method = method or case["method"]
+def rotated_inputs(case):
+    """The case's inputs, its queries and keys rotated at their true positions, and its layout."""
     x = attention_inputs(case)
-    inv_freq, interleaved = x["inv_freq"], case["interleaved"]
-    positions = x["key_positions"]
+    positions, inv_freq, interleaved = x["key_positions"], x["inv_freq"], case["interleaved"]
     queries = rope(x["raw_q"], positions, inv_freq, interleaved).float()
     keys = rope(x["raw_k"], positions, inv_freq, interleaved).float()
-    layout = RotaryLayout(inv_freq, interleaved)
-    state = MemoryState.empty(method)
-    held = torch.zeros(0, dtype=torch.long)
-    outputs = []
-    edges = [0, *sorted(set(case["cuts"])), case["n_key"]]
-    for a, b in zip(edges, edges[1:], strict=False):
+    return x, queries, keys, RotaryLayout(inv_freq, interleaved)
+
+
+def read_in_calls(method, scoring, x, queries, keys, spans):
+    """The memory executor over calls reading the query ``spans`` in order, keeping only the keys
+    it keeps (like the cache); returns (each call's output, final state, held key indices)."""
+    positions = x["key_positions"]
+    state, held, outputs = MemoryState.empty(method), torch.zeros(0, dtype=torch.long), []
+    for a, b in spans:
         held = torch.cat((held, torch.arange(a, b)))
         out = attend_with_memory(
             queries[:, :, a:b],
             keys[:, :, held],
             x["value"][:, :, held],
             method,
-            Scoring(layout, scale=x["scale"]),
+            scoring,
             state,
             query_positions=positions[a:b],
             key_positions=positions[held],
@@ -90,6 +90,18 @@ def run_calls(case, method=None):
         state.keep(kept)
         held = held[kept]
         outputs.append(out)
+    return outputs, state, held
+
+
+def run_calls(case, method=None):
+    """The memory executor over a sequence of calls, keeping only the keys it keeps (like the
+    cache); returns (output of every query, formula output, final state)."""
+    method = method or case["method"]
+    x, queries, keys, layout = rotated_inputs(case)
+    edges = [0, *sorted(set(case["cuts"])), case["n_key"]]
+    spans = list(zip(edges, edges[1:], strict=False))
+    outputs, state, held = read_in_calls(method, Scoring(layout, scale=x["scale"]), x, queries, keys, spans)
+    inv_freq, interleaved, positions = x["inv_freq"], case["interleaved"], x["key_positions"]
     expected = formula_attention(
         method,
         x["raw_q"],
@@ -242,32 +254,16 @@ def test_decoding_one_query_equals_the_general_path_when_retrieval_picks_blocks(
         pad=pad,
         seed=11,
     )
-    x = attention_inputs(case)
-    positions = x["key_positions"]
-    queries = rope(x["raw_q"], positions, x["inv_freq"], False).float()
-    keys = rope(x["raw_k"], positions, x["inv_freq"], False).float()
-    layout = RotaryLayout(x["inv_freq"])
+    x, queries, keys, layout = rotated_inputs(case)
+    scoring = Scoring(layout, scale=x["scale"], sliding_window=sliding_window)
     runs = []
     for path in ("one query", "general"):
         if path == "general":
             monkeypatch.setattr(memory_attention, "_attend_one_query", general_path_for_one_query)
-        state, held, outputs = MemoryState.empty(method), torch.zeros(0, dtype=torch.long), []
-        for a, b in [(0, 6), *((t, t + 1) for t in range(6, 70))]:  # decoding also before n_init + n_local
-            held = torch.cat((held, torch.arange(a, b)))
-            out = attend_with_memory(
-                queries[:, :, a:b],
-                keys[:, :, held],
-                x["value"][:, :, held],
-                method,
-                Scoring(layout, scale=x["scale"], sliding_window=sliding_window),
-                state,
-                query_positions=positions[a:b],
-                key_positions=positions[held],
-            )
-            kept = state.resident(positions[held])
-            state.keep(kept)
-            held = held[kept]
-            outputs.append(out)
+        # Decoding also before n_init + n_local.
+        outputs, state, held = read_in_calls(
+            method, scoring, x, queries, keys, [(0, 6), *((t, t + 1) for t in range(6, 70))]
+        )
         assert state.store.count > method.topk  # retrieval chose among blocks
         runs.append((torch.cat(outputs, dim=2), state.scores, state.store.representatives, held))
     (fast, fast_scores, fast_reprs, fast_held), (general, scores, reprs, general_held) = runs
@@ -581,34 +577,10 @@ def test_ordered_memory_reads_the_retrieved_blocks_as_if_the_rest_were_cut_out(m
         pad=0,
         seed=3,
     )
-    x = attention_inputs(case)
-    positions, inv_freq = x["key_positions"], x["inv_freq"]
-    queries = rope(x["raw_q"], positions, inv_freq, False).float()
-    keys = rope(x["raw_k"], positions, inv_freq, False).float()
-    scoring = Scoring(RotaryLayout(inv_freq), scale=x["scale"])
-    state, held = MemoryState.empty(method), torch.arange(39)
-    attend_with_memory(
-        queries[:, :, :39],
-        keys,
-        x["value"],
-        method,
-        scoring,
-        state,
-        query_positions=positions[:39],
-        key_positions=positions[:39],
-    )
-    held = held[state.resident(positions[:39])]
-    held = torch.cat((held, torch.tensor([39])))
-    got = attend_with_memory(
-        queries[:, :, 39:],
-        keys[:, :, held],
-        x["value"][:, :, held],
-        method,
-        scoring,
-        state,
-        query_positions=positions[39:],
-        key_positions=positions[held],
-    )
+    x, queries, keys, layout = rotated_inputs(case)
+    inv_freq = x["inv_freq"]
+    outputs, state, _ = read_in_calls(method, Scoring(layout, scale=x["scale"]), x, queries, keys, [(0, 39), (39, 40)])
+    got = outputs[-1]
     assert (state.store.count, state.blocks_end) == (7, 31)  # one leftover (31), the window 32-39
     read = torch.cat([torch.arange(3), *(torch.arange(3 + 4 * b, 7 + 4 * b) for b in chosen), torch.arange(31, 40)])
     at = torch.arange(len(read))  # consecutive: the blocks not chosen are cut out
