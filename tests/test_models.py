@@ -5,6 +5,7 @@ import torch
 
 import longreach
 from longreach.models import embedded_gguf
+from longreach.models.config import model_identity
 
 
 def test_missing_embedded_model_names_the_install_command(monkeypatch):
@@ -79,6 +80,8 @@ def test_embedded_model_loads_in_eval_mode_with_its_trained_length(smollm):
     assert info.supported and info.rotary_layout == "half-split" and info.rope_base == 100000.0
     assert info.suggested["self-extend"] == "self-extend:group_size=3,window=2048"
     assert tokenizer("The pass key is 12345.").input_ids
+    # What a tune record is matched by: the name, not the folder the package happens to sit in.
+    assert model_identity(model.config) == "smollm2-135m"
 
 
 def test_a_safetensors_folder_is_served_as_it_is(tiny_model_dir, tmp_path, monkeypatch):
@@ -101,6 +104,8 @@ def test_the_embedded_model_converts_once_to_plain_safetensors(smollm, tmp_path,
     folder = safetensors_folder("smollm2-135m")
     assert folder == tmp_path / "models" / "smollm2-135m-float32"
     assert "quantization_config" not in json.loads((folder / "config.json").read_text())
+    # The copy vLLM serves is the same model to `auto`: a tune run on one is found by the other.
+    assert model_identity(transformers.AutoConfig.from_pretrained(folder)) == "smollm2-135m"
     stamp = (folder / "model.safetensors").stat().st_mtime_ns
     assert safetensors_folder("smollm2-135m") == folder  # the second call converts nothing
     assert (folder / "model.safetensors").stat().st_mtime_ns == stamp

@@ -21,6 +21,7 @@ from longreach.eval.tune import (
 )
 from longreach.methods import method_for
 from longreach.methods.recommend import TUNE_RECORD
+from longreach.models.config import model_identity
 
 TARGET = 500
 CANDIDATES = ["rerope:auto", "self-extend:auto", "string:auto"]  # string covers at most 480 on a 256 model
@@ -212,5 +213,5 @@ def test_auto_is_the_tuned_choice_for_this_model_and_the_rule_elsewhere(tiny, no
     assert longreach.current_method(model).spec() == result.recommended
     longreach.restore(model)
     # Past the tuned length, and for another model, `auto` is the rule.
-    assert method_for("auto", 2 * TARGET, 256, model=str(model.config._name_or_path)).spec().startswith("rerope:")
+    assert method_for("auto", 2 * TARGET, 256, model=model_identity(model.config)).spec().startswith("rerope:")
     assert method_for("auto", TARGET, 256, model="another/model").spec().startswith("rerope:")

@@ -195,7 +195,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from longreach.integrations.transformers.forward_args import cache_kwargs
     from longreach.methods import method_for
     from longreach.methods.coverage import unchanged_note
-    from longreach.models.config import name_or_path, sliding_window, trained_length
+    from longreach.models.config import model_identity, sliding_window, trained_length
 
     [spec] = checks.specs([args.method])
     checks.at_least("--max-new-tokens", args.max_new_tokens, 1)
@@ -216,7 +216,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     n = ids.shape[1]
     trained, window = trained_length(model.config), sliding_window(model.config)
     try:
-        total, identity = n + args.max_new_tokens, name_or_path(model.config)
+        total, identity = n + args.max_new_tokens, model_identity(model.config)
         method = method_for(spec, n, trained, total=total, sliding_window=window, model=identity)
         longreach.extend(model, method)
     except ValueError as error:

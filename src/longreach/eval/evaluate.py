@@ -128,14 +128,14 @@ def evaluate(
     """
     import longreach
     from longreach.methods import method_for
-    from longreach.models.config import name_or_path, sliding_window, trained_length
+    from longreach.models.config import model_identity, sliding_window, trained_length
 
     out = Path(out)
     trained, window = trained_length(model.config), sliding_window(model.config)
     longest = max(evaluation.lengths)
     resolved = {}
 
-    identity = name_or_path(model.config)
+    identity = model_identity(model.config)
 
     def resolve(spec: str, length: int, total: int) -> str:
         method = method_for(spec, length, trained, total=total, sliding_window=window, model=identity)

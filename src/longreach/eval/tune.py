@@ -69,7 +69,7 @@ class TuneResult:
     (the winner's settings at the target length), ``reason`` the measurements behind it."""
 
     model: str
-    name_or_path: str  # the model's config._name_or_path: what `auto` matches a record by
+    identity: str  # models.config.model_identity: what `auto` matches a record by
     target_length: int
     ranking: tuple[Candidate, ...]
     recommended: str
@@ -287,10 +287,10 @@ def tune(
     """
     from longreach.eval.evaluate import Evaluation, evaluate
     from longreach.methods import method_for
-    from longreach.models.config import name_or_path, sliding_window, trained_length
+    from longreach.models.config import model_identity, sliding_window, trained_length
 
     seconds = parse_budget(budget)
-    identity = name_or_path(model.config)
+    identity = model_identity(model.config)
     out = Path(out) if out is not None else tune_folder(model_name or identity or "model", target_length)
     trained, window = trained_length(model.config), sliding_window(model.config)
     tasks = (NaturalNeedleTask(depths=tuple(depths), texts=tuple(texts) or NaturalNeedleTask().texts),)
@@ -365,7 +365,7 @@ def tune(
     best = ranking[0]
     result = TuneResult(
         model=model_name,
-        name_or_path=identity or "",
+        identity=identity or "",
         target_length=target_length,
         ranking=tuple(ranking),
         recommended=best.settings if best.needles else "",

@@ -44,9 +44,10 @@ def method_for(
 
     ``NAME:auto`` picks its settings for ``length``, and for ``total`` when those would not reach
     the end of the answer. ``auto`` is the recommended method for ``length`` (``longreach tune``'s
-    choice for ``model``, a ``name_or_path``, when it has one: :func:`~longreach.methods.recommend.
-    recommend`). Raises :class:`~longreach.methods.spec.MethodSpecError` for a bad spec
-    and :class:`InputTooLongError` when the settings fall short of ``total``.
+    choice for ``model``, a :func:`~longreach.models.config.model_identity`, when it has one:
+    :func:`~longreach.methods.recommend.recommend`). Raises
+    :class:`~longreach.methods.spec.MethodSpecError` for a bad spec and :class:`InputTooLongError`
+    when the settings fall short of ``total``.
 
     Example:
         >>> method_for("self-extend:auto", 32768, 8192, total=32800)

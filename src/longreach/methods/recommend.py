@@ -41,7 +41,7 @@ def recommend(
 ) -> Recommendation:
     """The method recommended for inputs of ``target_length`` tokens on a model trained to
     ``trained_length`` (with a ``sliding_window``, if it has one): ``longreach tune``'s choice
-    for ``model`` (its ``name_or_path``) when a tune record covers the length, else the rule.
+    for ``model`` (:func:`~longreach.models.config.model_identity`) when a tune record covers the length, else the rule.
 
     Example:
         >>> recommend(32768, 8192).spec
@@ -66,7 +66,7 @@ def recommend(
 
 
 def tuned_choice(model: str, length: int, folder: Path | None = None) -> tuple[dict, Path] | None:
-    """The tune record for ``model`` (its ``name_or_path``) with a recommendation whose target is
+    """The tune record for ``model`` (its identity) with a recommendation whose target is
     the shortest at or above ``length``, and its path; None when there is none. Records are
     looked for in every folder under ``folder`` (default ``$LONGREACH_RESULTS`` or ``results``)."""
     root = Path(folder or os.environ.get(RESULTS_ENV, "results"))
@@ -76,7 +76,7 @@ def tuned_choice(model: str, length: int, folder: Path | None = None) -> tuple[d
             record = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        if record.get("name_or_path") == model and record.get("recommended") and record["target_length"] >= length:
+        if record.get("identity") == model and record.get("recommended") and record["target_length"] >= length:
             found.append((record["target_length"], -path.stat().st_mtime, path, record))
     if not found:
         return None

@@ -26,16 +26,27 @@ def trained_length(config) -> int:
     return length
 
 
-def name_or_path(config) -> str | None:
-    """Where the model was loaded from (``config._name_or_path``): what a ``longreach tune`` record
-    is matched by, so ``auto`` finds the choice measured on this model.
+#: The config attribute :func:`~longreach.models.loading.load_model` writes the model's name into:
+#: saved with the config, so the safetensors copy vLLM serves keeps the name it was made from.
+MODEL_NAME_KEY = "longreach_model"
+
+
+def model_identity(config) -> str | None:
+    """The name a ``longreach tune`` record is matched by, so that ``auto`` finds the choice
+    measured on this model: the name LongReach loaded it by (an embedded name such as
+    ``smollm2-135m``, a ``.gguf`` file), kept in the config and in any copy saved from it, else
+    where transformers loaded it from (``config._name_or_path``).
 
     Example:
         >>> from types import SimpleNamespace
-        >>> name_or_path(SimpleNamespace(_name_or_path="HuggingFaceTB/SmolLM2-135M")), name_or_path(SimpleNamespace())
-        ('HuggingFaceTB/SmolLM2-135M', None)
+        >>> model_identity(SimpleNamespace(_name_or_path="/tmp/x", longreach_model="smollm2-135m"))
+        'smollm2-135m'
+        >>> model_identity(SimpleNamespace(_name_or_path="HuggingFaceTB/SmolLM2-135M"))
+        'HuggingFaceTB/SmolLM2-135M'
+        >>> model_identity(SimpleNamespace()) is None
+        True
     """
-    return getattr(config, "_name_or_path", None) or None
+    return getattr(config, MODEL_NAME_KEY, None) or getattr(config, "_name_or_path", None) or None
 
 
 def sliding_window(config) -> int | None:

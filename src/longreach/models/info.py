@@ -9,7 +9,7 @@ from transformers import PreTrainedModel
 from longreach.integrations.transformers.rotary import describe_rotary
 from longreach.methods import METHODS, parse_length
 from longreach.methods.recommend import MEASURED_FACTOR, Recommendation, recommend
-from longreach.models.config import UnsupportedModelError, name_or_path, sliding_window, trained_length
+from longreach.models.config import UnsupportedModelError, model_identity, sliding_window, trained_length
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ def model_info(model: PreTrainedModel, target_length: int | str | None = None) -
         suggested=suggested,
         sliding_window=window,
         target_length=target_length,
-        recommended=recommend(target_length, length, window, model=name_or_path(model.config)),
+        recommended=recommend(target_length, length, window, model=model_identity(model.config)),
     )
 
 

@@ -19,6 +19,7 @@ from urllib.parse import urlparse
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from longreach.models.config import MODEL_NAME_KEY
 from longreach.models.embedded import EMBEDDED, ModelNotAvailableError, embedded_gguf
 
 #: The dtypes a model loads in.
@@ -233,6 +234,9 @@ def load_model(
                 raise
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise ModelNotAvailableError(f"cannot load {name_or_path}: {first}") from error
+    if gguf_file is not None:  # transformers knows only the GGUF's folder: name the model or the file
+        name = str(name_or_path)
+        setattr(model.config, MODEL_NAME_KEY, name if name in EMBEDDED else str(Path(source, gguf_file).resolve()))
     model.to(device)
     model.eval()
     return model, tokenizer

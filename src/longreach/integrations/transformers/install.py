@@ -24,7 +24,7 @@ from longreach.integrations.transformers.rope_scaling import apply_rope_scaling
 from longreach.integrations.transformers.rotary import attention_modules, describe_rotary
 from longreach.methods.base import Method
 from longreach.methods.coverage import method_for, unchanged_note
-from longreach.models.config import UnsupportedModelError, name_or_path, sliding_window, trained_length
+from longreach.models.config import UnsupportedModelError, model_identity, sliding_window, trained_length
 
 #: Where ``extend`` points ``NAME:auto`` when no target length is given: 4x the trained length.
 DEFAULT_TARGET_FACTOR = 4
@@ -56,7 +56,7 @@ def extend(model: PreTrainedModel, method: Method | str, *, target_length: int |
     trained = trained_length(model.config)
     window = sliding_window(model.config)
     target = target_length if target_length is not None else DEFAULT_TARGET_FACTOR * trained
-    identity = name_or_path(model.config)
+    identity = model_identity(model.config)
     spec, method = method, method_for(method, target, trained, total=1, sliding_window=window, model=identity)
     note = unchanged_note(spec, method, target)
     if note is not None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from longreach.methods.base import Method, Part
 from longreach.methods.coverage import method_for
-from longreach.models.config import name_or_path, sliding_window, trained_length
+from longreach.models.config import model_identity, sliding_window, trained_length
 
 #: The environment variable naming the method (a spec as on the command line).
 METHOD_ENV = "LONGREACH_METHOD"
@@ -48,7 +48,7 @@ def plan_for(spec: str | None, hf_config, max_model_len: int) -> Plan | None:
     trained = trained_length(hf_config)
     window = sliding_window(hf_config)
     try:
-        method = method_for(spec, max_model_len, trained, sliding_window=window, model=name_or_path(hf_config))
+        method = method_for(spec, max_model_len, trained, sliding_window=window, model=model_identity(hf_config))
     except ValueError as error:
         raise ValueError(f"LongReach ({METHOD_ENV}={spec!r}, max_model_len {max_model_len}): {error}") from None
     if method.attention == "model":
