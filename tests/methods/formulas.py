@@ -135,3 +135,20 @@ def formula_attention(
     scores = scores.masked_fill(~attends, float("-inf"))
     weights = torch.softmax(scores, dim=-1).nan_to_num(0.0)
     return weights @ value.double().repeat_interleave(group, dim=1)
+
+
+def formula_for_inputs(method, x: dict, *, interleaved: bool, trained_length: int, value=None) -> torch.Tensor:
+    """:func:`formula_attention` over conftest's ``attention_inputs`` ``x`` (their own values
+    unless ``value`` is given: an identity returns the weights)."""
+    return formula_attention(
+        method,
+        x["raw_q"],
+        x["raw_k"],
+        x["value"] if value is None else value,
+        x["inv_freq"],
+        interleaved=interleaved,
+        query_positions=x["query_positions"],
+        key_positions=x["key_positions"],
+        scale=x["scale"],
+        trained_length=trained_length,
+    )

@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import attention_inputs, left_pad, logits, tiny_model
 from dense_reference import rope
-from formulas import formula_attention
+from formulas import formula_for_inputs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import DynamicCache
@@ -101,19 +101,7 @@ def run_calls(case, method=None):
     edges = [0, *sorted(set(case["cuts"])), case["n_key"]]
     spans = list(zip(edges, edges[1:], strict=False))
     outputs, state, held = read_in_calls(method, Scoring(layout, scale=x["scale"]), x, queries, keys, spans)
-    inv_freq, interleaved, positions = x["inv_freq"], case["interleaved"], x["key_positions"]
-    expected = formula_attention(
-        method,
-        x["raw_q"],
-        x["raw_k"],
-        x["value"],
-        inv_freq,
-        interleaved=interleaved,
-        query_positions=positions,
-        key_positions=positions,
-        scale=x["scale"],
-        trained_length=64,
-    )
+    expected = formula_for_inputs(method, x, interleaved=case["interleaved"], trained_length=64)
     return torch.cat(outputs, dim=2), expected, state, held
 
 
@@ -465,18 +453,7 @@ def test_window_keys_accumulate_the_attention_they_receive(n_local, heads_at_onc
     x = attention_inputs(case)
     positions = x["key_positions"]
     identity = torch.eye(40, dtype=torch.float64).expand(2, 2, 40, 40)  # values that return the weights
-    weights = formula_attention(
-        method,
-        x["raw_q"],
-        x["raw_k"],
-        identity,
-        x["inv_freq"],
-        interleaved=False,
-        query_positions=positions,
-        key_positions=positions,
-        scale=x["scale"],
-        trained_length=64,
-    )
+    weights = formula_for_inputs(method, x, interleaved=False, trained_length=64, value=identity)
     i, j = positions[:, None], positions[None, :]
     local = (i < method.n_init + n_local) | (i - j < n_local)
     expected = (weights * local).view(2, 2, 2, 40, 40).sum(dim=(2, 3))

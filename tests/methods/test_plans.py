@@ -4,7 +4,7 @@ import pytest
 import torch
 from conftest import attention_inputs
 from dense_reference import rope
-from formulas import formula_attention
+from formulas import formula_for_inputs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -106,18 +106,7 @@ def run(case, kept: torch.Tensor | None = None):
     x = attention_inputs(case)
     method, interleaved, inv_freq = case["method"], case["interleaved"], x["inv_freq"]
     query_positions, key_positions = x["query_positions"], x["key_positions"]
-    expected = formula_attention(
-        method,
-        x["raw_q"],
-        x["raw_k"],
-        x["value"],
-        inv_freq,
-        interleaved=interleaved,
-        query_positions=query_positions,
-        key_positions=key_positions,
-        scale=x["scale"],
-        trained_length=case["trained"],
-    )
+    expected = formula_for_inputs(method, x, interleaved=interleaved, trained_length=case["trained"])
     keys = rope(x["raw_k"], key_positions, inv_freq, interleaved).float()
     kept = torch.ones(case["n_key"], dtype=torch.bool) if kept is None else kept
     got = attend(
