@@ -103,6 +103,56 @@ def test_queries_without_keys_get_zeros():
     torch.testing.assert_close(got.double(), expected, atol=2e-5, rtol=1e-4)
 
 
+# Bounds that step g keys every g queries (SelfExtend with STRING's shift): a tile of 3 rows over
+# bounds 0, 0, 2 spans rows - 1 keys without advancing one key per row.
+@pytest.mark.parametrize("tile", [3, 5, 16, 512])
+@pytest.mark.parametrize(
+    "method",
+    [SelfExtend(2, 6, string_offset=9, local_value=2), SelfExtend(3, 4, string_offset=8, local_value=3)],
+    ids=str,
+)
+def test_staircase_bounds_stay_inside_a_tile(method, tile):
+    """Stepped bounds are exact (as the dense reference) and do not cut the queries into tiles of
+    g rows, which made such plans several times slower than their neighbours' plans."""
+    import longreach.engine.attention as engine
+
+    case = dict(
+        batch=1,
+        kv_heads=2,
+        group=2,
+        head_dim=8,
+        rotary_fraction=1.0,
+        interleaved=False,
+        n_key=70,
+        n_query=70,
+        pad=0,
+        holes=False,
+        sliding_window=None,
+        method=method,
+        tile=tile,
+        seed=3,
+    )
+    got, expected = run_case(case)
+    torch.testing.assert_close(got.double(), expected, atol=2e-5, rtol=1e-4)
+    x = attention_inputs(case)
+    scoring = Scoring(RotaryLayout(x["inv_freq"]), scale=x["scale"])
+    views = [
+        engine._prepare(
+            part,
+            x["raw_q"],
+            x["raw_k"],
+            x["value"],
+            scoring,
+            x["query_positions"],
+            x["key_positions"],
+            None,
+            engine.PositionMemo(),
+        )
+        for part in method.parts()
+    ]
+    assert len(engine._tiles([v for v in views if v is not None], 70, tile)) == -(-70 // tile)
+
+
 def test_decreasing_spans_are_rejected():
     backwards = Part("backwards", key_span=lambda i: (i * 0, 3 - i))
     q = torch.randn(1, 1, 4, 8)

@@ -21,6 +21,10 @@ from longreach.methods.base import Part
 
 #: Queries per tile: larger tiles mean fewer kernel calls.
 TILE = 512
+#: A region's bound that steps by at most this many keys between neighbouring queries stays inside a
+#: tile as part of a ragged edge (SelfExtend's groups step g keys every g queries); a larger step (a
+#: chunk boundary) starts a new tile, so that no edge inside a tile is much wider than the tile.
+STAIR = 64
 
 
 @dataclass(frozen=True)
@@ -52,9 +56,7 @@ class _PartView:
     keys: torch.Tensor  # (B, Hkv, span, D), re-rotated keys from index `key_start`
     values: torch.Tensor
     key_start: int
-    lo: list[int]  # per query, first key index of the region
-    hi: list[int]  # per query, one past the last key index
-    jumps: list[int]  # query indices where lo or hi steps by more than one key
+    spans: Spans  # per query, the region's key indices [lo, hi)
 
 
 def attend(
@@ -134,8 +136,7 @@ def _prepare(
     spans = remember(memo.spans, part, lambda: _spans(part, query_positions, key_positions, scoring.sliding_window))
     if spans is None:
         return None
-    lo, hi, jumps = spans
-    key_start, key_stop = lo[0], hi[-1]
+    key_start, key_stop = spans.lo[0], spans.hi[-1]
 
     queries = query
     if part.query_position is not None:
@@ -149,11 +150,11 @@ def _prepare(
     batch, q_heads, n_query, head_dim = query.shape
     kv_heads = key.shape[1]
     queries = queries.reshape(batch, kv_heads, q_heads // kv_heads, n_query, head_dim)
-    return _PartView(queries, keys, value[:, :, key_start:key_stop], key_start, lo, hi, jumps)
+    return _PartView(queries, keys, value[:, :, key_start:key_stop], key_start, spans)
 
 
 def _spans(part, query_positions, key_positions, sliding_window) -> Spans | None:
-    """Per query, the part's region as key indices [lo, hi), and the queries where a bound jumps."""
+    """The part's region as key indices, per query; None when no query sees a key."""
     lo_pos, hi_pos = part.key_span(query_positions)
     hi_pos = torch.minimum(hi_pos, query_positions + 1)
     lo_pos = lo_pos.clamp_min(0)
@@ -166,8 +167,13 @@ def _spans(part, query_positions, key_positions, sliding_window) -> Spans | None
         raise ValueError(f"plan part {part.name!r}: key spans must be non-decreasing in the query position")
     if not bool((hi_idx > lo_idx).any()):
         return None
-    jumps = torch.nonzero((torch.diff(lo_idx) > 1) | (torch.diff(hi_idx) > 1)).flatten() + 1
-    return lo_idx.tolist(), hi_idx.tolist(), jumps.tolist()
+    lo_steps, hi_steps = torch.diff(lo_idx), torch.diff(hi_idx)
+
+    def breaks(steps: torch.Tensor) -> list[int]:
+        return torch.cat((steps.new_zeros(1), torch.cumsum(steps != 1, 0))).tolist()
+
+    cuts = torch.nonzero((lo_steps > STAIR) | (hi_steps > STAIR)).flatten() + 1
+    return Spans(lo_idx.tolist(), hi_idx.tolist(), breaks(lo_steps), breaks(hi_steps), cuts.tolist())
 
 
 def _rotated_keys(part, key, key_positions, start, stop, layout, store, memo: PositionMemo) -> torch.Tensor:
@@ -194,12 +200,12 @@ def _rotated_keys(part, key, key_positions, start, stop, layout, store, memo: Po
 
 
 def _tiles(views: list[_PartView], n_query: int, tile: int) -> list[tuple[int, int]]:
-    """Query tiles of at most ``tile`` rows, also cut wherever a region's bounds jump by more
-    than one key between neighbouring queries (chunk boundaries), so that every ragged edge
-    inside a tile is at most a tile wide."""
+    """Query tiles of at most ``tile`` rows, also cut wherever a region's bound steps by more
+    than :data:`STAIR` keys between neighbouring queries (chunk boundaries), so that every ragged
+    edge inside a tile is at most about a tile wide."""
     cuts = set(range(0, n_query, tile))
     for view in views:
-        cuts.update(view.jumps)
+        cuts.update(view.spans.cuts)
     edges = sorted(cuts) + [n_query]
     return [(a, b) for a, b in zip(edges, edges[1:], strict=False) if b > a]
 
@@ -220,9 +226,9 @@ class _Piece:
 def _pieces(view: _PartView, start: int, stop: int, has_holes: bool) -> list[_Piece]:
     """Cover the part's region for query rows [start, stop): the keys every row sees as one
     unmasked piece, the ragged edges (at most a tile wide) as causal, anticausal or masked."""
-    lo_min, lo_max = view.lo[start], view.lo[stop - 1]
-    hi_min, hi_max = view.hi[start], view.hi[stop - 1]
-    rows = stop - start
+    spans = view.spans
+    lo_min, lo_max = spans.lo[start], spans.lo[stop - 1]
+    hi_min, hi_max = spans.hi[start], spans.hi[stop - 1]
     if hi_max <= lo_min:
         return []
     if has_holes or lo_max >= hi_min:  # no key seen by every row: one masked piece
@@ -230,7 +236,7 @@ def _pieces(view: _PartView, start: int, stop: int, has_holes: bool) -> list[_Pi
     pieces = []
     full_start = lo_max
     # A lower edge advancing exactly one key per row is the causal pattern reversed.
-    if lo_max > lo_min and lo_max - lo_min == rows - 1 and lo_max + 1 <= hi_min:
+    if lo_max > lo_min and spans.lo_breaks[start] == spans.lo_breaks[stop - 1] and lo_max + 1 <= hi_min:
         pieces.append(_Piece(start, stop, lo_min, lo_max + 1, "anticausal"))
         full_start = lo_max + 1
     elif lo_max > lo_min:
@@ -238,7 +244,7 @@ def _pieces(view: _PartView, start: int, stop: int, has_holes: bool) -> list[_Pi
     full_stop = hi_min
     upper = None
     # An upper edge advancing exactly one key per row is the kernel's causal pattern.
-    if hi_max > hi_min and hi_max - hi_min == rows - 1 and hi_min - 1 >= full_start:
+    if hi_max > hi_min and spans.hi_breaks[start] == spans.hi_breaks[stop - 1] and hi_min - 1 >= full_start:
         full_stop = hi_min - 1
         upper = _Piece(start, stop, hi_min - 1, hi_max, "causal")
     elif hi_max > hi_min:
@@ -274,8 +280,8 @@ def _attend_piece(view: _PartView, piece: _Piece, key_valid, scale, softcap, gro
     mask = None
     if kind == "masked":
         index = torch.arange(key_lo, key_hi, device=q.device)
-        lo = torch.tensor(view.lo[start:stop], device=q.device)[:, None]
-        hi = torch.tensor(view.hi[start:stop], device=q.device)[:, None]
+        lo = torch.tensor(view.spans.lo[start:stop], device=q.device)[:, None]
+        hi = torch.tensor(view.spans.hi[start:stop], device=q.device)[:, None]
         allowed = (index >= lo) & (index < hi)
         if key_valid is not None:
             allowed &= key_valid[key_lo:key_hi]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import torch
 
@@ -14,8 +14,18 @@ from longreach.methods.base import Part
 
 T = TypeVar("T")
 
-#: Per query, a part's region as key indices [lo, hi), and the queries where a bound jumps.
-Spans = tuple[list[int], list[int], list[int]]
+
+class Spans(NamedTuple):
+    """A part's region for each query as key indices [lo, hi), with what tiling needs: per query,
+    how many times each bound has stepped by other than one key since the first query (so a bound
+    advances by exactly one key per query between two queries where these counts are equal), and
+    the queries where a bound steps by more than a ragged edge should hold (chunk boundaries)."""
+
+    lo: list[int]
+    hi: list[int]
+    lo_breaks: list[int]
+    hi_breaks: list[int]
+    cuts: list[int]
 
 
 def remember(table: dict, key, make: Callable[[], T]) -> T:
