@@ -11,12 +11,14 @@ import longreach
 import longreach.eval.compare as compare
 from longreach.cli import main
 from longreach.eval.tune import (
+    Candidate,
     candidate_specs,
     halving,
     informative_first,
     next_round,
     parse_budget,
     planned_cells,
+    reason_for,
     tune,
 )
 from longreach.methods import method_for
@@ -158,9 +160,19 @@ def test_halving_keeps_the_better_half_of_each_finished_round():
 
     records = [needle("a", 1), needle("b", 0), needle("c", 1), ppl("a", 10), ppl("b", 9)]
     assert halving(records, "abc", 100, 0) == [["a", "b", "c"]]  # c has no perplexity yet: round 1 not over
-    records.append(ppl("c", 12))
-    assert halving(records, "abc", 100, 0) == [["a", "c"], ["b"]]  # found first, then perplexity
+    records.append(ppl("c", 8))
+    # Found first; as many found: as listed (the rule's choice leads the grid), whatever the perplexity.
+    assert halving(records, "abc", 100, 0) == [["a", "c"], ["b"]]
+    assert halving(records, "cba", 100, 0) == [["c", "a"], ["b"]]
     assert planned_cells(3, 2) == 3 + 2 + 3 and planned_cells(1, 4) == 5
+
+
+def test_the_reason_says_when_the_winner_only_won_a_tie():
+    tied = [Candidate("a", "a", 1, 1, 30.0), Candidate("b", "b", 1, 1, 20.0), Candidate("c", "c", 0, 1, 10.0)]
+    reason = reason_for(tied, 100)
+    assert reason.startswith("1 of 1 needles found at 100 tokens, perplexity 30.00; next b 1/1, c 0/1")
+    assert "1 more found as large a share, so it won as listed first" in reason and "--budget" in reason
+    assert "listed first" not in reason_for([tied[0], tied[2]], 100)
 
 
 def test_a_round_is_each_method_s_next_needle_then_the_missing_perplexities():

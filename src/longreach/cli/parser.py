@@ -145,9 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--target-length on facts told in --text (niah-natural: five wordings at the --depths), a\n"
         "multi-key needle and perplexity over --text, in rounds of successive halving (every candidate's\n"
         "first needle and perplexity, then the better half's next needle, ..., down to two finalists)\n"
-        "until --budget runs out. Prints the ranking and the recommended spec with its measurements;\n"
-        "writes into --out: results.jsonl (a rerun goes on where the last stopped), report.md and\n"
-        "tune.json.",
+        "until --budget runs out. Ranked by the share of needles found; candidates that found as many\n"
+        "go in the order listed (the grid starts with the rule's choice; perplexity is shown, not ranked\n"
+        "on). Prints the ranking and the recommended spec with its measurements; writes into --out:\n"
+        "results.jsonl (a rerun goes on where the last stopped), report.md and tune.json.",
     )
     model_options(tune)
     tune.add_argument("--target-length", required=True, help="the input length to tune for, e.g. 16k")

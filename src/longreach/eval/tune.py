@@ -8,13 +8,17 @@ measured where a user reads: facts told in the user's own text (``niah-natural``
 five depths), a multi-key needle (RULER's ``niah_multikey``), and perplexity over the same text.
 
 Cells run in rounds of successive halving: every candidate's first needle, then every candidate's
-perplexity; then the better half (by the share of needles found, then perplexity) gets its next
+perplexity; then the better half (by the share of needles found) gets its next
 needle, and so on, halving after each round down to two finalists, which share whatever the budget
 has left. A budget that ends the run early still compares the candidates of a round on the same
 cells, and more of it goes to telling the best apart (on a CPU a cell at 16k takes minutes). Each
 finished cell is a line of the folder's ``results.jsonl`` (compare's records): a rerun replays the
 rounds from them and goes on where the last stopped, and the folder gets compare's report too. The
-ranking: the candidates that got furthest first, each round's by the share found, then perplexity.
+ranking: the candidates that got furthest first, each round's by the share found. Candidates that
+found as many go in the order they were listed: the grid lists first the rule measured on the
+embedded model (docs/results.md), so a budget too small to tell candidates apart falls back to it.
+Perplexity is measured and shown, not ranked on: it does not rank retrieval (on the embedded model at
+32k the plans with the lowest perplexity found 1 of 5 passkeys, ReRoPE 4 with the highest).
 
 Example:
     >>> result = tune(model, tokenizer, 16384, budget=1800)  # doctest: +SKIP
@@ -36,7 +40,7 @@ from longreach.eval.natural import NaturalNeedleTask
 from longreach.eval.report import Table
 from longreach.eval.ruler import RULER_TASKS
 from longreach.eval.task import DEFAULT_DEPTHS
-from longreach.methods.recommend import TUNE_RECORD
+from longreach.methods.recommend import TUNE_RECORD, recommend
 
 #: The needle tasks whose share found ranks the candidates.
 NEEDLES = ("niah-natural", "ruler:niah_multikey")
@@ -105,11 +109,13 @@ def candidate_specs(target_length: int, trained_length: int, sliding_window: int
     """The methods and settings worth measuring for ``target_length`` tokens on a model trained to
     ``trained_length``: every method that covers any length, at its ``:auto`` settings (SelfExtend
     also with STRING's shift), plus the wider windows of ReRoPE and SelfExtend (a wider window kept
-    more passkeys at 8k-32k).
+    more passkeys at 8k-32k). The rule's choice for the length comes first: ties go to it.
 
     Example:
         >>> candidate_specs(16384, 8192)[:3]
         ['rerope:auto', 'self-extend:auto', 'self-extend-string:auto']
+        >>> candidate_specs(65536, 8192)[:2]
+        ['infllm:auto', 'rerope:auto']
         >>> candidate_specs(4096, 8192)
         ['vanilla', 'string:auto']
     """
@@ -123,7 +129,7 @@ def candidate_specs(target_length: int, trained_length: int, sliding_window: int
     group = 2
     while SelfExtend(group, wide).max_length(trained_length) < target_length:  # type: ignore[operator]
         group += 1
-    return [
+    grid = [
         "rerope:auto",
         "self-extend:auto",
         "self-extend-string:auto",
@@ -134,6 +140,8 @@ def candidate_specs(target_length: int, trained_length: int, sliding_window: int
         f"rerope:window={trained_length // 4},log_scale_base={trained_length}",
         SelfExtend(group, wide).spec(),
     ]
+    rule = recommend(target_length, trained_length).auto
+    return [rule, *(spec for spec in grid if spec != rule)]
 
 
 def informative_first(work: list[Work]) -> list[Work]:
@@ -200,8 +208,8 @@ def planned_cells(candidates: int, needles: int) -> int:
 
 
 def rank(records: list[dict], specs: Sequence[str], target_length: int, seed: int) -> list[Candidate]:
-    """Candidates by the share of needles found, then perplexity (lower first); those with no
-    needle cell yet last."""
+    """Candidates by the share of needles found, those that found as many in the order of
+    ``specs``; those with no needle cell yet last."""
     found = []
     for spec in specs:
         cells = [r for r in records if r["method"] == spec and r["length"] == target_length and r.get("seed") == seed]
@@ -211,10 +219,7 @@ def rank(records: list[dict], specs: Sequence[str], target_length: int, seed: in
         found.append(
             Candidate(spec, settings, sum(float(r["score"]) for r in needles), len(needles), ppl[-1] if ppl else None)
         )
-    return sorted(
-        found,
-        key=lambda c: (c.needles == 0, -c.share, c.perplexity if c.perplexity is not None else float("inf")),
-    )
+    return sorted(found, key=lambda c: (c.needles == 0, -c.share))  # stable: ties keep the order of specs
 
 
 def reason_for(ranking: Sequence[Candidate], target_length: int) -> str:
@@ -228,6 +233,12 @@ def reason_for(ranking: Sequence[Candidate], target_length: int) -> str:
     others = [c for c in ranking[1:] if c.needles]
     if others:
         text += "; next " + ", ".join(f"{c.spec} {c.found:g}/{c.needles}" for c in others[:2])
+    tied = sum(1 for c in others if c.share == best.share)
+    if tied:
+        text += (
+            f"; {tied} more found as large a share, so it won as listed first (the grid starts with the rule "
+            "measured on the embedded model): a larger --budget measures more needles to tell them apart"
+        )
     return text + " (longreach tune)"
 
 
