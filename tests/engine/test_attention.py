@@ -80,24 +80,16 @@ def test_engine_matches_dense_reference(case):
     torch.testing.assert_close(got.double(), expected, atol=2e-5, rtol=1e-4)
 
 
+def one_case(**settings) -> dict:
+    """A case as ``cases()`` draws them: one batch row, two query heads per KV head, no padding,
+    holes or sliding window unless ``settings`` say otherwise."""
+    base = dict(batch=1, kv_heads=2, group=2, head_dim=8, rotary_fraction=1.0, interleaved=False, pad=0)
+    return base | dict(holes=False, sliding_window=None) | settings
+
+
 def test_queries_without_keys_get_zeros():
     """Padding queries (negative positions) see no key at all: zeros, never NaN."""
-    case = dict(
-        batch=1,
-        kv_heads=1,
-        group=2,
-        head_dim=8,
-        rotary_fraction=1.0,
-        interleaved=False,
-        n_key=10,
-        n_query=10,
-        pad=4,
-        holes=False,
-        sliding_window=None,
-        method=SelfExtend(2, 3),
-        tile=4,
-        seed=1,
-    )
+    case = one_case(kv_heads=1, n_key=10, n_query=10, pad=4, method=SelfExtend(2, 3), tile=4, seed=1)
     got, expected = run_case(case)
     assert torch.equal(got[:, :, :4], torch.zeros_like(got[:, :, :4]))
     torch.testing.assert_close(got.double(), expected, atol=2e-5, rtol=1e-4)
@@ -116,22 +108,7 @@ def test_staircase_bounds_stay_inside_a_tile(method, tile):
     g rows, which made such plans several times slower than their neighbours' plans."""
     import longreach.engine.attention as engine
 
-    case = dict(
-        batch=1,
-        kv_heads=2,
-        group=2,
-        head_dim=8,
-        rotary_fraction=1.0,
-        interleaved=False,
-        n_key=70,
-        n_query=70,
-        pad=0,
-        holes=False,
-        sliding_window=None,
-        method=method,
-        tile=tile,
-        seed=3,
-    )
+    case = one_case(n_key=70, n_query=70, method=method, tile=tile, seed=3)
     got, expected = run_case(case)
     torch.testing.assert_close(got.double(), expected, atol=2e-5, rtol=1e-4)
     x = attention_inputs(case)
