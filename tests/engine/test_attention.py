@@ -112,22 +112,8 @@ def test_staircase_bounds_stay_inside_a_tile(method, tile):
     got, expected = run_case(case)
     torch.testing.assert_close(got.double(), expected, atol=2e-5, rtol=1e-4)
     x = attention_inputs(case)
-    scoring = Scoring(RotaryLayout(x["inv_freq"]), scale=x["scale"])
-    views = [
-        engine._prepare(
-            part,
-            x["raw_q"],
-            x["raw_k"],
-            x["value"],
-            scoring,
-            x["query_positions"],
-            x["key_positions"],
-            None,
-            engine.PositionMemo(),
-        )
-        for part in method.parts()
-    ]
-    assert len(engine._tiles([v for v in views if v is not None], 70, tile)) == -(-70 // tile)
+    spans = [engine._spans(part, x["query_positions"], x["key_positions"], None) for part in method.parts()]
+    assert all(s is None or not s.cuts for s in spans)  # tiles are cut only every `tile` rows
 
 
 def test_decreasing_spans_are_rejected():

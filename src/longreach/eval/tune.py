@@ -236,8 +236,8 @@ def reason_for(ranking: Sequence[Candidate], target_length: int) -> str:
     tied = sum(1 for c in others if c.share == best.share)
     if tied:
         text += (
-            f"; {tied} more found as large a share, so it won as listed first (the grid starts with the rule "
-            "measured on the embedded model): a larger --budget measures more needles to tell them apart"
+            f"; {tied} more found as large a share, so it won as listed first (the default grid lists the "
+            "rule's choice first): a larger --budget measures more needles to tell them apart"
         )
     return text + " (longreach tune)"
 
