@@ -61,6 +61,7 @@ BAD = [
     (["serve", "--max-model-len", "lots"], "--max-model-len: bad length 'lots'"),
     (["serve", "--max-model-len", "16k", "--method", "bogus"], "unknown method 'bogus'"),
     (["serve", "--max-model-len", "16k", "--port", "0"], "--port must be >= 1"),
+    (["serve", "--max-model-len", "16k", "--method", "rerope:auto", "--method", "vanilla"], "--method: given twice"),
     (["report", "{tmp}/none"], "{tmp}/none does not exist; give the --out folder"),
     (["report", "{tmp}"], "holds no results"),
     (["report", "{file}"], "is a file, not a folder"),

@@ -23,6 +23,7 @@ def loaded_after(statement: str) -> set[str]:
             {"transformers", "longreach.engine", "longreach.integrations"},
         ),
         ("from longreach.methods.recommend import recommend", {"transformers", "longreach.integrations"}),
+        ("from longreach.models.info import model_info", {"longreach.integrations"}),
     ],
 )
 def test_light_imports_stay_light(statement, absent):

@@ -12,7 +12,7 @@ from transformers import AttentionInterface, DynamicCache
 import longreach
 from longreach.integrations.transformers.attention import longreach_attention
 from longreach.integrations.transformers.forward_args import cache_kwargs
-from longreach.integrations.transformers.rotary import describe_rotary, rope_of
+from longreach.models.rotary import describe_rotary, rope_of
 
 EQUIVALENCE_FAMILIES = sorted(FAMILIES)
 

@@ -6,7 +6,7 @@ from conftest import FAMILIES, tiny_model
 from dense_reference import rope
 
 from longreach.engine.rotary import RotaryLayout
-from longreach.integrations.transformers.rotary import describe_rotary
+from longreach.models.rotary import describe_rotary
 
 
 @pytest.mark.parametrize("interleaved", [False, True])

@@ -7,9 +7,10 @@ import argparse
 
 from longreach import __version__
 from longreach.cli.checks import MAX_LENGTH, UsageError
+from longreach.eval.task import DEFAULT_DEPTHS
 from longreach.models.embedded import DEFAULT_MODEL, EMBEDDED
 
-DEPTHS = "0.1,0.3,0.5,0.7,0.9"
+DEPTHS = ",".join(map(str, DEFAULT_DEPTHS))
 METHOD_HELP = (
     "method: NAME, NAME:key=value,... or NAME:auto (settings picked for each length); repeatable, "
     "e.g. --method vanilla --method self-extend:auto (default: vanilla)"
@@ -32,6 +33,15 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         raise UsageError(f"{message} (see: {self.prog} --help)")
+
+
+class Once(argparse.Action):
+    """An option that may be given once: a second value is refused, not silently taken."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(namespace, self.dest) is not self.default:
+            raise argparse.ArgumentError(self, "given twice: one value only")
+        setattr(namespace, self.dest, values)
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -208,7 +218,13 @@ def build_parser() -> argparse.ArgumentParser:
         "this environment (README, 'Inside vLLM'). Arguments after -- go to vLLM as they are.",
     )
     serve.add_argument("--model", default=DEFAULT_MODEL, help="embedded name, a .gguf file or a model folder")
-    serve.add_argument("--method", default="vanilla", metavar="SPEC", help=METHOD_HELP)
+    serve.add_argument(
+        "--method",
+        default="vanilla",
+        action=Once,
+        metavar="SPEC",
+        help="method: NAME, NAME:key=value,... or NAME:auto (settings picked for --max-model-len); one per server",
+    )
     serve.add_argument("--max-model-len", required=True, help="the longest context (prompt + answer) served, e.g. 16k")
     serve.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32", help="weights' dtype")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")

@@ -6,10 +6,10 @@ from dataclasses import dataclass, field
 
 from transformers import PreTrainedModel
 
-from longreach.integrations.transformers.rotary import describe_rotary
 from longreach.methods import METHODS, parse_length
 from longreach.methods.recommend import MEASURED_FACTOR, Recommendation, recommend
 from longreach.models.config import UnsupportedModelError, model_identity, sliding_window, trained_length
+from longreach.models.rotary import describe_rotary
 
 
 @dataclass(frozen=True)

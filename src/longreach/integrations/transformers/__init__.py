@@ -1,8 +1,7 @@
 """LongReach inside transformers: ``extend``/``restore`` through the ``AttentionInterface``.
 
 ``install`` puts a method on a model and takes it off; ``attention`` is the registered attention
-function; ``rows`` handles padding; ``rotary`` reads the model's RoPE off its own code;
-``cache`` is the cache that keeps re-rotated keys and evicts; ``generate`` fits
+function; ``rows`` handles padding; ``cache`` is the cache that keeps re-rotated keys and evicts; ``generate`` fits
 ``model.generate`` to an extended model; ``prefill`` reads long inputs in chunks;
 ``rope_scaling`` runs the RoPE-scaling baselines; ``forward_args`` reads forward arguments.
 """

@@ -17,11 +17,11 @@ from longreach.engine.memory.attend import attend_with_memory
 from longreach.engine.memory.state import MemoryState
 from longreach.engine.rotary import RotaryLayout
 from longreach.integrations.transformers.cache import LongReachCache
-from longreach.integrations.transformers.rotary import rope_of
 from longreach.integrations.transformers.rows import row_groups, row_offsets
 from longreach.methods.base import Method, Part
 from longreach.methods.coverage import check_length
 from longreach.models.config import UnsupportedModelError
+from longreach.models.rotary import rope_of
 
 IMPLEMENTATION = "longreach"
 #: The attribute of each attention module that holds its model's :class:`Extension`.

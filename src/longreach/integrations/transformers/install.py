@@ -21,10 +21,10 @@ from longreach.integrations.transformers.cache import AppendingLayer, EvictingLa
 from longreach.integrations.transformers.forward_args import cache_keyword, given_cache, input_length
 from longreach.integrations.transformers.generate import adapt_generate
 from longreach.integrations.transformers.rope_scaling import apply_rope_scaling
-from longreach.integrations.transformers.rotary import attention_modules, describe_rotary
 from longreach.methods.base import Method
 from longreach.methods.coverage import method_for, unchanged_note
 from longreach.models.config import UnsupportedModelError, model_identity, sliding_window, trained_length
+from longreach.models.rotary import attention_modules, describe_rotary
 
 #: Where ``extend`` points ``NAME:auto`` when no target length is given: 4x the trained length.
 DEFAULT_TARGET_FACTOR = 4
