@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import torch
@@ -33,6 +34,17 @@ def save_tiny(folder: Path, family: str) -> Path:
     torch.manual_seed(0)
     model = getattr(transformers, f"{family}ForCausalLM")(config).eval()
     model.save_pretrained(folder)
+    word_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def save_tiny_gpt2(folder: Path) -> Path:
+    """A tiny random GPT-2 (learned absolute positions, no RoPE) of the same shape, trained length 256."""
+    config = transformers.GPT2Config(
+        vocab_size=512, n_embd=128, n_layer=2, n_head=4, n_positions=TRAINED, bos_token_id=1, eos_token_id=2
+    )
+    torch.manual_seed(0)
+    transformers.GPT2LMHeadModel(config).eval().save_pretrained(folder)
     word_tokenizer().save_pretrained(folder)
     return folder
 
@@ -69,13 +81,23 @@ def as_ids(text: str) -> list[int]:
     return [ids[w] for w in text.split()]
 
 
-def run_engine(model: Path, method: str | None, prompts, *, new_tokens: int = 6, tmp_path: Path, **engine) -> dict:
-    """Start one engine with ``method`` (None: no LONGREACH_METHOD) and generate greedily."""
+def run_engine(
+    model: Path, method: str | None, *batches, new_tokens: int = 6, tmp_path: Path, plugin: bool = True, **engine
+) -> dict:
+    """Start one engine with ``method`` (None: no LONGREACH_METHOD) and generate greedily, one batch
+    of prompts after another; the results come in the order of the prompts. ``plugin=False`` starts
+    stock vLLM: every general plugin installed but LongReach's (``VLLM_PLUGINS`` is vLLM's
+    allow-list of them)."""
     job, out = tmp_path / "job.json", tmp_path / "out.json"
-    job.write_text(json.dumps({"model": str(model), "engine": engine, "prompts": prompts, "new_tokens": new_tokens}))
-    env = {k: v for k, v in os.environ.items() if k != "LONGREACH_METHOD"}
+    out.unlink(missing_ok=True)
+    job.write_text(json.dumps({"model": str(model), "engine": engine, "batches": batches, "new_tokens": new_tokens}))
+    # Nothing the test process may hold (an in-process test installs the plugin) reaches the engine.
+    env = {k: v for k, v in os.environ.items() if k not in ("LONGREACH_METHOD", "VLLM_ALLOW_LONG_MAX_MODEL_LEN")}
     if method is not None:
         env["LONGREACH_METHOD"] = method
+    if not plugin:
+        others = [p.name for p in entry_points(group="vllm.general_plugins") if p.name != "longreach"]
+        env["VLLM_PLUGINS"] = ",".join(others)  # "" matches no plugin: vLLM splits it into [""]
     done = subprocess.run([sys.executable, str(JOB), str(job), str(out)], env=env, capture_output=True, text=True)
     if not out.exists():
         raise AssertionError(f"the engine process failed:\n{done.stderr[-3000:]}")

@@ -9,7 +9,7 @@ import functools
 import logging
 import os
 
-from longreach.integrations.vllm.settings import METHOD_ENV
+from longreach.integrations.vllm.settings import METHOD_ENV, names_a_method, requested_spec
 
 #: The backend each platform gets, by vLLM's name for the backend it replaces.
 BACKENDS = {
@@ -30,7 +30,8 @@ def install() -> None:
     from vllm.platforms import current_platform
     from vllm.v1.attention.backends.registry import AttentionBackendEnum, register_backend
 
-    asked = os.environ.get(METHOD_ENV, "vanilla").partition(":")[0] != "vanilla"
+    asked = names_a_method(os.environ.get(METHOD_ENV))
+    _check_engine_args()
     kind = "cpu" if current_platform.is_cpu() else "cuda" if current_platform.is_cuda() else None
     if kind is None:
         if asked:
@@ -44,6 +45,38 @@ def install() -> None:
     name, backend = BACKENDS[kind]
     register_backend(AttentionBackendEnum[name], backend)
     _hook_the_runner(kind, backend.rpartition(".")[2])
+
+
+def _check_engine_args() -> None:
+    """Settle what a method needs where vLLM builds its config from the engine arguments.
+
+    vLLM checks ``max_model_len`` against the trained length while ``EngineArgs`` builds the
+    ``ModelConfig``, before the ``VllmConfig`` that carries ``additional_config`` exists; plugins
+    are loaded earlier, in ``EngineArgs.__post_init__``, so a wrapped ``create_engine_config``
+    sees a method named in ``additional_config`` in time to set ``VLLM_ALLOW_LONG_MAX_MODEL_LEN``
+    as the environment route does (engine and worker processes start later and inherit it).
+    Parallelism the plugin does not run is refused there too, before any worker starts.
+    """
+    from vllm.engine.arg_utils import EngineArgs
+
+    create = EngineArgs.create_engine_config
+    if getattr(create, "_longreach", False):
+        return
+
+    @functools.wraps(create)
+    def create_engine_config(self, *args, **kwargs):
+        from longreach.integrations.vllm.settings import check_parallelism
+
+        asked = names_a_method(requested_spec(self.additional_config))
+        if asked:
+            os.environ.setdefault("VLLM_ALLOW_LONG_MAX_MODEL_LEN", "1")
+        config = create(self, *args, **kwargs)
+        if asked:
+            check_parallelism(config.parallel_config)
+        return config
+
+    create_engine_config._longreach = True
+    EngineArgs.create_engine_config = create_engine_config
 
 
 def _refuse_at_model_load(platform: str) -> None:
@@ -88,9 +121,10 @@ def _hook_the_runner(kind: str, backend_name: str) -> None:
         result = load(self, *args, **kwargs)
         from longreach.integrations.vllm.requests import RUNNING
         from longreach.integrations.vllm.rotary import read_rotaries
-        from longreach.integrations.vllm.settings import plan_of
+        from longreach.integrations.vllm.settings import check_parallelism, plan_of
 
         if plan_of(self.vllm_config) is not None:
+            check_parallelism(self.vllm_config.parallel_config)
             read_rotaries(self.model, self.vllm_config.model_config.max_model_len)
             _check_every_layer_runs(self.vllm_config, backend_name)
             RUNNING.bind(self)

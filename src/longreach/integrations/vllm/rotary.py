@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from longreach.engine.rotary import RotaryLayout
+from longreach.integrations.vllm.settings import METHOD_ENV
 
 #: Attention layer name (vLLM's ``layer_name``) -> its rotary layout, filled once the model is loaded.
 LAYOUTS: dict[str, RotaryLayout] = {}
@@ -37,8 +38,10 @@ def read_rotaries(model: torch.nn.Module, max_model_len: int) -> dict[str, Rotar
     rotaries = {name: layouts[id(module)] for name, module in modules}
     if not rotaries:
         raise ValueError(
-            f"LongReach: {type(model).__name__} has no rotary embedding (RoPE), which LongReach methods re-rotate; "
-            "serve a RoPE model (Llama, Mistral, Qwen, ...)"
+            f"LongReach: {type(model).__name__} has no rotary embedding (RoPE), which LongReach methods re-rotate: "
+            "absolute, learned or ALiBi positions (GPT-2, BLOOM, MPT) cannot be extended. Serve a RoPE model "
+            f"(Llama, Mistral, Qwen, Phi-3, ...), or this one without {METHOD_ENV} (and longreach_method in "
+            "--additional-config) within its trained length"
         )
     found = {}
     for name, module in model.named_modules():

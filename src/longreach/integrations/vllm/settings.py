@@ -38,6 +38,41 @@ def requested_spec(additional_config: object = None) -> str | None:
     return os.environ.get(METHOD_ENV) or None
 
 
+def names_a_method(spec: str | None) -> bool:
+    """Whether ``spec`` asks for a method other than vLLM's own attention (``vanilla``).
+
+    Example:
+        >>> names_a_method("rerope:auto"), names_a_method("vanilla"), names_a_method(None)
+        (True, False, False)
+    """
+    return spec is not None and spec.partition(":")[0] != "vanilla"
+
+
+def check_parallelism(parallel_config) -> None:
+    """Refuse tensor and pipeline parallelism with a method. Split across workers, each would hold
+    its own share of the heads or layers, its own copies of the running requests' keys and values
+    and its own RoPE tables, with the runner hooks running in each: no test has run that (the
+    tests check the whole model in one worker against the transformers path), so it is refused
+    rather than served unchecked.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> check_parallelism(SimpleNamespace(tensor_parallel_size=1, pipeline_parallel_size=1))
+    """
+    sizes = {
+        "tensor_parallel_size": parallel_config.tensor_parallel_size,
+        "pipeline_parallel_size": parallel_config.pipeline_parallel_size,
+    }
+    split = ", ".join(f"{name} {size}" for name, size in sizes.items() if size > 1)
+    if split:
+        raise ValueError(
+            f"LongReach: {split}: the vLLM plugin runs a method with the whole model in one worker; split "
+            "across workers (tensor or pipeline parallelism) it is unverified, so it is refused rather than "
+            "risk wrong answers. Start vLLM with --tensor-parallel-size 1 --pipeline-parallel-size 1, or "
+            f"without {METHOD_ENV} (and longreach_method in --additional-config) for vLLM's own attention"
+        )
+
+
 def plan_for(spec: str | None, hf_config, max_model_len: int) -> Plan | None:
     """The plan ``spec`` runs for contexts of ``max_model_len`` tokens on a model with ``hf_config``;
     None for vLLM's own attention (no spec, or ``vanilla``). Raises ``ValueError`` naming the fix
