@@ -362,6 +362,12 @@ def main() -> None:
     parser.add_argument("--depths", default="0.1,0.3,0.5,0.7,0.9")
     parser.add_argument("--samples", type=int, default=1, help="per depth")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--only-sample",
+        type=int,
+        action="append",
+        help="run only this sample index (repeatable): splits a run into lanes",
+    )
     parser.add_argument("--text", action="append", required=True)
     parser.add_argument("--out", type=Path, default=Path("results/needle-diagnosis"))
     parser.add_argument("--compare-out", type=Path, help="also record each answer as a compare cell there")
@@ -384,7 +390,9 @@ def main() -> None:
             if method.attention != "memory" and evicts(method.parts()):
                 parser.error(f"{spec}: a method whose cache drops keys cannot be probed (keys are not at their index)")
         # The facts of the compare run at --length, each asked at every length here.
-        facts = task.facts(length, args.samples, args.seed)
+        facts = [
+            f for f in task.facts(length, args.samples, args.seed) if not args.only_sample or f[1] in args.only_sample
+        ]
         for spec, method, run_length in runs:
             for depth, index, fact in facts:
                 key = (spec, run_length, depth, index, fact.text.name)

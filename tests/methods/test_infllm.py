@@ -420,7 +420,21 @@ def test_for_model_scales_with_the_trained_length():
     assert longreach.InfLLM.for_model(8192, n_local=2048).n_local == 2048
     assert longreach.methods.parse_method(
         "infllm:auto", target_length=1 << 18, trained_length=8192
-    ) == longreach.InfLLM(n_local=4096, block_scoring="best-key")
+    ) == longreach.InfLLM(n_local=4096, block_scoring="best-key", topk=64, max_cached_blocks=64)
+
+
+@pytest.mark.parametrize("trained", [64, 256, 2048, 8192])
+def test_auto_retrieves_a_trained_length_of_blocks_and_ordered_memory_stays_inside_it(trained):
+    constant = longreach.InfLLM.for_target(4 * trained, trained)
+    assert constant.topk * constant.block_size == trained
+    assert longreach.InfLLM.for_target(4 * trained, trained, topk=2).topk == 2
+    ordered = longreach.InfLLM.for_target(4 * trained, trained, memory_positions="ordered")
+    if trained <= 256:  # the window and the first tokens fill the trained length: no room for ordered memory
+        with pytest.raises(ValueError, match="ordered memory .* retrieve fewer blocks"):
+            ordered.check_model(trained)
+        return
+    ordered.check_model(trained)
+    assert ordered.memory_reach + ordered.block_size >= trained  # not one block more would fit
 
 
 @pytest.mark.parametrize("score_rows", [memory_attention.SCORE_ROWS, 3], ids=["rows-at-once", "rows-in-steps"])
