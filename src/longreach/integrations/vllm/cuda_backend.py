@@ -1,6 +1,7 @@
 """vLLM's FlashAttention backend (``FLASH_ATTN``, CUDA) with a LongReach plan: its own attention
 without a method. UNVERIFIED: written against vLLM 0.32's CUDA code on a machine without a GPU
-(docs/architecture.md, "Inside vLLM"); ``benchmarks/device_check.sh`` is where it gets checked.
+(docs/architecture.md, "Inside vLLM"); ``benchmarks/device_check.sh`` checks only the engine's CUDA
+kernel, since this backend needs a CUDA build of vLLM.
 
 vLLM writes the cache itself (``reshape_and_cache_flash``, before the attention is called) in the
 layout :mod:`~longreach.integrations.vllm.backend` reads. The engine's steps are Python with
