@@ -173,6 +173,7 @@ def test_the_reason_says_when_the_winner_only_won_a_tie():
     assert reason.startswith("1 of 1 needles found at 100 tokens, perplexity 30.00; next b 1/1, c 0/1")
     assert "1 more found as large a share, so it won as listed first" in reason and "--budget" in reason
     assert "listed first" not in reason_for([tied[0], tied[2]], 100)
+    assert "the default grid" in reason and "the default grid" not in reason_for(tied, 100, default_grid=False)
 
 
 def test_a_round_is_each_method_s_next_needle_then_the_missing_perplexities():

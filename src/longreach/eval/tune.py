@@ -222,8 +222,9 @@ def rank(records: list[dict], specs: Sequence[str], target_length: int, seed: in
     return sorted(found, key=lambda c: (c.needles == 0, -c.share))  # stable: ties keep the order of specs
 
 
-def reason_for(ranking: Sequence[Candidate], target_length: int) -> str:
-    """Why the first candidate won, in measurements."""
+def reason_for(ranking: Sequence[Candidate], target_length: int, *, default_grid: bool = True) -> str:
+    """Why the first candidate won, in measurements (``default_grid``: the candidates were
+    :func:`candidate_specs`', so a tie went to the rule's choice)."""
     best = ranking[0]
     if best.needles == 0:
         return "no candidate finished a needle within the budget: give a larger --budget"
@@ -235,9 +236,10 @@ def reason_for(ranking: Sequence[Candidate], target_length: int) -> str:
         text += "; next " + ", ".join(f"{c.spec} {c.found:g}/{c.needles}" for c in others[:2])
     tied = sum(1 for c in others if c.share == best.share)
     if tied:
+        why = " (the default grid lists the rule's choice first)" if default_grid else ""
         text += (
-            f"; {tied} more found as large a share, so it won as listed first (the default grid lists the "
-            "rule's choice first): a larger --budget measures more needles to tell them apart"
+            f"; {tied} more found as large a share, so it won as listed first{why}: a larger --budget measures "
+            "more needles to tell them apart"
         )
     return text + " (longreach tune)"
 
@@ -380,7 +382,7 @@ def tune(
         target_length=target_length,
         ranking=tuple(ranking),
         recommended=best.settings if best.needles else "",
-        reason=reason_for(ranking, target_length),
+        reason=reason_for(ranking, target_length, default_grid=candidates is None),
         complete=not stopped,
         seconds=round(_now() - started, 1),
         skipped=tuple(skipped),

@@ -215,13 +215,10 @@ class InfLLM(Method):
             >>> InfLLM.for_target(32768, 8192)
             InfLLM(topk=64, max_cached_blocks=64, block_scoring='best-key')
         """
-        shape = cls.for_model(
-            trained_length, **{k: v for k, v in common.items() if k not in ("topk", "max_cached_blocks")}
-        )
+        shape = cls.for_model(trained_length, **{**common, "topk": 1})  # the window and blocks, one retrieved
         topk = trained_length // shape.block_size
-        if shape.memory_positions == "ordered":
-            room = trained_length - shape.n_init - shape.exec_block - shape.n_local
-            topk = min(topk, room // shape.block_size - 1)
+        if shape.memory_positions == "ordered":  # each block more moves the reach one block further
+            topk = min(topk, 1 + (trained_length - 1 - shape.memory_reach) // shape.block_size)
         topk = common.get("topk", max(1, topk))
         settings = {"block_scoring": "best-key", "topk": topk, "max_cached_blocks": max(32, topk), **common}
         return cls.for_model(trained_length, **settings)
