@@ -239,8 +239,8 @@ def summarize(records: list[dict], out: Path, console: Console) -> None:
         watched, reading_layers = [], []
     rows = runs(records)
     table = Table(title="What the answer's first digit sees of the needle (niah-natural)")
+    table.add_column("method", overflow="fold")
     for column in (
-        "method",
         "length",
         "found",
         "margin (median)",
@@ -248,7 +248,8 @@ def summarize(records: list[dict], out: Path, console: Console) -> None:
         "max head mass (median)",
         "InfLLM: needle's block read, share of reading layers",
     ):
-        table.add_column(column, justify="right")
+        # Specs are copied whole into commands: a long one folds instead of losing its end.
+        table.add_column(column, justify="right", overflow="fold")
     summary = []
     for (method, length), group in rows:
         entry = {
@@ -278,7 +279,7 @@ def summarize(records: list[dict], out: Path, console: Console) -> None:
         )
     console.print(table)
     alternatives = Table(title="InfLLM: share of reading layers whose top-k would hold the needle's block, by ranking")
-    alternatives.add_column("method")
+    alternatives.add_column("method", overflow="fold")
     alternatives.add_column("length", justify="right")
     names = sorted({name for r in records for name in r.get("ranks_by", {})})
     for name in names:
@@ -368,11 +369,13 @@ def main() -> None:
         action="append",
         help="run only this sample index (repeatable): splits a run into lanes",
     )
-    parser.add_argument("--text", action="append", required=True)
+    parser.add_argument("--text", action="append", help="a book to hide facts in; repeatable (required to run)")
     parser.add_argument("--out", type=Path, default=Path("results/needle-diagnosis"))
     parser.add_argument("--compare-out", type=Path, help="also record each answer as a compare cell there")
     parser.add_argument("--summary-only", action="store_true", help="table and plots of what is recorded")
     args = parser.parse_args()
+    if not args.summary_only and not args.text:
+        parser.error("--text BOOK is required to run (give each book; --summary-only reads what is recorded)")
     length, control_length = parse_length(args.length), parse_length(args.control_length)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "diagnosis.jsonl"
