@@ -1,0 +1,149 @@
+"""Where do InfLLM's extra blocks help: while the text is read, or when the question is answered?
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/infllm_read_probe.py --length 32k --samples 2 \
+        --fact 0.1:0 --fact 0.3:1 --fact 0.5:0 $(for f in ../shared/data/texts/*.txt; do echo --text $f; done)
+
+Reading 64 blocks instead of 16 finds more facts told in prose at 32k, mostly facts whose block
+the 16-block run retrieves too (docs/results.md, "More blocks"). Each fact (``DEPTH:INDEX`` of the
+``niah-natural`` facts at ``--length``, as ``needle_diagnosis.py`` builds them) is read here with
+InfLLM (best-key ranking, room for 64 blocks) retrieving a different number of blocks in the two
+phases of a prompt: the prefill, where every execution block of the text retrieves its own
+blocks and the text's hidden states are built, and the answer (``model.generate``: the last
+execution block, which holds the question, and the answer's tokens). Variants ``P/A`` read ``P``
+blocks in the prefill and ``A`` at the answer. Each answer's first-digit margin comes from
+``needle_diagnosis.diagnose``. Records go to ``--out``/probe.jsonl as they finish (a rerun does
+only what is missing); the summary is a table and summary.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from needle_diagnosis import diagnose
+from rich.console import Console
+from rich.table import Table
+
+import longreach
+from longreach.engine.memory import attend as memory_attention
+from longreach.eval.natural import NaturalNeedleTask
+from longreach.methods import parse_length, parse_method
+
+METHOD = "infllm:block_scoring=best-key,topk=64,max_cached_blocks=64"
+VARIANTS = {"16/16": (16, 16), "64/64": (64, 64), "16/64": (16, 64), "64/16": (64, 16)}
+
+
+class PhaseTopk:
+    """Caps the blocks each retrieval reads: ``prefill_topk`` until ``longreach.prefill`` returns,
+    ``answer_topk`` after (the blocks kept are the best-ranked, as a smaller ``topk`` would keep)."""
+
+    def __init__(self, prefill_topk: int, answer_topk: int):
+        self.limits, self.phase = {"prefill": prefill_topk, "answer": answer_topk}, "prefill"
+        self.select, self.prefill = memory_attention.select_blocks, longreach.prefill
+
+    def __enter__(self) -> PhaseTopk:
+        def capped(memory_queries, store, topk, *ranking):
+            return self.select(memory_queries, store, min(topk, self.limits[self.phase]), *ranking)
+
+        def prefill(*args, **kwargs):
+            cache = self.prefill(*args, **kwargs)
+            self.phase = "answer"
+            return cache
+
+        memory_attention.select_blocks, longreach.prefill = capped, prefill
+        return self
+
+    def __exit__(self, *exc) -> None:
+        memory_attention.select_blocks, longreach.prefill = self.select, self.prefill
+
+
+def summarize(records: list[dict], out: Path, console: Console) -> None:
+    table = Table(title=f"InfLLM ({METHOD}): blocks read in the prefill / at the answer")
+    for column in ("variant", "found", "margin (median)", "margins by fact"):
+        table.add_column(column, justify="left" if column == "variant" else "right", overflow="fold")
+    rows = []
+    for variant in VARIANTS:
+        group = sorted((r for r in records if r["variant"] == variant), key=lambda r: (r["depth"], r["index"]))
+        if not group:
+            continue
+        margins = [r["margin"] if r["margin"] is not None else float("-inf") for r in group]
+        rows.append(
+            {
+                "variant": variant,
+                "facts": len(group),
+                "found": sum(r["found"] for r in group),
+                "margin": statistics.median(margins),
+                "margins": margins,
+            }
+        )
+        table.add_row(
+            variant,
+            f"{rows[-1]['found']:.0f}/{len(group)}",
+            f"{rows[-1]['margin']:.2f}",
+            " ".join(f"{m:.2f}" for m in margins),
+        )
+    console.print(table)
+    (out / "summary.json").write_text(json.dumps({"method": METHOD, "rows": rows}, indent=1) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--length", default="32k")
+    parser.add_argument("--depths", default="0.1,0.3,0.5,0.7,0.9", help="the compare run's depths")
+    parser.add_argument("--samples", type=int, default=1, help="per depth, as the compare run")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--fact", action="append", required=True, help="DEPTH:INDEX of a fact; repeatable")
+    parser.add_argument("--variant", action="append", choices=list(VARIANTS), help="default: all")
+    parser.add_argument("--text", action="append", required=True)
+    parser.add_argument("--out", type=Path, default=Path("results/infllm-read-probe"))
+    args = parser.parse_args()
+    wanted = set()
+    for fact in args.fact:
+        depth, _, index = fact.partition(":")
+        try:
+            wanted.add((float(depth), int(index)))
+        except ValueError:
+            parser.error(f"--fact {fact!r}: give DEPTH:INDEX, e.g. 0.5:0")
+    length = parse_length(args.length)
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "probe.jsonl"
+    records = [json.loads(line) for line in path.open()] if path.exists() else []
+    done = {(r["variant"], r["length"], r["depth"], r["index"]) for r in records}
+    console = Console(width=160)
+    model, tokenizer = longreach.load_model(args.model)
+    method = parse_method(METHOD)
+    task = NaturalNeedleTask(depths=tuple(float(d) for d in args.depths.split(",")), texts=tuple(args.text))
+    facts = [f for f in task.facts(length, args.samples, args.seed) if (f[0], f[1]) in wanted]
+    if len(facts) != len(wanted):
+        parser.error(f"--fact: {len(wanted) - len(facts)} of them are not among the facts at these depths and samples")
+    for variant in args.variant or list(VARIANTS):
+        for depth, index, fact in facts:
+            if (variant, length, depth, index) in done:
+                continue
+            ids = task.sample(tokenizer, length, depth, index, fact).prompt_ids
+            with PhaseTopk(*VARIANTS[variant]):
+                result = diagnose(model, tokenizer, method, ids, fact, task.max_new_tokens)
+            record = {
+                "variant": variant,
+                "length": length,
+                "depth": depth,
+                "index": index,
+                "text": fact.text.name,
+                "value": fact.value,
+                **{k: result[k] for k in ("found", "margin", "answer", "distance")},
+            }
+            with path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+            records.append(record)
+            console.print(
+                f"{variant} depth {depth} {fact.text.name}: found {record['found']:.0f}, "
+                f"margin {record['margin']}, answer {record['answer'][:40]!r}"
+            )
+    summarize(records, args.out, console)
+
+
+if __name__ == "__main__":
+    main()
