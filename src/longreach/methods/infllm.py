@@ -204,10 +204,10 @@ class InfLLM(Method):
     def for_target(cls, target_length: int, trained_length: int, **common) -> InfLLM:
         """The reference's settings (:meth:`for_model`) with blocks ranked by their best key and as
         many blocks retrieved as fill the trained length (64 of 128 tokens on an 8k model, where
-        the reference retrieves 16). On SmolLM2-135M, facts told in prose at 32k: 64 blocks found
-        7 of 10 where 16 found 4, passkeys at 16k and 32k and RULER at 16k unchanged
-        (docs/results.md, "Needles in natural text"); best-key ranking found 9 of 15 at 16k where
-        the reference's found 2 of 10, with passkeys and RULER figures no worse. With
+        the reference retrieves 16). On SmolLM2-135M, facts told in prose: 64 blocks found 12 of
+        15 at 16k and 7 of 10 at 32k where 16 found 9 and 4, passkeys (16k-64k) and RULER within
+        their noise (docs/results.md, "Needles in natural text"); best-key ranking found 9 of 15 at
+        16k where the reference's found 2 of 10, with passkeys and RULER figures no worse. With
         ``memory_positions="ordered"`` the blocks are as many as keep :attr:`memory_reach` inside
         the trained length. InfLLM covers any length: the target does not change the settings.
 
