@@ -10,7 +10,9 @@ InfLLM (best-key ranking, room for 64 blocks) retrieving a different number of b
 phases of a prompt: the prefill, where every execution block of the text retrieves its own
 blocks and the text's hidden states are built, and the answer (``model.generate``: the last
 execution block, which holds the question, and the answer's tokens). Variants ``P/A`` read ``P``
-blocks in the prefill and ``A`` at the answer. Each answer's first-digit margin comes from
+blocks in the prefill and ``A`` at the answer; ``P/A/D`` read ``A`` in the last execution block
+and ``D`` in the decoding steps (one query each; the answer's first digit is chosen at the
+first or second of them). Each answer's first-digit margin comes from
 ``needle_diagnosis.diagnose``. Records go to ``--out``/probe.jsonl as they finish (a rerun does
 only what is missing); the summary is a table and summary.json.
 """
@@ -32,20 +34,29 @@ from longreach.eval.natural import NaturalNeedleTask
 from longreach.methods import parse_length, parse_method
 
 METHOD = "infllm:block_scoring=best-key,topk=64,max_cached_blocks=64"
-VARIANTS = {"16/16": (16, 16), "64/64": (64, 64), "16/64": (16, 64), "64/16": (64, 16)}
+VARIANTS = {
+    "16/16": (16, 16, 16),
+    "64/64": (64, 64, 64),
+    "16/64": (16, 64, 64),
+    "64/16": (64, 16, 16),
+    "16/16/64": (16, 16, 64),
+}
 
 
 class PhaseTopk:
     """Caps the blocks each retrieval reads: ``prefill_topk`` until ``longreach.prefill`` returns,
-    ``answer_topk`` after (the blocks kept are the best-ranked, as a smaller ``topk`` would keep)."""
+    ``answer_topk`` after for a block of queries and ``decode_topk`` for one query (the blocks kept
+    are the best-ranked, as a smaller ``topk`` would keep)."""
 
-    def __init__(self, prefill_topk: int, answer_topk: int):
-        self.limits, self.phase = {"prefill": prefill_topk, "answer": answer_topk}, "prefill"
+    def __init__(self, prefill_topk: int, answer_topk: int, decode_topk: int):
+        self.limits = {"prefill": prefill_topk, "answer": answer_topk, "decode": decode_topk}
+        self.phase = "prefill"
         self.select, self.prefill = memory_attention.select_blocks, longreach.prefill
 
     def __enter__(self) -> PhaseTopk:
         def capped(memory_queries, store, topk, *ranking):
-            return self.select(memory_queries, store, min(topk, self.limits[self.phase]), *ranking)
+            phase = "decode" if self.phase == "answer" and memory_queries.shape[2] == 1 else self.phase
+            return self.select(memory_queries, store, min(topk, self.limits[phase]), *ranking)
 
         def prefill(*args, **kwargs):
             cache = self.prefill(*args, **kwargs)
@@ -124,6 +135,11 @@ def main() -> None:
             if (variant, length, depth, index) in done:
                 continue
             ids = task.sample(tokenizer, length, depth, index, fact).prompt_ids
+            # generate reads the prompt's rest after prefill's whole chunks: one query there would count as decoding
+            if (len(ids) - 1) % method.exec_block == 0:
+                parser.error(
+                    f"the prompt at depth {depth}, sample {index} leaves generate one token: P/A/D cannot tell"
+                )
             with PhaseTopk(*VARIANTS[variant]):
                 result = diagnose(model, tokenizer, method, ids, fact, task.max_new_tokens)
             record = {
