@@ -106,11 +106,14 @@ def main() -> None:
     parser.add_argument("--depths", default="0.1,0.3,0.5,0.7,0.9", help="the compare run's depths")
     parser.add_argument("--samples", type=int, default=1, help="per depth, as the compare run")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--fact", action="append", required=True, help="DEPTH:INDEX of a fact; repeatable")
+    parser.add_argument("--fact", action="append", default=[], help="DEPTH:INDEX of a fact; repeatable")
     parser.add_argument("--variant", action="append", choices=list(VARIANTS), help="default: all")
-    parser.add_argument("--text", action="append", required=True)
+    parser.add_argument("--text", action="append", default=[], help="a book of the compare run; repeatable")
     parser.add_argument("--out", type=Path, default=Path("results/infllm-read-probe"))
+    parser.add_argument("--summary-only", action="store_true", help="the table of what is recorded")
     args = parser.parse_args()
+    if not args.summary_only and not (args.fact and args.text):
+        parser.error("give --fact DEPTH:INDEX and every --text BOOK of the compare run (or --summary-only)")
     wanted = set()
     for fact in args.fact:
         depth, _, index = fact.partition(":")
@@ -124,6 +127,9 @@ def main() -> None:
     records = [json.loads(line) for line in path.open()] if path.exists() else []
     done = {(r["variant"], r["length"], r["depth"], r["index"]) for r in records}
     console = Console(width=160)
+    if args.summary_only:
+        summarize(records, args.out, console)
+        return
     model, tokenizer = longreach.load_model(args.model)
     method = parse_method(METHOD)
     task = NaturalNeedleTask(depths=tuple(float(d) for d in args.depths.split(",")), texts=tuple(args.text))
