@@ -24,13 +24,14 @@ import json
 import statistics
 from pathlib import Path
 
-from needle_diagnosis import diagnose
+from needle_diagnosis import diagnose, say_answer
 from rich.console import Console
 from rich.table import Table
 
 import longreach
 from longreach.engine.memory import attend as memory_attention
 from longreach.eval.natural import NaturalNeedleTask
+from longreach.eval.records import append_record, read_records
 from longreach.methods import parse_length, parse_method
 
 METHOD = "infllm:block_scoring=best-key,topk=64,max_cached_blocks=64"
@@ -124,7 +125,7 @@ def main() -> None:
     length = parse_length(args.length)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "probe.jsonl"
-    records = [json.loads(line) for line in path.open()] if path.exists() else []
+    records = read_records(path)
     done = {(r["variant"], r["length"], r["depth"], r["index"]) for r in records}
     console = Console(width=160)
     if args.summary_only:
@@ -157,13 +158,9 @@ def main() -> None:
                 "value": fact.value,
                 **{k: result[k] for k in ("found", "margin", "answer", "distance")},
             }
-            with path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
+            append_record(path, record)
             records.append(record)
-            console.print(
-                f"{variant} depth {depth} {fact.text.name}: found {record['found']:.0f}, "
-                f"margin {record['margin']}, answer {record['answer'][:40]!r}"
-            )
+            say_answer(console, variant, record)
     summarize(records, args.out, console)
 
 

@@ -47,7 +47,7 @@ from longreach.engine.memory import attend as memory_attention  # noqa: E402
 from longreach.eval.compare import sample_record  # noqa: E402
 from longreach.eval.evaluate import versions  # noqa: E402
 from longreach.eval.natural import NaturalNeedleTask  # noqa: E402
-from longreach.eval.records import append_record  # noqa: E402
+from longreach.eval.records import append_record, read_records  # noqa: E402
 from longreach.eval.task import string_match_all  # noqa: E402
 from longreach.integrations.transformers.forward_args import cache_kwargs  # noqa: E402
 from longreach.methods import parse_length, parse_method  # noqa: E402
@@ -297,6 +297,14 @@ def summarize(records: list[dict], out: Path, console: Console) -> None:
     plot(rows, out)
 
 
+def say_answer(console: Console, label: str, record: dict) -> None:
+    """One line per answer as it is recorded: the fact, whether it was found, the margin."""
+    console.print(
+        f"{label} depth {record['depth']} {record['text']}: found {record['found']:.0f}, "
+        f"margin {record['margin']}, answer {record['answer'][:40]!r}"
+    )
+
+
 def runs(records: list[dict]) -> list[tuple[tuple[str, int], list[dict]]]:
     """The records grouped by (method, length), shortest length first."""
     rows: dict[tuple[str, int], list[dict]] = {}
@@ -379,7 +387,7 @@ def main() -> None:
     length, control_length = parse_length(args.length), parse_length(args.control_length)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "diagnosis.jsonl"
-    records = [json.loads(line) for line in path.open()] if path.exists() else []
+    records = read_records(path)
     console = Console(width=160)
     if not args.summary_only:
         model, tokenizer = longreach.load_model(args.model)
@@ -421,13 +429,9 @@ def main() -> None:
                     text=fact.text.name,
                     value=fact.value,
                 )
-                with path.open("a") as f:
-                    f.write(json.dumps(record) + "\n")
+                append_record(path, record)
                 records.append(record)
-                console.print(
-                    f"{spec} {run_length} depth {depth} {fact.text.name}: found {record['found']:.0f}, "
-                    f"margin {record['margin']}, answer {record['answer'][:40]!r}"
-                )
+                say_answer(console, f"{spec} {run_length}", record)
     summarize(records, args.out, console)
 
 
