@@ -24,7 +24,7 @@ import json
 import statistics
 from pathlib import Path
 
-from needle_diagnosis import diagnose, say_answer
+from needle_diagnosis import diagnose, ranked_margin, say_answer
 from rich.console import Console
 from rich.table import Table
 
@@ -80,7 +80,7 @@ def summarize(records: list[dict], out: Path, console: Console) -> None:
         group = sorted((r for r in records if r["variant"] == variant), key=lambda r: (r["depth"], r["index"]))
         if not group:
             continue
-        margins = [r["margin"] if r["margin"] is not None else float("-inf") for r in group]
+        margins = [ranked_margin(r) for r in group]
         rows.append(
             {
                 "variant": variant,

@@ -257,8 +257,7 @@ def summarize(records: list[dict], out: Path, console: Console) -> None:
             "length": length,
             "samples": len(group),
             "found": sum(r["found"] for r in group),
-            # An answer astray before its first digit counts as the lowest margin.
-            "margin": statistics.median(r["margin"] if r["margin"] is not None else float("-inf") for r in group),
+            "margin": statistics.median(ranked_margin(r) for r in group),
         }
         if "mass" in group[0]:
             masses = torch.tensor([r["mass"] for r in group])  # (samples, layers, heads)
@@ -295,6 +294,11 @@ def summarize(records: list[dict], out: Path, console: Console) -> None:
     summary_json = {"reading_heads": watched, "reading_layers": reading_layers, "rows": summary}
     (out / "summary.json").write_text(json.dumps(summary_json, indent=1) + "\n")
     plot(rows, out)
+
+
+def ranked_margin(record: dict) -> float:
+    """The first digit's margin, an answer astray before its first digit counting as the lowest."""
+    return record["margin"] if record["margin"] is not None else float("-inf")
 
 
 def say_answer(console: Console, label: str, record: dict) -> None:

@@ -9,7 +9,13 @@ import functools
 import logging
 import os
 
-from longreach.integrations.vllm.settings import METHOD_ENV, names_a_method, requested_spec
+from longreach.integrations.vllm.settings import (
+    METHOD_ENV,
+    check_parallelism,
+    names_a_method,
+    plan_of,
+    requested_spec,
+)
 
 #: The backend each platform gets, by vLLM's name for the backend it replaces.
 BACKENDS = {
@@ -65,8 +71,6 @@ def _check_engine_args() -> None:
 
     @functools.wraps(create)
     def create_engine_config(self, *args, **kwargs):
-        from longreach.integrations.vllm.settings import check_parallelism
-
         asked = names_a_method(requested_spec(self.additional_config))
         if asked:
             os.environ.setdefault("VLLM_ALLOW_LONG_MAX_MODEL_LEN", "1")
@@ -121,7 +125,6 @@ def _hook_the_runner(kind: str, backend_name: str) -> None:
         result = load(self, *args, **kwargs)
         from longreach.integrations.vllm.requests import RUNNING
         from longreach.integrations.vllm.rotary import read_rotaries
-        from longreach.integrations.vllm.settings import check_parallelism, plan_of
 
         if plan_of(self.vllm_config) is not None:
             check_parallelism(self.vllm_config.parallel_config)
